@@ -1,0 +1,70 @@
+"""CDS — Client Deployment Service. ``create_app`` is the application factory."""
+from __future__ import annotations
+
+import os
+
+from flask import Flask
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from cds.config import ConfigError, load_config  # noqa: F401  (re-exported for app.py)
+
+__version__ = "0.1.0"
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def create_app(test_config: dict | None = None, instance_path: str | None = None) -> Flask:
+    app = Flask(
+        __name__,
+        instance_relative_config=True,
+        instance_path=instance_path or os.environ.get("CDS_INSTANCE_PATH") or os.path.join(ROOT, "instance"),
+        template_folder=os.path.join(ROOT, "templates"),
+        static_folder=os.path.join(ROOT, "static"),
+    )
+    load_config(app, test_config)
+
+    from cds import logs
+    logs.init_app(app)
+
+    from cds.extensions import csrf, db, htmx, limiter, mail, migrate
+    from cds.security import make_cipher
+
+    app.extensions["cds_cipher"] = make_cipher(app.config["ENCRYPTION_KEY"])
+    db.init_app(app)
+    migrate.init_app(app, db, directory=os.path.join(ROOT, "migrations"))
+    mail.init_app(app)
+    csrf.init_app(app)
+    htmx.init_app(app)
+    limiter.init_app(app)
+
+    from cds import web
+    web.init_app(app)
+
+    from cds.auth.routes import bp as auth_bp
+    from cds.users.routes import bp as users_bp
+    from cds.profiles.routes import bp as profiles_bp
+    from cds.pages.routes import bp as pages_bp
+
+    for bp in (auth_bp, users_bp, profiles_bp, pages_bp):
+        app.register_blueprint(bp)
+
+    from cds.cli import register_cli
+    register_cli(app)
+
+    from cds import scheduler
+    scheduler.init_app(app)
+    return app
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_pragmas(dbapi_connection, connection_record):
+    """SQLite: write-ahead log (readers never wait on the writer) and foreign keys on."""
+    import sqlite3
+
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        cur = dbapi_connection.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()

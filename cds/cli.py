@@ -1,0 +1,86 @@
+"""`flask --app app cds …`: the commands an administrator runs from the shell."""
+from __future__ import annotations
+
+import sys
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+cds_cli = AppGroup("cds", help="Client Deployment Service administration.")
+
+
+def fail(message: str, code: int = 1):
+    """One line on stderr and a non-zero exit: what scripts and people both read."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def upgrade_database() -> None:
+    """Apply every pending migration, then make sure the built-in rows exist."""
+    from flask_migrate import upgrade
+
+    from cds.profiles.service import ensure_builtin_profiles
+
+    upgrade(directory=current_app.extensions["migrate"].directory, revision="heads")
+    ensure_builtin_profiles()
+
+
+@cds_cli.command("upgrade")
+def upgrade_command():
+    """Apply pending database migrations (safe to run any time)."""
+    upgrade_database()
+    click.echo("database is up to date")
+
+
+@cds_cli.command("create-admin")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["primary", "admin", "readonly"]), default="admin",
+              show_default=True)
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+def create_admin_command(name, role, password_stdin):
+    """Create an administrator account; the password is prompted for (or read from stdin)."""
+    from cds.auth.service import AccountError, create_admin
+
+    if password_stdin or not sys.stdin.isatty():
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        create_admin(name, password, role)
+    except AccountError as exc:
+        fail(str(exc))
+    click.echo(f"administrator {name} created ({role})")
+
+
+@cds_cli.command("serve")
+@click.option("--host", default=None, help="Address to listen on (default: CDS_HOST).")
+@click.option("--port", default=None, type=int, help="Port (default: CDS_PORT).")
+def serve_command(host, port):
+    """Migrate, create the first administrator if needed, and serve with waitress."""
+    import waitress
+
+    from cds.auth.service import ensure_first_admin
+
+    app = current_app._get_current_object()
+    upgrade_database()
+    password = ensure_first_admin()
+    if password:
+        click.echo("=" * 64)
+        click.echo("First start: created the primary administrator.")
+        click.echo("  user name: admin")
+        click.echo(f"  password:  {password}")
+        click.echo("This password is shown once. Sign in and change it in Settings.")
+        click.echo("=" * 64)
+    if app.config["SCHEDULER_ENABLED"] is not False:
+        app.extensions["cds_scheduler"].start()
+    host = host or app.config["HOST"]
+    port = port or app.config["PORT"]
+    click.echo(f"CDS is serving on http://{host}:{port}/  (Ctrl+C to stop)")
+    sys.stdout.flush()
+    waitress.serve(app, host=host, port=port, threads=app.config["THREADS"],
+                   ident="CDS", clear_untrusted_proxy_headers=True, _quiet=True)
+
+
+def register_cli(app) -> None:
+    app.cli.add_command(cds_cli)

@@ -1,0 +1,256 @@
+"""Jobs: every bulk action runs as one, with progress the pages poll.
+
+An action registers a batch function with ``@action``; ``create_job`` records
+what to act on (explicit ids or a filter, resolved when the job runs), and
+``run_job`` walks the selected users in id order, a batch at a time, writing one
+``JobItem`` per user. A job whose process died is resumed after the last user it
+recorded, so no user is acted on twice.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Callable
+
+from flask import current_app
+from sqlalchemy import delete, func, select, update
+
+from cds.extensions import db
+from cds.models import (JOB_CANCELLED, JOB_DONE, JOB_FAILED, JOB_QUEUED, JOB_RUNNING,
+                        JOB_SCHEDULED, Job, JobItem, User, utcnow)
+from cds.scheduler import tick_task
+
+log = logging.getLogger("cds.jobs")
+
+BATCH_SIZE = 100
+STALE_AFTER = timedelta(seconds=60)
+RUNNER_ID = f"{socket.gethostname()}:{os.getpid()}"
+
+
+class JobError(Exception):
+    """A job cannot be created or changed as asked."""
+
+
+class JobNotFound(JobError):
+    pass
+
+
+@dataclass
+class Outcome:
+    user: User
+    outcome: str  # ok, skipped, failed
+    message: str = ""
+
+
+@dataclass
+class Action:
+    kind: str
+    label: str
+    run_batch: Callable[[Job, list[User]], list[Outcome]]
+    # Called once when the job ends (after the last batch), e.g. to close an SMTP connection.
+    finish: Callable[[Job], None] | None = None
+    # Batch size: actions that talk to slow peers may want smaller batches.
+    batch_size: int = BATCH_SIZE
+
+
+ACTIONS: dict[str, Action] = {}
+
+
+def action(kind: str, label: str, *, finish=None, batch_size: int = BATCH_SIZE):
+    def register(fn):
+        ACTIONS[kind] = Action(kind, label, fn, finish, batch_size)
+        return fn
+    return register
+
+
+# --- creating and cancelling ---------------------------------------------------
+
+def create_job(kind: str, selection: dict, *, params: dict | None = None,
+               run_at: datetime | None = None, actor: str | None = None) -> Job:
+    """Record a job; it runs now (queued) or at ``run_at`` (scheduled)."""
+    from cds.users.service import count_selection, describe_selection
+
+    if kind not in ACTIONS:
+        raise JobError(f"Unknown action {kind!r}.")
+    total = count_selection(selection)
+    if total == 0:
+        raise JobError("No users are selected.")
+    now = utcnow()
+    scheduled = run_at is not None and run_at > now
+    job = Job(kind=kind, state=JOB_SCHEDULED if scheduled else JOB_QUEUED,
+              params={"selection": selection, **(params or {})},
+              description=f"{ACTIONS[kind].label}: {describe_selection(selection, total)}",
+              run_at=run_at if scheduled else None, created_by=actor, total=total)
+    db.session.add(job)
+    db.session.commit()
+    return job
+
+
+def cancel_job(job_id: int) -> Job:
+    """Cancel a scheduled or queued job (it never runs), or stop a running one after its batch."""
+    job = db.session.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(f"Job {job_id} does not exist.")
+    changed = db.session.execute(
+        update(Job).where(Job.id == job_id, Job.state.in_([JOB_SCHEDULED, JOB_QUEUED, JOB_RUNNING]))
+        .values(state=JOB_CANCELLED, finished_at=utcnow(),
+                message="Cancelled before it ran." if job.state != JOB_RUNNING
+                else "Cancelled while running; the users already done stay done.")
+    ).rowcount
+    db.session.commit()
+    if not changed:
+        raise JobError(f"Job {job_id} has already finished ({job.state}).")
+    db.session.refresh(job)
+    return job
+
+
+# --- running -------------------------------------------------------------------
+
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def submit(job: Job) -> None:
+    """Start a queued job: in this request (inline) or on a background thread."""
+    app = current_app._get_current_object()
+    if job.state != JOB_QUEUED:
+        return
+    if app.config["JOB_EXECUTION"] == "inline":
+        run_job(job.id)
+        return
+    start_in_background(app, job.id)
+
+
+def start_in_background(app, job_id: int) -> None:
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cds-job")
+    _executor.submit(_run_in_context, app, job_id)
+
+
+def _run_in_context(app, job_id: int) -> None:
+    with app.app_context():
+        try:
+            run_job(job_id)
+        except Exception:
+            log.exception("job %s crashed", job_id)
+            db.session.rollback()
+            db.session.execute(update(Job).where(Job.id == job_id, Job.state == JOB_RUNNING)
+                               .values(state=JOB_FAILED, finished_at=utcnow(),
+                                       message="The job stopped on an unexpected error; see the log."))
+            db.session.commit()
+
+
+def _claim(job_id: int) -> bool:
+    now = utcnow()
+    claimed = db.session.execute(
+        update(Job).where(
+            Job.id == job_id,
+            (Job.state == JOB_QUEUED) | ((Job.state == JOB_RUNNING) & (Job.heartbeat_at < now - STALE_AFTER)),
+        ).values(state=JOB_RUNNING, runner=RUNNER_ID, heartbeat_at=now,
+                 started_at=func.coalesce(Job.started_at, now))
+    ).rowcount
+    db.session.commit()
+    return claimed == 1
+
+
+def run_job(job_id: int) -> Job | None:
+    """Run (or resume) a job to its end. Returns None if another runner owns it."""
+    from cds.users.service import selection_query
+
+    if not _claim(job_id):
+        return None
+    job = db.session.get(Job, job_id)
+    act = ACTIONS[job.kind]
+    log.info("job %s (%s) started by %s: %s users", job.id, job.kind, RUNNER_ID, job.total)
+    # Resume after the last user this job recorded (users are walked in id order).
+    last_id = db.session.scalar(select(func.max(JobItem.user_id)).where(JobItem.job_id == job.id)) or 0
+    try:
+        while True:
+            query = selection_query(job.params["selection"]).where(User.id > last_id) \
+                .order_by(User.id).limit(act.batch_size)
+            users = list(db.session.scalars(query))
+            if not users:
+                break
+            outcomes = act.run_batch(job, users)
+            _record(job, outcomes)
+            last_id = users[-1].id
+            db.session.refresh(job)
+            if job.state == JOB_CANCELLED:
+                log.info("job %s cancelled after %s users", job.id, job.done)
+                return job
+            log.info("job %s progress %s/%s", job.id, job.done, job.total)
+    finally:
+        if act.finish:
+            act.finish(job)
+    job.state = JOB_FAILED if job.failed and not job.succeeded and not job.skipped else JOB_DONE
+    job.finished_at = utcnow()
+    job.total = max(job.total, job.done)
+    db.session.commit()
+    log.info("job %s finished: %s ok, %s skipped, %s failed",
+             job.id, job.succeeded, job.skipped, job.failed)
+    return job
+
+
+def _record(job: Job, outcomes: list[Outcome]) -> None:
+    counts = {"ok": 0, "skipped": 0, "failed": 0}
+    for o in outcomes:
+        counts[o.outcome] += 1
+        db.session.add(JobItem(job_id=job.id, user_id=o.user.id, login_id=o.user.login_id,
+                               outcome=o.outcome, message=o.message[:1000]))
+    db.session.execute(update(Job).where(Job.id == job.id).values(
+        done=Job.done + len(outcomes), succeeded=Job.succeeded + counts["ok"],
+        skipped=Job.skipped + counts["skipped"], failed=Job.failed + counts["failed"],
+        heartbeat_at=utcnow()))
+    db.session.commit()
+
+
+def job_items(job: Job, outcome: str | None = None, limit: int = 200) -> list[JobItem]:
+    q = select(JobItem).where(JobItem.job_id == job.id)
+    if outcome:
+        q = q.where(JobItem.outcome == outcome)
+    return list(db.session.scalars(q.order_by(JobItem.id).limit(limit)))
+
+
+def reason_counts(job: Job) -> list[tuple[str, str, int]]:
+    """(outcome, message, count) for skipped and failed users: the summary's reasons."""
+    rows = db.session.execute(
+        select(JobItem.outcome, JobItem.message, func.count())
+        .where(JobItem.job_id == job.id, JobItem.outcome != "ok")
+        .group_by(JobItem.outcome, JobItem.message).order_by(func.count().desc()).limit(20))
+    return [tuple(r) for r in rows]
+
+
+# --- the scheduler's part ----------------------------------------------------
+
+@tick_task("jobs.run_due")
+def run_due(app) -> None:
+    """Start scheduled jobs whose time has come, and pick up orphaned or stale ones."""
+    now = utcnow()
+    db.session.execute(update(Job).where(Job.state == JOB_SCHEDULED, Job.run_at <= now)
+                       .values(state=JOB_QUEUED))
+    db.session.commit()
+    waiting = db.session.scalars(select(Job.id).where(
+        ((Job.state == JOB_QUEUED) & ((Job.run_at.is_not(None)) | (Job.created_at < now - timedelta(seconds=10))))
+        | ((Job.state == JOB_RUNNING) & (Job.heartbeat_at < now - STALE_AFTER)))).all()
+    for job_id in waiting:
+        start_in_background(app, job_id)
+
+
+@tick_task("jobs.prune", every_ticks=720)
+def prune_finished(app) -> None:
+    days = app.config["JOB_RETENTION_DAYS"]
+    if days <= 0:
+        return
+    cutoff = utcnow() - timedelta(days=days)
+    old = select(Job.id).where(Job.state.in_([JOB_DONE, JOB_FAILED, JOB_CANCELLED]),
+                               Job.finished_at < cutoff)
+    db.session.execute(delete(JobItem).where(JobItem.job_id.in_(old)))
+    db.session.execute(delete(Job).where(Job.id.in_(old)))
+    db.session.commit()

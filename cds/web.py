@@ -1,0 +1,203 @@
+"""What every page shares: sign-in enforcement, roles, security headers,
+errors shown the same way for full pages and htmx fragments, and toasts."""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from functools import wraps
+
+from flask import (abort, flash, g, get_flashed_messages, redirect, render_template, request,
+                   session, url_for)
+from flask_wtf.csrf import CSRFError
+from markupsafe import Markup
+from werkzeug.exceptions import HTTPException
+
+from cds.extensions import db
+from cds.models import ROLE_LABELS, AdminAccount
+
+# Reachable without an administrator session (each has its own protection).
+PUBLIC_BLUEPRINTS = {"redirect", "client", "landing", "api", "health"}
+PUBLIC_ENDPOINTS = {"auth.login", "static"}
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'self'; "
+       "object-src 'none'")
+
+# htmx: swap 422 (form errors) like a success, show every other error as a toast,
+# and never evaluate script or inject inline styles (the CSP forbids both).
+HTMX_CONFIG = json.dumps({
+    "allowEval": False,
+    "allowScriptTags": False,
+    "includeIndicatorStyles": False,
+    "historyCacheSize": 0,
+    "responseHandling": [
+        {"code": "204", "swap": False},
+        {"code": "[23]..", "swap": True},
+        {"code": "422", "swap": True},
+        {"code": "[45]..", "swap": True, "error": True},
+    ],
+})
+
+
+def current_admin() -> AdminAccount | None:
+    return g.get("admin")
+
+
+def write_required(view):
+    """Refuse the read-only role (the global rule already refuses non-GET requests)."""
+    @wraps(view)
+    def wrapped(*args, **kwargs):
+        admin = current_admin()
+        if admin is None or not admin.can_write:
+            abort(403, "Your account is read-only.")
+        return view(*args, **kwargs)
+    return wrapped
+
+
+def primary_required(view):
+    @wraps(view)
+    def wrapped(*args, **kwargs):
+        admin = current_admin()
+        if admin is None or not admin.is_primary:
+            abort(403, "Only the primary administrator may do this.")
+        return view(*args, **kwargs)
+    return wrapped
+
+
+def client_ip() -> str:
+    return request.remote_addr or "-"
+
+
+def toast(message: str, category: str = "info") -> None:
+    """A message for the administrator: shown on the next page, or out-of-band in htmx."""
+    flash(message, category)
+
+
+def init_app(app) -> None:
+    app.jinja_env.globals.update(
+        current_admin=current_admin,
+        ROLE_LABELS=ROLE_LABELS,
+        HTMX_CONFIG=HTMX_CONFIG,
+    )
+    app.jinja_env.filters["dt"] = format_datetime
+    app.jinja_env.filters["ago_days"] = days_from_now
+
+    @app.before_request
+    def _load_admin():
+        g.admin = None
+        admin_id = session.get("admin_id")
+        if admin_id is not None:
+            admin = db.session.get(AdminAccount, admin_id)
+            if admin and not admin.disabled and session.get("epoch") == admin.session_epoch:
+                g.admin = admin
+                g.actor = admin.username
+            else:
+                session.clear()
+        if request.blueprint in PUBLIC_BLUEPRINTS or request.endpoint in PUBLIC_ENDPOINTS:
+            return None
+        if g.admin is None:
+            if request.htmx:
+                resp = app.response_class(status=401)
+                resp.headers["HX-Redirect"] = url_for("auth.login")
+                return resp
+            return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+        # Read-only administrators see everything and change nothing.
+        if request.method not in ("GET", "HEAD", "OPTIONS") and not g.admin.can_write \
+                and request.endpoint != "auth.logout":
+            abort(403, "Your account is read-only.")
+        return None
+
+    @app.after_request
+    def _security_headers(response):
+        h = response.headers
+        h.setdefault("Content-Security-Policy", CSP)
+        h.setdefault("X-Content-Type-Options", "nosniff")
+        h.setdefault("X-Frame-Options", "DENY")
+        h.setdefault("Referrer-Policy", "no-referrer")
+        if request.blueprint not in ("redirect", "client", "landing", "health") \
+                and request.endpoint != "static":
+            h.setdefault("Cache-Control", "no-store")
+        if app.config["SESSION_COOKIE_SECURE"]:
+            h.setdefault("Strict-Transport-Security", "max-age=31536000")
+        return response
+
+    @app.after_request
+    def _toasts_out_of_band(response):
+        """htmx fragments carry pending flash messages as an out-of-band toast swap."""
+        if (request.htmx and response.mimetype == "text/html" and not response.direct_passthrough
+                and "HX-Redirect" not in response.headers and session.get("_flashes")):
+            messages = get_flashed_messages(with_categories=True)
+            extra = render_template("_toasts.html", messages=messages, oob=True)
+            response.set_data(response.get_data(as_text=True) + extra)
+        return response
+
+    @app.errorhandler(CSRFError)
+    def _csrf_error(exc):
+        return _error_response(400, "The form was stale or incomplete (security token missing "
+                                    "or expired). Reload the page and try again.")
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc):
+        if request.blueprint in ("api", "client", "redirect"):
+            return exc  # those blueprints answer JSON themselves
+        message = exc.description if exc.description and not exc.description.startswith(
+            ("The server", "The requested", "You don't", "The browser")) else None
+        return _error_response(exc.code or 500, message or DEFAULT_ERRORS.get(exc.code, exc.name))
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc):
+        if isinstance(exc, HTTPException):
+            return _http_error(exc)
+        db.session.rollback()
+        app.logger.exception("unexpected error on %s %s", request.method, request.path)
+        if request.blueprint in ("api", "client"):
+            from flask import jsonify
+            return jsonify(error="internal_error", message="Unexpected server error; "
+                                                           "see the CDS log.", details=None), 500
+        return _error_response(500, "Something went wrong on the server; nothing was changed. "
+                                    "The details are in the CDS log.")
+
+
+DEFAULT_ERRORS = {
+    400: "The request was not understood.",
+    403: "You are not allowed to do this.",
+    404: "This page or record does not exist (it may have been deleted).",
+    405: "This action is not available here.",
+    409: "This conflicts with the current state; reload and try again.",
+    413: "The upload is too large.",
+    429: "Too many attempts. Wait a moment and try again.",
+}
+
+
+def _error_response(code: int, message: str):
+    if request.htmx:
+        resp = app_response(render_template("_toasts.html", messages=[("error", message)]), code)
+        resp.headers["HX-Retarget"] = "#toasts"
+        # Set directly: htmx-flask 0.1.0 mis-lists some HX-Reswap values.
+        resp.headers["HX-Reswap"] = "beforeend"
+        return resp
+    return app_response(render_template("error.html", code=code, message=message), code)
+
+
+def app_response(body: str, status: int = 200):
+    from flask import current_app
+    return current_app.response_class(body, status=status, mimetype="text/html")
+
+
+def format_datetime(value: datetime | None, empty: str = "") -> Markup:
+    """A UTC time as <time>: the browser shows it in the admin's zone, full stamp on hover."""
+    if value is None:
+        return Markup(empty)
+    iso = value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return Markup('<time class="local" datetime="{0}" title="{1} UTC">{1}</time>').format(
+        iso, value.strftime("%Y-%m-%d %H:%M"))
+
+
+def days_from_now(value: datetime | None) -> str:
+    from cds.models import utcnow
+    if value is None:
+        return ""
+    days = (value - utcnow()).total_seconds() / 86400
+    if days < 0:
+        return "expired"
+    return f"{int(days)} days"

@@ -1,0 +1,173 @@
+"""Shared fixtures: an app on a migrated database (SQLite, or PostgreSQL when
+CDS_TEST_DATABASE_URL is set), signed-in clients that send the CSRF token the
+way the pages do, and helpers to create administrators."""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import uuid
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from cds import create_app
+from cds.extensions import db
+
+TEST_PASSWORD = "correct horse battery"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory):
+    """One database for the session, migrated once; tests empty it between them."""
+    pg = os.environ.get("CDS_TEST_DATABASE_URL")
+    if not pg:
+        yield "sqlite:///" + str(tmp_path_factory.mktemp("db") / "cds-test.sqlite3")
+        return
+    url = make_url(pg.replace("postgresql://", "postgresql+psycopg://", 1)
+                   if pg.startswith("postgresql://") else pg)
+    name = f"cds_test_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield url.set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def instance_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("instance"))
+
+
+@pytest.fixture(scope="session")
+def _migrated(database_url, instance_dir):
+    app = create_app({"DATABASE_URL": database_url, "SCHEDULER_ENABLED": False, "TESTING": True},
+                     instance_path=instance_dir)
+    with app.app_context():
+        from cds.cli import upgrade_database
+        upgrade_database()
+        db.engine.dispose()
+    return True
+
+
+def empty_database() -> None:
+    """Delete every row (children first), keeping the migrated schema."""
+    for table in reversed(db.metadata.sorted_tables):
+        db.session.execute(table.delete())
+    db.session.commit()
+
+
+class CSRFClient(FlaskClient):
+    """Sends the CSRF token in the X-CSRFToken header, as htmx does for the pages."""
+    csrf_token: str | None = None
+
+    def open(self, *args, **kwargs):
+        method = kwargs.get("method", "GET").upper()
+        if self.csrf_token and method not in ("GET", "HEAD", "OPTIONS"):
+            headers = dict(kwargs.pop("headers", None) or {})
+            headers.setdefault("X-CSRFToken", self.csrf_token)
+            kwargs["headers"] = headers
+        return super().open(*args, **kwargs)
+
+    def refresh_csrf(self) -> str:
+        page = self.get("/login", follow_redirects=True).get_data(as_text=True)
+        match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page) or \
+            re.search(r'"X-CSRFToken": "([^"]+)"', page)
+        self.csrf_token = match.group(1)
+        return self.csrf_token
+
+
+@pytest.fixture
+def make_app(database_url, instance_dir, _migrated):
+    """Build an app on the test database; extra settings override the test defaults."""
+    apps = []
+
+    def factory(**config):
+        path = config.pop("instance_path", instance_dir)
+        settings = {"DATABASE_URL": database_url, "SCHEDULER_ENABLED": False, "TESTING": True,
+                    "JOB_EXECUTION": "inline", "PUBLIC_URL": "http://cds.test"}
+        settings.update(config)
+        app = create_app(settings, instance_path=path)
+        app.test_client_class = CSRFClient
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        leader = app.extensions.get("cds_scheduler")
+        if leader is not None:
+            leader.stop()
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
+@pytest.fixture
+def app(make_app):
+    """A fresh app on an emptied database. No context is left pushed: each test-client
+    request gets its own, as in production (a shared one would share ``g``)."""
+    app = make_app()
+    with app.app_context():
+        empty_database()
+        from cds.profiles.service import ensure_builtin_profiles
+        ensure_builtin_profiles()
+    return app
+
+
+@pytest.fixture
+def ctx(app):
+    """An app context for tests that work on the database directly (no test client)."""
+    with app.app_context():
+        yield app
+
+
+@pytest.fixture
+def client(app) -> CSRFClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+def make_admin(app, username="alice", role="primary", password=TEST_PASSWORD):
+    from cds.auth.service import create_admin
+    with app.app_context():
+        return create_admin(username, password, role).id
+
+
+def sign_in(client: CSRFClient, username: str, password: str = TEST_PASSWORD):
+    client.refresh_csrf()
+    resp = client.post("/login", data={"username": username, "password": password,
+                                       "csrf_token": client.csrf_token})
+    client.refresh_csrf()
+    return resp
+
+
+@pytest.fixture
+def admin_client(app) -> CSRFClient:
+    """Signed in as a primary administrator."""
+    make_admin(app, "alice", "primary")
+    c = app.test_client()
+    resp = sign_in(c, "alice")
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    return c
+
+
+@pytest.fixture
+def readonly_client(app) -> CSRFClient:
+    make_admin(app, "rita", "readonly")
+    c = app.test_client()
+    assert sign_in(c, "rita").status_code == 302
+    return c
