@@ -41,13 +41,7 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
     from cds import web
     web.init_app(app)
 
-    from cds.auth.routes import bp as auth_bp
-    from cds.users.routes import bp as users_bp
-    from cds.profiles.routes import bp as profiles_bp
-    from cds.pages.routes import bp as pages_bp
-
-    for bp in (auth_bp, users_bp, profiles_bp, pages_bp):
-        app.register_blueprint(bp)
+    register_areas(app)
 
     from cds.cli import register_cli
     register_cli(app)
@@ -55,6 +49,26 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
     from cds import scheduler
     scheduler.init_app(app)
     return app
+
+
+# One package per area (STYLE.md). Each may have routes.py (a blueprint named
+# ``bp``) and cli.py (click commands in ``commands``, added to `flask cds`).
+AREAS = ("auth", "pages", "users", "profiles", "jobs", "deploy", "client", "redirect", "outbox",
+         "connections", "imports", "export", "audit", "settings", "api", "health")
+
+
+def register_areas(app: Flask) -> None:
+    import importlib
+    import importlib.util
+
+    for area in AREAS:
+        if importlib.util.find_spec(f"cds.{area}") is None:
+            continue
+        if importlib.util.find_spec(f"cds.{area}.routes") is not None:
+            app.register_blueprint(importlib.import_module(f"cds.{area}.routes").bp)
+        # Importing service modules registers their job actions and scheduler tasks.
+        if importlib.util.find_spec(f"cds.{area}.service") is not None:
+            importlib.import_module(f"cds.{area}.service")
 
 
 @event.listens_for(Engine, "connect")

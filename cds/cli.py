@@ -83,4 +83,13 @@ def serve_command(host, port):
 
 
 def register_cli(app) -> None:
+    import importlib
+    import importlib.util
+
+    from cds import AREAS
+    for area in AREAS:
+        if importlib.util.find_spec(f"cds.{area}") and importlib.util.find_spec(f"cds.{area}.cli"):
+            for command in importlib.import_module(f"cds.{area}.cli").commands:
+                if command.name not in cds_cli.commands:
+                    cds_cli.add_command(command)
     app.cli.add_command(cds_cli)

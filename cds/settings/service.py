@@ -1,0 +1,133 @@
+"""Settings changed from the console, stored in the database over the file/env values.
+
+The configuration file and CDS_* variables give the starting values; what the
+primary administrator saves in Settings is stored here and wins from then on
+(every process reads it from the shared database). Secret values are encrypted.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app
+from sqlalchemy import select
+
+from cds.extensions import db
+from cds.models import Setting
+from cds.security import decrypt, encrypt
+
+
+class SettingError(Exception):
+    """A setting value is not acceptable; the message says why."""
+
+
+@dataclass(frozen=True)
+class SettingDef:
+    key: str
+    kind: type  # str, int or bool
+    secret: bool = False
+
+
+# Keys the console may change. Defaults come from app.config (cds/config.py),
+# or from DEFAULTS below for keys that only exist here.
+EDITABLE = {d.key: d for d in (
+    SettingDef("PUBLIC_URL", str),
+    SettingDef("REDIRECT_URL", str),
+    SettingDef("MAIL_SERVER", str),
+    SettingDef("MAIL_PORT", int),
+    SettingDef("MAIL_USE_TLS", bool),
+    SettingDef("MAIL_USE_SSL", bool),
+    SettingDef("MAIL_USERNAME", str),
+    SettingDef("MAIL_PASSWORD", str, secret=True),
+    SettingDef("MAIL_DEFAULT_SENDER", str),
+    SettingDef("MAIL_RATE_LIMIT", int),
+    SettingDef("JOB_RETENTION_DAYS", int),
+    SettingDef("AUTO_REDEPLOY_ON_ID_CHANGE", bool),
+    SettingDef("MAIL_TEMPLATE_SUBJECT", str),
+    SettingDef("MAIL_TEMPLATE_TEXT", str),
+    SettingDef("MAIL_TEMPLATE_HTML", str),
+)}
+
+DEFAULTS = {
+    "AUTO_REDEPLOY_ON_ID_CHANGE": False,
+    # Empty template settings mean: the built-in templates in templates/mail/.
+    "MAIL_TEMPLATE_SUBJECT": "",
+    "MAIL_TEMPLATE_TEXT": "",
+    "MAIL_TEMPLATE_HTML": "",
+}
+
+
+def _decode(definition: SettingDef, row: Setting):
+    raw = decrypt(row.value) if definition.secret else row.value
+    if raw is None:
+        return None
+    if definition.kind is bool:
+        return raw == "1"
+    if definition.kind is int:
+        return int(raw)
+    return raw
+
+
+def get_setting(key: str):
+    definition = EDITABLE[key]
+    row = db.session.get(Setting, key)
+    if row is not None:
+        return _decode(definition, row)
+    if key in current_app.config:
+        return current_app.config[key]
+    return DEFAULTS.get(key)
+
+
+def get_settings(*keys: str) -> dict:
+    rows = {r.key: r for r in db.session.scalars(select(Setting).where(Setting.key.in_(keys)))}
+    out = {}
+    for key in keys:
+        definition = EDITABLE[key]
+        if key in rows:
+            out[key] = _decode(definition, rows[key])
+        else:
+            out[key] = current_app.config.get(key, DEFAULTS.get(key))
+    return out
+
+
+def is_overridden(key: str) -> bool:
+    return db.session.get(Setting, key) is not None
+
+
+def save_settings(values: dict, actor: str | None = None, *, commit: bool = True) -> list[str]:
+    """Store the given values; returns the keys that changed. Secrets: None keeps, "" clears."""
+    changed = []
+    for key, value in values.items():
+        definition = EDITABLE.get(key)
+        if definition is None:
+            raise SettingError(f"{key} cannot be changed from the console.")
+        if definition.secret and value is None:
+            continue
+        if value is None:
+            stored = None
+        elif definition.kind is bool:
+            stored = "1" if value else "0"
+        elif definition.kind is int:
+            stored = str(int(value))
+        else:
+            stored = str(value)
+        if definition.secret:
+            stored = encrypt(stored) if stored else None
+        row = db.session.get(Setting, key)
+        if row is None:
+            row = Setting(key=key, secret=definition.secret)
+            db.session.add(row)
+        elif (decrypt(row.value) if definition.secret else row.value) == (value if definition.secret else stored):
+            continue
+        row.value, row.updated_by = stored, actor
+        changed.append(key)
+    if commit:
+        db.session.commit()
+    return changed
+
+
+def reset_setting(key: str) -> None:
+    """Back to the file/env value."""
+    row = db.session.get(Setting, key)
+    if row is not None:
+        db.session.delete(row)
+        db.session.commit()
