@@ -301,3 +301,58 @@ def source_label(user: User) -> str:
 def source_choices() -> list[tuple[str, str]]:
     rows = db.session.execute(select(Connection.id, Connection.name).order_by(Connection.name))
     return [("manual", "Manual"), ("csv", "CSV import")] + [(f"c{i}", n) for i, n in rows]
+
+
+# --- field rules, shared by the user form, the CSV import and the API ---------------
+
+USER_FIELD_LIMITS = {"login_id": 113, "first_name": 100, "last_name": 100, "number": 32,
+                     "pbx_number": 32, "pbx_sip_username": 128, "mbg_sip_username": 128,
+                     "mcs_account": 128, "email": 254}
+USER_FIELD_LABELS = {"login_id": "Login ID", "first_name": "Firstname", "last_name": "Lastname",
+                     "number": "Number", "pbx_number": "PBX Number",
+                     "pbx_sip_username": "PBX SIP User name", "mbg_sip_username": "MBG SIP User name",
+                     "mcs_account": "MiCollab Client Service Account", "email": "Email address"}
+REQUIRED_USER_FIELDS = ("login_id", "last_name", "email")
+_PHONE_RE = re.compile(r"[0-9+*#() .\-]*")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def validate_user_fields(data: dict) -> dict[str, str]:
+    """Check the non-secret fields of a user. Returns {field: message}; empty when valid.
+
+    Only the fields present in ``data`` are checked, so a partial update can be
+    validated; values are expected already stripped. Uniqueness of the login id
+    needs the database: see ``login_id_taken``."""
+    from email_validator import EmailNotValidError, validate_email
+
+    errors: dict[str, str] = {}
+    for name, value in data.items():
+        if name not in USER_FIELD_LIMITS:
+            continue
+        label = USER_FIELD_LABELS[name]
+        value = "" if value is None else str(value)
+        if not value:
+            if name in REQUIRED_USER_FIELDS:
+                errors[name] = f"{label} is required."
+            continue
+        if len(value) > USER_FIELD_LIMITS[name]:
+            errors[name] = f"{label} is longer than {USER_FIELD_LIMITS[name]} characters."
+        elif _CONTROL_RE.search(value):
+            errors[name] = f"{label} contains control characters."
+        elif name == "login_id" and (len(value) < 2 or value != value.strip()):
+            errors[name] = "Login ID must be 2 to 113 characters, without leading or trailing spaces."
+        elif name in ("number", "pbx_number") and not _PHONE_RE.fullmatch(value):
+            errors[name] = f"{label} may hold only digits, spaces and + * # ( ) . -"
+        elif name == "email":
+            try:
+                validate_email(value, check_deliverability=False)
+            except EmailNotValidError as exc:
+                errors[name] = f"{label} is not a valid e-mail address ({exc})."
+    return errors
+
+
+def login_id_taken(login_id: str, exclude_user_id: int | None = None) -> bool:
+    query = select(User.id).where(User.login_id == login_id)
+    if exclude_user_id is not None:
+        query = query.where(User.id != exclude_user_id)
+    return db.session.scalar(query.limit(1)) is not None
