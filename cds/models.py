@@ -15,6 +15,15 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
 
 
+def include_in_autogenerate(obj, name, type_, reflected, compare_to) -> bool:
+    """Schema objects the migrations own that no model describes: APScheduler's job
+    store, and the Users search index of migration 0002_users (an FTS5 table and
+    its shadow tables on SQLite, a trigram index on PostgreSQL)."""
+    if type_ == "table" and (name == "apscheduler_jobs" or name.startswith("user_search")):
+        return False
+    return not (type_ == "index" and name == "ix_user_search_trgm")
+
+
 ROLES = ("primary", "admin", "readonly")
 ROLE_LABELS = {"primary": "Primary administrator", "admin": "Administrator", "readonly": "Read-only"}
 

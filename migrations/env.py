@@ -48,8 +48,9 @@ def get_metadata():
 
 
 def include_object(obj, name, type_, reflected, compare_to):
-    # APScheduler owns its job-store table and creates it itself.
-    return not (type_ == "table" and name == "apscheduler_jobs")
+    # APScheduler's job store and the Users search index are not described by models.
+    from cds.models import include_in_autogenerate
+    return include_in_autogenerate(obj, name, type_, reflected, compare_to)
 
 
 def run_migrations_offline():
