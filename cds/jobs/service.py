@@ -56,14 +56,17 @@ class Action:
     finish: Callable[[Job], None] | None = None
     # Batch size: actions that talk to slow peers may want smaller batches.
     batch_size: int = BATCH_SIZE
+    # Called by create_job with (total, params) before anything is recorded; raises
+    # JobError when the request is not acceptable (e.g. a missing confirmation).
+    check: Callable[[int, dict], None] | None = None
 
 
 ACTIONS: dict[str, Action] = {}
 
 
-def action(kind: str, label: str, *, finish=None, batch_size: int = BATCH_SIZE):
+def action(kind: str, label: str, *, finish=None, batch_size: int = BATCH_SIZE, check=None):
     def register(fn):
-        ACTIONS[kind] = Action(kind, label, fn, finish, batch_size)
+        ACTIONS[kind] = Action(kind, label, fn, finish, batch_size, check)
         return fn
     return register
 
@@ -80,6 +83,8 @@ def create_job(kind: str, selection: dict, *, params: dict | None = None,
     total = count_selection(selection)
     if total == 0:
         raise JobError("No users are selected.")
+    if ACTIONS[kind].check:
+        ACTIONS[kind].check(total, params or {})
     now = utcnow()
     scheduled = run_at is not None and run_at > now
     job = Job(kind=kind, state=JOB_SCHEDULED if scheduled else JOB_QUEUED,
@@ -244,13 +249,19 @@ def run_due(app) -> None:
 
 
 @tick_task("jobs.prune", every_ticks=720)
-def prune_finished(app) -> None:
-    days = app.config["JOB_RETENTION_DAYS"]
-    if days <= 0:
-        return
+def prune_finished(app) -> int:
+    """Forget finished jobs older than the retention set in Settings (0 keeps them all)."""
+    from cds.settings.service import get_setting
+
+    days = get_setting("JOB_RETENTION_DAYS")
+    if not days or days <= 0:
+        return 0
     cutoff = utcnow() - timedelta(days=days)
     old = select(Job.id).where(Job.state.in_([JOB_DONE, JOB_FAILED, JOB_CANCELLED]),
                                Job.finished_at < cutoff)
     db.session.execute(delete(JobItem).where(JobItem.job_id.in_(old)))
-    db.session.execute(delete(Job).where(Job.id.in_(old)))
+    pruned = db.session.execute(delete(Job).where(Job.id.in_(old))).rowcount
     db.session.commit()
+    if pruned:
+        log.info("pruned %s finished jobs older than %s days", pruned, days)
+    return pruned

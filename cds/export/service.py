@@ -1,0 +1,157 @@
+"""Export (CSV): the one place that turns users into rows of the PRODUCT.md §4 format.
+
+The page, the JSON API and the CLI all stream ``export_csv``: a generator that
+reads the selection in id-ordered batches (keyset, not OFFSET) and yields the
+CSV text one batch at a time, so memory stays flat whatever the number of users.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import re
+from datetime import datetime
+from typing import Iterable, Iterator
+
+from sqlalchemy import select
+
+from cds.audit.service import record_event
+from cds.extensions import db
+from cds.models import USER_SECRETS, Connection, DeploymentProfile, User
+from cds.users.service import count_selection, describe_selection, selection_query
+
+BATCH_SIZE = 2000
+BOM = "\ufeff"
+
+# Header (PRODUCT.md §4) -> the User column it comes from.
+EXPORT_COLUMNS = (
+    ("ID", User.id),
+    ("Login ID", User.login_id),
+    ("Profile", User.profile_id),
+    ("Firstname", User.first_name),
+    ("Lastname", User.last_name),
+    ("Number", User.number),
+    ("PBX Number", User.pbx_number),
+    ("PBX SIP User name", User.pbx_sip_username),
+    ("MBG SIP User name", User.mbg_sip_username),
+    ("MiCollab Client Service Account", User.mcs_account),
+    ("Email address", User.email),
+    ("Source", User.source),
+    ("Deployed", User.deployed_at),
+    ("Downloaded", User.downloaded_at),
+)
+HEADER = [name for name, _ in EXPORT_COLUMNS]
+
+# The seed: an export never carries the MiCollab Client password, PBX SIP password,
+# Teleworker SIP password or Voicemail PIN. Rows are built only from the columns
+# above (the encrypted secret columns are never even read), and this check keeps
+# anyone from adding one of them to the list.
+_SECRET_COLUMNS = {f"{name}_enc" for name in USER_SECRETS}
+assert not _SECRET_COLUMNS & {col.key for _, col in EXPORT_COLUMNS}, "export must not carry secrets"
+
+# A phone number (or any plain number) is safe as it is; other text starting with
+# + or - could be read as a formula by a spreadsheet.
+_PLAIN_NUMBER = re.compile(r"[+-]?[0-9][0-9 ().-]*")
+_FORMULA_START = ("=", "@", "\t", "\r")
+
+
+def neutralise(cell: str) -> str:
+    """Defuse spreadsheet formulas (CSV injection): prefix a single quote.
+
+    Cells starting with = @ tab or CR always; + or - only when the cell is not a
+    plain number, so "+44 20 7946 0000" comes out exactly as stored."""
+    if not cell:
+        return cell
+    if cell.startswith(_FORMULA_START):
+        return "'" + cell
+    if cell[0] in "+-" and not _PLAIN_NUMBER.fullmatch(cell):
+        return "'" + cell
+    return cell
+
+
+def iso_utc(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else ""
+
+
+def _source_labels() -> dict:
+    labels = {("manual", None): "Manual", ("csv", None): "CSV"}
+    for cid, name in db.session.execute(select(Connection.id, Connection.name)):
+        labels[("connection", cid)] = name
+    return labels
+
+
+def export_rows(selection: dict, batch_size: int | None = None) -> Iterator[list[str]]:
+    """Yield one list of cells per selected user, in id order, a batch of rows at a time."""
+    batch_size = batch_size or BATCH_SIZE
+    profiles = dict(db.session.execute(select(DeploymentProfile.id, DeploymentProfile.name)).all())
+    sources = _source_labels()
+    columns = [col for _, col in EXPORT_COLUMNS] + [User.connection_id]
+    base = selection_query(selection).with_only_columns(*columns)
+    last_id = 0
+    while True:
+        batch = db.session.execute(
+            base.where(User.id > last_id).order_by(User.id).limit(batch_size)).all()
+        if not batch:
+            return
+        for (uid, login_id, profile_id, first, last, number, pbx_number, pbx_sip, mbg_sip,
+             mcs, email, source, deployed, downloaded, connection_id) in batch:
+            if source == "connection":
+                source_label = sources.get((source, connection_id), "Connection (deleted)")
+            else:
+                source_label = sources.get((source, None), source)
+            yield [str(uid), login_id, profiles.get(profile_id, ""), first, last, number,
+                   pbx_number, pbx_sip, mbg_sip, mcs, email, source_label,
+                   iso_utc(deployed), iso_utc(downloaded)]
+        last_id = batch[-1][0]
+        if len(batch) < batch_size:
+            return
+
+
+def csv_chunks(header: list[str], rows: Iterable[list[str]], rows_per_chunk: int = BATCH_SIZE
+               ) -> Iterator[str]:
+    """RFC 4180 text (CRLF line ends, quoting as needed), BOM first, every cell neutralised.
+
+    Yields the header on its own, then a chunk every ``rows_per_chunk`` rows."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(header)
+    yield BOM + buffer.getvalue()
+    buffer.seek(0)
+    buffer.truncate()
+    pending = 0
+    for row in rows:
+        writer.writerow([neutralise(cell) for cell in row])
+        pending += 1
+        if pending >= rows_per_chunk:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+            pending = 0
+    if pending:
+        yield buffer.getvalue()
+
+
+def export_csv(selection: dict, batch_size: int | None = None) -> Iterator[str]:
+    """The export file as a stream of text chunks."""
+    batch_size = batch_size or BATCH_SIZE
+    return csv_chunks(HEADER, export_rows(selection, batch_size), rows_per_chunk=batch_size)
+
+
+def start_export(selection: dict, *, actor: str | None = None, via: str = "console"
+                 ) -> tuple[int, Iterator[str]]:
+    """Record the export in the audit log, then hand back (count, the CSV stream)."""
+    total = count_selection(selection)
+    record_event("users.export", actor=actor, count=total,
+                 detail={"selection": _describe_for_audit(selection),
+                         "summary": describe_selection(selection, total), "via": via})
+    return total, export_csv(selection)
+
+
+def _describe_for_audit(selection: dict) -> dict:
+    if "ids" in selection:
+        ids = selection["ids"]
+        return {"ids": ids[:50], "ids_total": len(ids)} if len(ids) > 50 else {"ids": ids}
+    return {"filter": selection.get("filter", {})}
+
+
+def export_filename(now: datetime) -> str:
+    return f"cds-users-{now.strftime('%Y%m%d-%H%M%S')}.csv"
