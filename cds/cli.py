@@ -82,6 +82,16 @@ def serve_command(host, port):
                    ident="CDS", clear_untrusted_proxy_headers=True, _quiet=True)
 
 
+def _with_app_context(command: click.Command) -> None:
+    """Area commands are plain click commands; run them (and subcommands) inside the app."""
+    from flask.cli import with_appcontext
+    if command.callback is not None and not getattr(command.callback, "_cds_ctx", False):
+        command.callback = with_appcontext(command.callback)
+        command.callback._cds_ctx = True
+    for sub in getattr(command, "commands", {}).values():
+        _with_app_context(sub)
+
+
 def register_cli(app) -> None:
     import importlib
     import importlib.util
@@ -91,5 +101,6 @@ def register_cli(app) -> None:
         if importlib.util.find_spec(f"cds.{area}") and importlib.util.find_spec(f"cds.{area}.cli"):
             for command in importlib.import_module(f"cds.{area}.cli").commands:
                 if command.name not in cds_cli.commands:
+                    _with_app_context(command)
                     cds_cli.add_command(command)
     app.cli.add_command(cds_cli)

@@ -93,7 +93,8 @@ def init_app(app) -> None:
                 g.actor = admin.username
             else:
                 session.clear()
-        if request.blueprint in PUBLIC_BLUEPRINTS or request.endpoint in PUBLIC_ENDPOINTS:
+        if request.blueprint in PUBLIC_BLUEPRINTS or request.endpoint in PUBLIC_ENDPOINTS \
+                or request.path.startswith("/api/"):
             return None
         if g.admin is None:
             if request.htmx:
@@ -138,7 +139,11 @@ def init_app(app) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc):
-        if request.blueprint in ("api", "client", "redirect"):
+        if request.path.startswith("/api/"):
+            # Also for paths no API route matched: the API's one error shape.
+            from cds.api.routes import _http_error as api_error
+            return api_error(exc)
+        if request.blueprint in ("client", "redirect"):
             return exc  # those blueprints answer JSON themselves
         message = exc.description if exc.description and not exc.description.startswith(
             ("The server", "The requested", "You don't", "The browser")) else None

@@ -1,0 +1,127 @@
+"""JSON API v1: bearer API tokens, one error shape, the same services as the pages.
+
+No cookie is ever accepted here (so no CSRF either): a request is authenticated
+by its `Authorization: Bearer cds_…` header alone.
+"""
+from __future__ import annotations
+
+from functools import wraps
+
+from flask import Blueprint, current_app, g, jsonify, request, url_for
+from werkzeug.exceptions import HTTPException
+
+from cds.extensions import csrf, limiter
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+csrf.exempt(bp)
+
+
+class ApiError(Exception):
+    """An error answered as {"error": code, "message": text, "details": …}."""
+
+    def __init__(self, status: int, code: str, message: str, details=None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.details = status, code, message, details
+
+
+def error_response(status: int, code: str, message: str, details=None, headers=None):
+    resp = jsonify(error=code, message=message, details=details)
+    resp.status_code = status
+    for key, value in (headers or {}).items():
+        resp.headers[key] = value
+    return resp
+
+
+HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+              405: "method_not_allowed", 409: "conflict", 410: "gone", 413: "too_large",
+              415: "unsupported_media_type", 422: "invalid", 429: "rate_limited",
+              500: "internal_error"}
+
+
+@bp.errorhandler(ApiError)
+def _api_error(exc: ApiError):
+    return error_response(exc.status, exc.code, exc.message, exc.details)
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(exc: HTTPException):
+    status = exc.code or 500
+    message = exc.description or exc.name
+    headers = {}
+    if status == 429:
+        message = "Too many requests; slow down and retry later."
+        retry = getattr(exc, "retry_after", None)
+        if retry:
+            headers["Retry-After"] = str(int(retry))
+    if status == 405:
+        message = f"{request.method} is not allowed on this resource."
+    if status == 404 and not request.url_rule:
+        message = "No such API endpoint."
+    return error_response(status, HTTP_CODES.get(status, "error"), message, None, headers)
+
+
+def _api_limit() -> str:
+    return current_app.config.get("API_RATE_LIMIT", "600/minute")
+
+
+def _api_key() -> str:
+    header = request.headers.get("Authorization", "")
+    return "api:" + (header[-16:] if header else (request.remote_addr or "-"))
+
+
+# Per-token (or per-address) request budget, answered as 429 in the API's error shape.
+limiter.limit(_api_limit, key_func=_api_key, scope="api")(bp)
+
+
+@bp.before_request
+def _authenticate():
+    from cds.api.tokens import find_valid_token
+
+    # Cookies are ignored: whatever the session says, only the bearer token counts.
+    g.admin = None
+    g.api_token = None
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if request.endpoint in ("api.openapi",):
+        return None
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "unauthorized", "Send an API token: Authorization: Bearer <token>.")
+    row = find_valid_token(token.strip())
+    if row is None:
+        raise ApiError(401, "unauthorized", "The API token is unknown, expired or revoked.")
+    g.api_token = row
+    g.actor = f"api:{row.name}"[:64]
+    g.actor_type = "api"
+    if request.method not in ("GET", "HEAD", "OPTIONS") and row.role == "readonly":
+        raise ApiError(403, "forbidden", "This API token is read-only.")
+    return None
+
+
+def body_json() -> dict:
+    """The request's JSON object, or a 400/415 in the API's shape."""
+    if not request.is_json:
+        raise ApiError(415, "unsupported_media_type", "Send a JSON body (Content-Type: application/json).")
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_request", "The body must be a JSON object.")
+    return data
+
+
+def paginated(items: list, total: int, page: int, per_page: int, endpoint: str, args: dict):
+    pages = max(1, -(-total // per_page))
+    nxt = url_for(endpoint, **{**args, "page": page + 1, "per_page": per_page}) if page < pages else None
+    return {"items": items, "total": total, "page": page, "per_page": per_page, "next": nxt}
+
+
+def iso(value) -> str | None:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value is not None else None
+
+
+@bp.route("/openapi.json")
+def openapi():
+    from cds.api.openapi import build_document
+    return jsonify(build_document())
+
+
+# Resource modules add their routes to ``bp``.
+from cds.api import resources  # noqa: E402,F401

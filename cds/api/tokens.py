@@ -1,0 +1,66 @@
+"""API tokens: bearer credentials for scripts. Only a hash is stored; the token is shown once."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from cds.extensions import db
+from cds.models import ApiToken, utcnow
+from cds.security import new_token, same_secret, token_hash
+
+TOKEN_PREFIX = "cds_"
+API_ROLES = {"admin": "admin", "read-only": "readonly", "readonly": "readonly"}
+
+
+class TokenError(Exception):
+    """A token cannot be created or revoked as asked."""
+
+
+def create_api_token(name: str, role: str = "admin", expires_days: int | None = None,
+                     created_by: str | None = None) -> tuple[ApiToken, str]:
+    """Returns the stored row and the token itself, which is never retrievable again."""
+    name = (name or "").strip()
+    if not 1 <= len(name) <= 64:
+        raise TokenError("A token name has 1-64 characters.")
+    if role not in API_ROLES:
+        raise TokenError("The role of a token is admin or read-only.")
+    if expires_days is not None and not 1 <= expires_days <= 3650:
+        raise TokenError("A token expires after 1-3650 days.")
+    token = TOKEN_PREFIX + new_token()
+    row = ApiToken(name=name, token_hash=token_hash(token), role=API_ROLES[role], created_by=created_by,
+                   expires_at=utcnow() + timedelta(days=expires_days) if expires_days else None)
+    db.session.add(row)
+    db.session.commit()
+    return row, token
+
+
+def list_api_tokens() -> list[ApiToken]:
+    return list(db.session.scalars(select(ApiToken).order_by(ApiToken.id)))
+
+
+def revoke_api_token(token_id: int) -> ApiToken:
+    row = db.session.get(ApiToken, token_id)
+    if row is None:
+        raise TokenError(f"API token {token_id} does not exist.")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        db.session.commit()
+    return row
+
+
+def find_valid_token(token: str) -> ApiToken | None:
+    if not token.startswith(TOKEN_PREFIX) or len(token) > 100:
+        return None
+    hashed = token_hash(token)
+    row = db.session.scalar(select(ApiToken).where(ApiToken.token_hash == hashed))
+    if row is None or not same_secret(row.token_hash, hashed):
+        return None
+    now = utcnow()
+    if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
+        return None
+    # Recorded at most once a minute: reads stay reads.
+    if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
+        row.last_used_at = now
+        db.session.commit()
+    return row
