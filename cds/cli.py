@@ -7,7 +7,29 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-cds_cli = AppGroup("cds", help="Client Deployment Service administration.")
+@click.group("cds", cls=AppGroup)
+@click.pass_context
+def cds_cli(ctx):
+    """Client Deployment Service administration."""
+    if ctx.invoked_subcommand not in (None, "upgrade") and "--help" not in sys.argv:
+        from flask.cli import ScriptInfo
+        app = ctx.ensure_object(ScriptInfo).load_app()
+        with app.app_context():
+            if pending_migrations():
+                click.echo("applying database migrations…", err=True)
+                upgrade_database()
+
+
+def pending_migrations() -> bool:
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from cds.extensions import db
+    migrate_ext = current_app.extensions["migrate"]
+    script = ScriptDirectory.from_config(migrate_ext.migrate.get_config(migrate_ext.directory))
+    with db.engine.connect() as conn:
+        current = set(MigrationContext.configure(conn).get_current_heads())
+    return current != set(script.get_heads())
 
 
 def fail(message: str, code: int = 1):
