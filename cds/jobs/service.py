@@ -96,8 +96,10 @@ def create_job(kind: str, selection: dict, *, params: dict | None = None,
     return job
 
 
-def cancel_job(job_id: int) -> Job:
+def cancel_job(job_id: int, actor: str | None = None) -> Job:
     """Cancel a scheduled or queued job (it never runs), or stop a running one after its batch."""
+    from cds.audit.service import record_event
+
     job = db.session.get(Job, job_id)
     if job is None:
         raise JobNotFound(f"Job {job_id} does not exist.")
@@ -107,9 +109,12 @@ def cancel_job(job_id: int) -> Job:
                 message="Cancelled before it ran." if job.state != JOB_RUNNING
                 else "Cancelled while running; the users already done stay done.")
     ).rowcount
-    db.session.commit()
     if not changed:
+        db.session.rollback()
         raise JobError(f"Job {job_id} has already finished ({job.state}).")
+    record_event("job.cancel", actor=actor, count=job.total, commit=False,
+                 detail={"job": job.id, "kind": job.kind, "description": job.description})
+    db.session.commit()
     db.session.refresh(job)
     return job
 
@@ -230,6 +235,54 @@ def reason_counts(job: Job) -> list[tuple[str, str, int]]:
         .where(JobItem.job_id == job.id, JobItem.outcome != "ok")
         .group_by(JobItem.outcome, JobItem.message).order_by(func.count().desc()).limit(20))
     return [tuple(r) for r in rows]
+
+
+# --- what the Jobs tab shows ------------------------------------------------------
+
+def action_label(kind: str) -> str:
+    return ACTIONS[kind].label if kind in ACTIONS else kind
+
+
+def active_jobs() -> list[Job]:
+    """Queued and running jobs, oldest first."""
+    return list(db.session.scalars(select(Job).where(Job.state.in_([JOB_QUEUED, JOB_RUNNING]))
+                                   .order_by(Job.id)))
+
+
+def scheduled_jobs() -> list[Job]:
+    return list(db.session.scalars(select(Job).where(Job.state == JOB_SCHEDULED)
+                                   .order_by(Job.run_at, Job.id)))
+
+
+def finished_jobs(page: int = 1, per_page: int = 25) -> tuple[list[Job], int]:
+    """One page of finished jobs, most recent first, and how many there are."""
+    finished = Job.state.in_([JOB_DONE, JOB_FAILED, JOB_CANCELLED])
+    total = db.session.scalar(select(func.count(Job.id)).where(finished))
+    jobs = db.session.scalars(select(Job).where(finished)
+                              .order_by(Job.finished_at.desc(), Job.id.desc())
+                              .offset((page - 1) * per_page).limit(per_page))
+    return list(jobs), total
+
+
+ITEM_OUTCOMES = ("failed", "skipped", "ok")
+
+
+def item_page(job: Job, outcome: str | None, page: int = 1, per_page: int = 100
+              ) -> tuple[list[JobItem], int]:
+    """One page of a job's per-user outcomes (``outcome`` None: failed and skipped)."""
+    cond = JobItem.job_id == job.id
+    cond &= (JobItem.outcome == outcome) if outcome else JobItem.outcome.in_(["failed", "skipped"])
+    total = db.session.scalar(select(func.count(JobItem.id)).where(cond))
+    items = db.session.scalars(select(JobItem).where(cond).order_by(JobItem.id)
+                               .offset((page - 1) * per_page).limit(per_page))
+    return list(items), total
+
+
+def sync_schedules() -> list:
+    """Connections and their periodic sync: interval, last result, next run."""
+    from cds.models import Connection
+    return list(db.session.scalars(select(Connection).order_by(
+        Connection.enabled.desc(), Connection.next_sync_at, Connection.name)))
 
 
 # --- the scheduler's part ----------------------------------------------------

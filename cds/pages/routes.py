@@ -8,7 +8,6 @@ bp = Blueprint("pages", __name__)
 NOT_YET = {
     "import": "Import Users",
     "connections": "Connections",
-    "jobs": "Jobs",
     "audit": "Audit log",
     "settings": "Settings",
 }
