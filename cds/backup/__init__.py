@@ -1,0 +1,1 @@
+"""Backup and restore of the whole instance: database, keys and settings in one archive."""
