@@ -102,9 +102,9 @@ def init_app(app) -> None:
                 resp.headers["HX-Redirect"] = url_for("auth.login")
                 return resp
             return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
-        # Read-only administrators see everything and change nothing.
+        # Read-only administrators see everything and change nothing (but their own password).
         if request.method not in ("GET", "HEAD", "OPTIONS") and not g.admin.can_write \
-                and request.endpoint != "auth.logout":
+                and request.endpoint not in ("auth.logout", "settings.account"):
             abort(403, "Your account is read-only.")
         return None
 

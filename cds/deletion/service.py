@@ -47,12 +47,14 @@ def delete_user(user: User, *, reason: str = "deleted", job: Job | None = None) 
     devices, links = revoke_client_access(user, reason)
     withdraw_links(closed_links)
     detail = {"devices_revoked": devices, "links_revoked": links, "name": user.display_name}
-    actor = None
+    actor = actor_type = None
     if job is not None:
         detail["job"] = job.id
         # Jobs run away from the request: the event names who asked for the job.
         actor = job.created_by
-    record_event("user.delete", user=user, actor=actor, detail=detail, commit=False)
+        actor_type = job.params.get("actor_type") or ("admin" if job.created_by else "system")
+    record_event("user.delete", user=user, actor=actor, actor_type=actor_type, detail=detail,
+                 commit=False)
     # Device credentials and deployments go with the user (ON DELETE CASCADE);
     # a client presenting a key that no longer exists is told to redeploy.
     db.session.delete(user)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable
 
-from flask import current_app
+from flask import current_app, g, has_request_context
 from sqlalchemy import delete, func, select, update
 
 from cds.extensions import db
@@ -87,8 +87,12 @@ def create_job(kind: str, selection: dict, *, params: dict | None = None,
         ACTIONS[kind].check(total, params or {})
     now = utcnow()
     scheduled = run_at is not None and run_at > now
+    params = {"selection": selection, **(params or {})}
+    # Whoever asked (an administrator, an API token…), for audit events written while it runs.
+    if has_request_context() and (g.get("actor_type") or g.get("admin")):
+        params.setdefault("actor_type", g.get("actor_type") or "admin")
     job = Job(kind=kind, state=JOB_SCHEDULED if scheduled else JOB_QUEUED,
-              params={"selection": selection, **(params or {})},
+              params=params,
               description=f"{ACTIONS[kind].label}: {describe_selection(selection, total)}",
               run_at=run_at if scheduled else None, created_by=actor, total=total)
     db.session.add(job)

@@ -8,8 +8,6 @@ bp = Blueprint("pages", __name__)
 NOT_YET = {
     "import": "Import Users",
     "connections": "Connections",
-    "audit": "Audit log",
-    "settings": "Settings",
 }
 
 

@@ -131,3 +131,45 @@ def reset_setting(key: str) -> None:
     if row is not None:
         db.session.delete(row)
         db.session.commit()
+
+
+# --- Settings → General: the values the console form edits ------------------------
+
+GENERAL_KEYS = ("PUBLIC_URL", "REDIRECT_URL", "JOB_RETENTION_DAYS", "AUTO_REDEPLOY_ON_ID_CHANGE")
+MAX_RETENTION_DAYS = 3650
+
+
+def parse_general(form) -> tuple[dict, dict]:
+    """Validate the General form: (values, errors by field). Nothing is saved here."""
+    from urllib.parse import urlsplit
+
+    values, errors = {}, {}
+    for key, label in (("PUBLIC_URL", "The CDS public URL"), ("REDIRECT_URL", "The redirect server URL")):
+        raw = str(form.get(key, "") or "").strip().rstrip("/")
+        parts = urlsplit(raw)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment \
+                or any(c.isspace() for c in raw):
+            errors[key] = f"{label} must be an http:// or https:// address, e.g. https://cds.example.com."
+        else:
+            values[key] = raw
+    raw = str(form.get("JOB_RETENTION_DAYS", "") or "").strip()
+    if not raw.isdigit() or int(raw) > MAX_RETENTION_DAYS:
+        errors["JOB_RETENTION_DAYS"] = f"Enter a number of days from 0 to {MAX_RETENTION_DAYS} (0 keeps every job)."
+    else:
+        values["JOB_RETENTION_DAYS"] = int(raw)
+    values["AUTO_REDEPLOY_ON_ID_CHANGE"] = form.get("AUTO_REDEPLOY_ON_ID_CHANGE") in ("1", "on", "true", "yes")
+    return values, errors
+
+
+def save_general(values: dict, actor: str | None = None) -> list[str]:
+    """Store validated General values and audit what changed (old and new: none is secret)."""
+    from cds.audit.service import record_event
+
+    before = get_settings(*GENERAL_KEYS)
+    changes = {key: value for key, value in values.items() if value != before.get(key)}
+    changed = save_settings(changes, actor=actor, commit=False)
+    if changed:
+        record_event("settings.change", actor=actor, commit=False, detail={
+            key: {"from": before[key], "to": values[key]} for key in changed})
+    db.session.commit()
+    return changed

@@ -1,0 +1,53 @@
+"""The Audit log tab: search and filter the trail, page through it, export it as CSV."""
+from flask import Blueprint, Response, abort, render_template, request, stream_with_context
+
+from cds.audit.service import (AuditFilter, InvalidAuditQuery, action_names, actor_names,
+                               audit_csv, detail_text, list_events, record_event)
+from cds.models import utcnow
+
+bp = Blueprint("audit", __name__, url_prefix="/audit")
+
+PER_PAGE = 100
+
+
+def _filter() -> tuple[AuditFilter, str | None]:
+    try:
+        return AuditFilter.from_mapping(request.args), None
+    except InvalidAuditQuery as exc:
+        return AuditFilter(), str(exc)
+
+
+@bp.route("")
+def index():
+    filt, error = _filter()
+    try:
+        page = max(1, int(request.args.get("page", 1)))
+    except ValueError:
+        page = 1
+    events, total, page = list_events(filt, page, PER_PAGE)
+    context = dict(filt=filt, args=filt.to_args(), events=events, total=total, page=page,
+                   pages=max(1, -(-total // PER_PAGE)), error=error, detail_text=detail_text)
+    if request.htmx and request.htmx.target == "audit-results":
+        return render_template("audit/_results.html", **context), 422 if error else 200
+    return render_template("audit/page.html", active_tab="audit", actions=action_names(),
+                           actors=actor_names(), **context), 422 if error else 200
+
+
+@bp.route("/export.csv")
+def export_csv():
+    try:
+        filt = AuditFilter.from_mapping(request.args)
+    except InvalidAuditQuery as exc:
+        abort(400, str(exc))
+    record_event("audit.export", detail={"filter": filt.to_dict()})
+    response = Response(stream_with_context(audit_csv(filt)), mimetype="text/csv")
+    response.headers["Content-Type"] = "text/csv; charset=utf-8"
+    response.headers["Content-Disposition"] = \
+        f'attachment; filename="cds-audit-{utcnow().strftime("%Y%m%d-%H%M%S")}.csv"'
+    return response
+
+
+@bp.app_template_filter("truncate_action")
+def action_group(action: str) -> str:
+    """"user.delete" -> "user." (the filter value for every user.* action)."""
+    return action.split(".", 1)[0] + "." if "." in action else action

@@ -1,0 +1,116 @@
+"""Administrator accounts as Settings changes them: add, change role, reset password,
+disable and enable, and each administrator's own password.
+
+Rules: only the primary administrator changes accounts (the routes enforce it),
+and the last active primary administrator can be neither demoted nor disabled,
+so the installation always keeps someone who can manage it. A password reset or
+a disable ends that account's sessions (``session_epoch`` changes).
+"""
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from cds.audit.service import record_event
+from cds.auth.service import AccountError, check_new_password, create_admin
+from cds.extensions import db
+from cds.models import ROLE_LABELS, ROLES, AdminAccount
+from cds.security import generate_password, hash_password, verify_password
+
+
+class LastPrimaryAdmin(AccountError):
+    """The change would leave no active primary administrator."""
+
+
+def list_admins() -> list[AdminAccount]:
+    return list(db.session.scalars(select(AdminAccount).order_by(
+        AdminAccount.disabled, func.lower(AdminAccount.username))))
+
+
+def get_admin(admin_id: int) -> AdminAccount:
+    admin = db.session.get(AdminAccount, admin_id)
+    if admin is None:
+        raise AccountError(f"Administrator account {admin_id} does not exist.")
+    return admin
+
+
+def _active_primaries() -> int:
+    return db.session.scalar(select(func.count(AdminAccount.id)).where(
+        AdminAccount.role == "primary", AdminAccount.disabled.is_(False)))
+
+
+def _keep_a_primary(admin: AdminAccount, action: str) -> None:
+    if admin.role == "primary" and not admin.disabled and _active_primaries() <= 1:
+        raise LastPrimaryAdmin(f"{admin.username} is the last primary administrator and cannot be "
+                               f"{action}. Make another account primary administrator first.")
+
+
+def add_admin(username: str, role: str, password: str = "") -> tuple[AdminAccount, str | None]:
+    """Create an account. With no password given one is generated and returned (shown once)."""
+    generated = None
+    if not password:
+        password = generated = generate_password()
+    admin = create_admin(username, password, role)
+    record_event("admin.create", detail={"account": admin.username, "role": role,
+                                         "password_generated": bool(generated)})
+    return admin, generated
+
+
+def change_role(admin_id: int, role: str) -> AdminAccount:
+    admin = get_admin(admin_id)
+    if role not in ROLES:
+        raise AccountError(f"The role must be one of: {', '.join(ROLE_LABELS.values())}.")
+    if role == admin.role:
+        return admin
+    if role != "primary":
+        _keep_a_primary(admin, f"made {ROLE_LABELS[role].lower()}")
+    old = admin.role
+    admin.role = role
+    record_event("admin.role", commit=False,
+                 detail={"account": admin.username, "from": old, "to": role})
+    db.session.commit()
+    return admin
+
+
+def reset_password(admin_id: int, password: str = "") -> tuple[AdminAccount, str | None]:
+    """Set a new password (or generate one, returned to be shown once); ends their sessions."""
+    admin = get_admin(admin_id)
+    generated = None
+    if not password:
+        password = generated = generate_password()
+    check_new_password(password)
+    admin.password_hash = hash_password(password)
+    admin.session_epoch += 1
+    record_event("admin.password_reset", commit=False, detail={"account": admin.username})
+    db.session.commit()
+    return admin, generated
+
+
+def set_disabled(admin_id: int, disabled: bool) -> AdminAccount:
+    admin = get_admin(admin_id)
+    if disabled == admin.disabled:
+        return admin
+    if disabled:
+        _keep_a_primary(admin, "disabled")
+        admin.session_epoch += 1  # their open sessions end now
+    admin.disabled = disabled
+    record_event("admin.disable" if disabled else "admin.enable", commit=False,
+                 detail={"account": admin.username})
+    db.session.commit()
+    return admin
+
+
+def change_own_password(admin: AdminAccount, current: str, new: str, repeat: str) -> int:
+    """An administrator's own password. Other sessions of the account end; returns the
+    new session epoch for the caller's own session to keep."""
+    if not verify_password(admin.password_hash, current or ""):
+        raise AccountError("The current password is wrong.")
+    if new != repeat:
+        raise AccountError("The new passwords do not match.")
+    check_new_password(new)
+    if verify_password(admin.password_hash, new):
+        raise AccountError("The new password is the same as the current one.")
+    admin.password_hash = hash_password(new)
+    admin.session_epoch += 1
+    record_event("admin.password_change", commit=False, detail={"account": admin.username})
+    db.session.commit()
+    return admin.session_epoch
