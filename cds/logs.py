@@ -22,18 +22,28 @@ log = logging.getLogger("cds")
 _TOKEN_PATH = re.compile(r"^(/r/|/deploy/|/deploy/qr/)([^/?]+)")
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
 _QUERY_SECRET = re.compile(r"(?i)((?:token|key|password|pin|secret)=)[^&\s]+")
+# A token path quoted anywhere in a message (an error naming the request, a URL in a reply).
+_TOKEN_IN_TEXT = re.compile(r"(/r/|/deploy/(?:qr/)?)([A-Za-z0-9_-]{16,})")
 
 
 def redact_path(path: str) -> str:
     return _TOKEN_PATH.sub(lambda m: m.group(1) + "tok:" + token_ref(m.group(2)), path)
 
 
+def redact_text(text: str) -> str:
+    text = _TOKEN_IN_TEXT.sub(lambda m: m.group(1) + "tok:" + token_ref(m.group(2)), text)
+    return _QUERY_SECRET.sub(r"\1***", _BEARER.sub(r"\1***", text))
+
+
 class RedactFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
-        clean = _QUERY_SECRET.sub(r"\1***", _BEARER.sub(r"\1***", msg))
+        clean = redact_text(msg)
         if clean != msg:
             record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            # Format the traceback here, so it is cleaned like the message.
+            record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info))
         return True
 
 
@@ -71,6 +81,9 @@ def init_app(app) -> None:
             return response
         ms = (time.perf_counter() - g.get("_t0", time.perf_counter())) * 1000
         who = getattr(g, "actor", None) or "-"
-        log.info("%s %s %s %s %.1fms %s", request.remote_addr, request.method,
-                 redact_path(request.path), response.status_code, ms, who)
+        # A load balancer's health checks every few seconds would drown the log at INFO.
+        level = logging.DEBUG if request.path == "/healthz" and response.status_code == 200 \
+            else logging.INFO
+        log.log(level, "%s %s %s %s %.1fms %s", request.remote_addr, request.method,
+                redact_path(request.path), response.status_code, ms, who)
         return response
