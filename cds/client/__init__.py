@@ -1,0 +1,1 @@
+"""Client protocol v1: activation with a deployment token, status and configuration."""

@@ -1,0 +1,442 @@
+"""Deploy, Auto deploy and Set Force Config: one implementation each, shared by the
+Users tab, the API, the CLI and the scheduler.
+
+A deployment is a link with a fresh 256-bit token; only the token's hash is
+stored. Sending is exactly-once: a deployment is marked "sending" and committed
+before its message is handed to SMTP, and "sent" after. A run that dies in
+between leaves "sending" behind, which is never sent again: it becomes
+"unknown" and the user is reported as not sent. A temporary refusal (4xx, or an
+unreachable server) is retried by the scheduler with backoff; the retry gets a
+new token, because the old one was never delivered and is not kept.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from flask import current_app
+from sqlalchemy import select, update
+from sqlalchemy.orm import selectinload
+
+from cds.audit.service import record_event
+from cds.extensions import db
+from cds.jobs.service import Outcome, action
+from cds.mail.compose import MailTemplates, TemplateProblem, build_message, mail_context, sample_context
+from cds.mail.qr import QrMaker, qr_png
+from cds.mail.transport import FAILED, RETRY, SENT, UNKNOWN, Delivery, MailTransport
+from cds.models import (SEND_FAILED, SEND_PENDING, SEND_RETRY, SEND_SENDING, SEND_SENT, SEND_UNKNOWN,
+                        ClientDevice, Deployment, Job, User, utcnow)
+from cds.redirect.service import register_link, withdraw_links
+from cds.scheduler import tick_task
+from cds.security import new_token, token_hash, token_ref
+
+log = logging.getLogger("cds.deploy")
+
+# Temporary failures are retried after these delays; then the send is given up.
+RETRY_DELAYS = (timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=15),
+                timedelta(hours=1), timedelta(hours=3))
+# A deployment still "sending" this long after it was handed over was interrupted.
+INTERRUPTED_AFTER = timedelta(minutes=10)
+
+SKIP_DO_NOT_DEPLOY = "Profile is \"Do Not Deploy\"."
+NO_ADDRESS = "No e-mail address (the user has none and the profile has no central address)."
+INTERRUPTED = ("Interrupted while the message was being sent; not resent, as it may already have "
+               "arrived. Deploy again to send a new link.")
+
+
+class DeployError(Exception):
+    """A deployment cannot be issued; the message says why."""
+
+
+# --- links -------------------------------------------------------------------
+
+def recipient_for(user: User) -> str:
+    """The profile's central address if it has one, else the user's own."""
+    central = (user.profile.central_email or "").strip()
+    return central or (user.email or "").strip()
+
+
+def link_for(token: str) -> str:
+    from cds.settings.service import get_setting
+    base = (get_setting("REDIRECT_URL") or current_app.config["REDIRECT_URL"]).rstrip("/")
+    return f"{base}/r/{token}"
+
+
+def supersede_open_links(user_ids: list[int], now: datetime) -> int:
+    """Older unused links of these users stop working. Joins the caller's transaction."""
+    if not user_ids:
+        return 0
+    open_link = (Deployment.user_id.in_(user_ids), Deployment.used_at.is_(None),
+                 Deployment.revoked_at.is_(None), Deployment.superseded_at.is_(None))
+    hashes = list(db.session.scalars(select(Deployment.token_hash).where(*open_link)))
+    if hashes:
+        db.session.execute(update(Deployment).where(*open_link).values(superseded_at=now)
+                           .execution_options(synchronize_session=False))
+        withdraw_links(hashes)
+    return len(hashes)
+
+
+def issue_deployments(users: list[User], *, actor: str | None = None, job_id: int | None = None
+                      ) -> list[tuple[User, Deployment, str]]:
+    """A new link per user (older unused ones superseded), registered with the redirect
+    store. Returns (user, deployment, token); the token exists only in memory. The
+    caller commits. Resending never changes a user's passwords: only links change."""
+    now = utcnow()
+    for user in users:
+        if user.profile.is_do_not_deploy:
+            raise DeployError(f"{user.login_id}: {SKIP_DO_NOT_DEPLOY}")
+    supersede_open_links([u.id for u in users], now)
+    issued = []
+    for user in users:
+        token = new_token()
+        expires = now + timedelta(hours=user.profile.link_validity_hours)
+        dep = Deployment(user_id=user.id, token_hash=token_hash(token), issued_at=now, issued_by=actor,
+                         expires_at=expires, recipient=recipient_for(user), send_state=SEND_PENDING,
+                         job_id=job_id)
+        db.session.add(dep)
+        register_link(dep.token_hash, expires)
+        issued.append((user, dep, token))
+    db.session.flush()
+    return issued
+
+
+def issue_deployment(user: User, *, actor: str | None = None, job_id: int | None = None
+                     ) -> tuple[Deployment, str]:
+    """One user's new link (see ``issue_deployments``). The caller commits."""
+    _, dep, token = issue_deployments([user], actor=actor, job_id=job_id)[0]
+    return dep, token
+
+
+def _rotate_token(dep: Deployment, user: User, now: datetime) -> str:
+    """A retry gets a new token and a full validity period; the old token was never delivered."""
+    withdraw_links([dep.token_hash])
+    token = new_token()
+    dep.token_hash = token_hash(token)
+    dep.expires_at = now + timedelta(hours=user.profile.link_validity_hours)
+    register_link(dep.token_hash, dep.expires_at)
+    return token
+
+
+# --- sending -----------------------------------------------------------------
+
+@dataclass
+class MailRun:
+    """What a bulk run shares: one SMTP connection, the compiled templates, the QR drawer."""
+    transport: MailTransport = field(default_factory=MailTransport)
+    templates: MailTemplates = field(default_factory=MailTemplates.load)
+    qr: QrMaker = field(default_factory=QrMaker)
+
+    def close(self) -> None:
+        self.transport.close()
+        self.qr.close()
+
+
+def compose_deployment_mail(run: MailRun, user: User, dep: Deployment, token: str,
+                            png: bytes | None = None):
+    link = link_for(token)
+    rendered = run.templates.render(mail_context(user, link, dep.expires_at), user.profile)
+    return build_message(rendered, run.transport.settings.sender, dep.recipient,
+                         png if png is not None else qr_png(link))
+
+
+def send_deployment_mail(run: MailRun, user: User, dep: Deployment, token: str, *,
+                         actor: str | None = None, message=None) -> Delivery:
+    """Send one deployment e-mail exactly once and record the outcome (commits)."""
+    if message is None:
+        try:
+            message = compose_deployment_mail(run, user, dep, token)
+        except TemplateProblem as exc:
+            return _record_delivery(dep, user, Delivery(FAILED, f"E-mail template problem: {exc}"), actor)
+    run.transport.pace()
+    dep.send_state = SEND_SENDING
+    dep.send_attempts += 1
+    dep.next_attempt_at = utcnow()  # "sending since", read by the interrupted-send sweep
+    db.session.commit()
+    delivery = run.transport.send(message, label=f"d{dep.id}")
+    return _record_delivery(dep, user, delivery, actor)
+
+
+def _record_delivery(dep: Deployment, user: User, delivery: Delivery, actor: str | None) -> Delivery:
+    now = utcnow()
+    state = delivery.state
+    if state == RETRY and dep.send_attempts > len(RETRY_DELAYS):
+        state = FAILED
+        delivery = Delivery(FAILED, f"{delivery.detail} Gave up after {dep.send_attempts} attempts.")
+    dep.send_error = None if state == SENT else delivery.detail
+    if state == SENT:
+        dep.send_state, dep.sent_at, dep.next_attempt_at = SEND_SENT, now, None
+        user.deployed_at = now
+        user.send_error = user.send_error_at = None
+        user.redeploy_required = False
+    elif state == RETRY:
+        dep.send_state = SEND_RETRY
+        dep.next_attempt_at = now + RETRY_DELAYS[max(0, dep.send_attempts - 1)]
+        user.send_error = f"{delivery.detail} Retrying automatically."
+        user.send_error_at = now
+    else:
+        dep.send_state = SEND_UNKNOWN if state == UNKNOWN else SEND_FAILED
+        dep.next_attempt_at = None
+        user.send_error, user.send_error_at = delivery.detail, now
+    detail = {"deployment": dep.id, "recipient": dep.recipient, "link": token_ref_of(dep)}
+    if state == SENT:
+        detail["outbox"] = delivery.outbox_file is not None
+    else:
+        detail["state"], detail["reason"] = dep.send_state, delivery.detail
+    record_event("deploy.sent" if state == SENT else f"deploy.{dep.send_state}", actor=actor or "system",
+                 actor_type="admin" if actor else "system", user=user, detail=detail, commit=False)
+    db.session.commit()
+    log.info("deployment %s for user %s: %s%s", dep.id, user.id, dep.send_state,
+             "" if state == SENT else f" ({delivery.detail})")
+    return Delivery(state, delivery.detail, delivery.outbox_file)
+
+
+def token_ref_of(dep: Deployment) -> str:
+    """What audit and logs may show of a link: a short prefix of its hash."""
+    return dep.token_hash[:10]
+
+
+def _outcome(user: User, delivery: Delivery) -> Outcome:
+    if delivery.state == SENT:
+        return Outcome(user, "ok", "Written to the outbox." if delivery.outbox_file else "Sent.")
+    if delivery.state == RETRY:
+        return Outcome(user, "failed", f"Not sent yet: {delivery.detail} It is retried automatically.")
+    return Outcome(user, "failed", delivery.detail)
+
+
+# --- the bulk actions ----------------------------------------------------------
+
+_runs: dict[int, MailRun] = {}
+_runs_lock = threading.Lock()
+
+
+def _run_for(job: Job) -> MailRun:
+    with _runs_lock:
+        if job.id not in _runs:
+            _runs[job.id] = MailRun()
+        return _runs[job.id]
+
+
+def _finish(job: Job) -> None:
+    """End of a Deploy / Auto deploy job: close its SMTP connection, push redirect links."""
+    with _runs_lock:
+        run = _runs.pop(job.id, None)
+    if run is not None:
+        run.close()
+    from cds.redirect.service import push_outbox
+    push_outbox()
+
+
+@contextmanager
+def _keep_loaded():
+    """Commits inside a batch do not expire the batch's rows: this run is their only
+    writer, and reloading hundreds of rows after every commit would cost more than
+    the sending itself."""
+    session = db.session()
+    before = session.expire_on_commit
+    session.expire_on_commit = False
+    try:
+        yield
+    finally:
+        session.expire_on_commit = before
+
+
+def deploy_users(job: Job, users: list[User]) -> list[Outcome]:
+    """Deploy a batch of a job: issue links, then send, one user after the other."""
+    with _keep_loaded():
+        return _deploy_users(job, users)
+
+
+def _deploy_users(job: Job, users: list[User]) -> list[Outcome]:
+    actor = job.created_by
+    outcomes: dict[int, Outcome] = {}
+    # A batch interrupted by a crash runs again: deployments it already made are
+    # honoured as they are, never sent twice.
+    earlier = {d.user_id: d for d in db.session.scalars(select(Deployment).where(
+        Deployment.job_id == job.id, Deployment.user_id.in_([u.id for u in users]),
+        Deployment.superseded_at.is_(None)))}
+    to_issue = []
+    for user in users:
+        dep = earlier.get(user.id)
+        if dep is not None and dep.send_state != SEND_PENDING:
+            outcomes[user.id] = _resumed_outcome(user, dep, actor)
+        elif user.profile.is_do_not_deploy:
+            outcomes[user.id] = Outcome(user, "skipped", SKIP_DO_NOT_DEPLOY)
+        elif not recipient_for(user):
+            user.send_error, user.send_error_at = NO_ADDRESS, utcnow()
+            outcomes[user.id] = Outcome(user, "failed", NO_ADDRESS)
+        else:
+            to_issue.append(user)
+    run = _run_for(job)
+    # A profile whose own subject or body does not render is reported before any link changes.
+    broken = _profiles_with_template_problems(run, to_issue)
+    for user in [u for u in to_issue if u.profile_id in broken]:
+        outcomes[user.id] = Outcome(user, "failed", f"E-mail template problem: {broken[user.profile_id]}")
+    to_issue = [u for u in to_issue if u.profile_id not in broken]
+    issued = issue_deployments(to_issue, actor=actor, job_id=job.id)
+    db.session.commit()
+    if current_app.config["REDIRECT_MODE"] == "remote":
+        from cds.redirect.service import push_outbox
+        push_outbox()
+    pngs = run.qr.pngs([link_for(token) for _, _, token in issued])
+    for (user, dep, token), png in zip(issued, pngs):
+        try:
+            message = compose_deployment_mail(run, user, dep, token, png)
+        except TemplateProblem as exc:
+            delivery = _record_delivery(dep, user, Delivery(FAILED, f"E-mail template problem: {exc}"), actor)
+        else:
+            delivery = send_deployment_mail(run, user, dep, token, actor=actor, message=message)
+        outcomes[user.id] = _outcome(user, delivery)
+    db.session.commit()
+    return [outcomes[u.id] for u in users]
+
+
+def _profiles_with_template_problems(run: MailRun, users: list[User]) -> dict[int, str]:
+    problems = {}
+    base = current_app.config["REDIRECT_URL"]
+    for profile in {u.profile_id: u.profile for u in users}.values():
+        try:
+            run.templates.render(sample_context(base, profile.link_validity_hours), profile)
+        except TemplateProblem as exc:
+            problems[profile.id] = str(exc)
+    return problems
+
+
+def _resumed_outcome(user: User, dep: Deployment, actor: str | None) -> Outcome:
+    if dep.send_state == SEND_SENT:
+        return Outcome(user, "ok", "Sent.")
+    if dep.send_state == SEND_SENDING:
+        _record_delivery(dep, user, Delivery(UNKNOWN, INTERRUPTED), actor)
+        return Outcome(user, "failed", INTERRUPTED)
+    if dep.send_state == SEND_RETRY:
+        return Outcome(user, "failed", f"Not sent yet: {dep.send_error} It is retried automatically.")
+    return Outcome(user, "failed", dep.send_error or "Not sent.")
+
+
+@action("deploy", "Deploy", finish=_finish)
+def deploy_batch(job: Job, users: list[User]) -> list[Outcome]:
+    return deploy_users(job, users)
+
+
+def force_config_users(job: Job | None, users: list[User], actor: str | None = None) -> list[Outcome]:
+    """Mark users so their client downloads its configuration again at its next status check."""
+    actor = actor or (job.created_by if job else None)
+    outcomes = []
+    active = set(db.session.scalars(select(ClientDevice.user_id).where(
+        ClientDevice.user_id.in_([u.id for u in users]), ClientDevice.revoked_at.is_(None))))
+    for user in users:
+        if user.id not in active:
+            reason = ("The client must be redeployed (its access was revoked)." if user.redeploy_required
+                      else "No client has been activated for this user yet; use Deploy.")
+            outcomes.append(Outcome(user, "skipped", reason))
+            continue
+        if not user.force_config:
+            user.force_config = True
+            user.config_version += 1
+        record_event("force_config.set", actor=actor or "system", actor_type="admin" if actor else "system",
+                     user=user, commit=False)
+        outcomes.append(Outcome(user, "ok", "Force config set."))
+    db.session.commit()
+    return outcomes
+
+
+@action("force_config", "Set Force Config")
+def force_config_batch(job: Job, users: list[User]) -> list[Outcome]:
+    return force_config_users(job, users)
+
+
+@action("auto_deploy", "Auto deploy", finish=_finish)
+def auto_deploy_batch(job: Job, users: list[User]) -> list[Outcome]:
+    """Users whose client has downloaded get Set Force Config, all others Deploy."""
+    downloaded = [u for u in users if u.downloaded_at is not None and not u.redeploy_required]
+    active = set(db.session.scalars(select(ClientDevice.user_id).where(
+        ClientDevice.user_id.in_([u.id for u in downloaded]), ClientDevice.revoked_at.is_(None))))
+    forced = [u for u in downloaded if u.id in active]
+    forced_ids = {u.id for u in forced}
+    to_deploy = [u for u in users if u.id not in forced_ids]
+    outcomes = {o.user.id: o for o in force_config_users(job, forced)}
+    outcomes.update({o.user.id: o for o in deploy_users(job, to_deploy)} if to_deploy else {})
+    return [outcomes[u.id] for u in users]
+
+
+# --- retries and interrupted sends (scheduler) -------------------------------------
+
+def resend_due(limit: int = 50) -> int:
+    """Send the deployments whose retry time has come. Returns how many were attempted."""
+    now = utcnow()
+    due = list(db.session.scalars(select(Deployment).where(
+        Deployment.send_state == SEND_RETRY, Deployment.next_attempt_at <= now)
+        .order_by(Deployment.next_attempt_at).limit(limit)
+        .options(selectinload(Deployment.user).selectinload(User.profile))))
+    if not due:
+        return 0
+    run = MailRun()
+    try:
+        with _keep_loaded():
+            for dep in due:
+                _resend(run, dep)
+    finally:
+        run.close()
+    return len(due)
+
+
+def _resend(run: MailRun, dep: Deployment) -> None:
+    user = dep.user
+    now = utcnow()
+    if dep.superseded_at or dep.revoked_at or dep.used_at or user.profile.is_do_not_deploy:
+        dep.send_state, dep.next_attempt_at = SEND_FAILED, None
+        dep.send_error = "Not retried: the link was replaced or revoked in the meantime."
+        db.session.commit()
+        return
+    # Claim it: two schedulers (or a job and the scheduler) never send the same one.
+    claimed = db.session.execute(update(Deployment).where(
+        Deployment.id == dep.id, Deployment.send_state == SEND_RETRY)
+        .values(send_state=SEND_PENDING).execution_options(synchronize_session=False)).rowcount
+    if claimed != 1:
+        db.session.rollback()
+        return
+    db.session.refresh(dep)
+    token = _rotate_token(dep, user, now)
+    db.session.commit()
+    delivery = send_deployment_mail(run, user, dep, token, actor=dep.issued_by)
+    log.info("retried deployment %s (link %s): %s", dep.id, token_ref(token), delivery.state)
+
+
+def mark_interrupted_sends() -> int:
+    """Deployments left "sending" by a process that died: never resent, reported as not sent."""
+    cutoff = utcnow() - INTERRUPTED_AFTER
+    stuck = list(db.session.scalars(select(Deployment).where(
+        Deployment.send_state == SEND_SENDING, Deployment.next_attempt_at < cutoff)
+        .options(selectinload(Deployment.user))))
+    for dep in stuck:
+        _record_delivery(dep, dep.user, Delivery(UNKNOWN, INTERRUPTED), None)
+    return len(stuck)
+
+
+@tick_task("deploy.retry_mail", every_ticks=6)
+def retry_mail_tick(app) -> None:
+    mark_interrupted_sends()
+    resend_due()
+
+
+# --- the landing page --------------------------------------------------------------
+
+@dataclass
+class LinkView:
+    """What the landing page may show: the link's state and expiry, no user data."""
+    state: str  # valid, used, expired, superseded, revoked, unknown
+    expires_at: datetime | None = None
+    link: str | None = None
+
+
+def view_link(token: str) -> LinkView:
+    """Look a link up without consuming it (mail scanners and previews open links)."""
+    if len(token) > 128:
+        return LinkView("unknown")
+    dep = db.session.scalar(select(Deployment).where(Deployment.token_hash == token_hash(token)))
+    if dep is None:
+        return LinkView("unknown")
+    state = dep.status()
+    return LinkView(state, dep.expires_at, link_for(token) if state == "valid" else None)

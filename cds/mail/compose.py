@@ -1,0 +1,209 @@
+"""The deployment e-mail: templates the administrator may edit, rendered in a sandbox.
+
+Templates are Jinja run in a ``SandboxedEnvironment`` (an administrator's
+template cannot reach into Python) with strict placeholders, so a typo is an
+error at save time, not a blank in ten thousand e-mails. The HTML template is
+autoescaped; the subject and text are not (they are not HTML).
+"""
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from flask import current_app
+from flask_mail import Attachment, Message
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import SandboxedEnvironment
+from markupsafe import Markup, escape
+
+from cds.models import DeploymentProfile, User, utcnow
+
+QR_CID = "qr-code@cds"
+QR_FILENAME = "qr-code.png"
+
+# What templates may use. "qr" exists in the HTML template only.
+PLACEHOLDERS = {
+    "name": "The user's first and last name",
+    "first_name": "First name",
+    "last_name": "Last name",
+    "link": "The personal deployment link",
+    "expiry": "When the link stops working (UTC)",
+    "instructions": "How to install and open the app",
+    "qr": "The QR code image (HTML template only)",
+}
+
+DEFAULT_INSTRUCTIONS = (
+    "1. Install the MiCollab app on your phone (App Store or Google Play) or computer.\n"
+    "2. On that device, open the link in this e-mail, or scan the QR code with the phone's camera.\n"
+    "3. The app sets itself up. You will not be asked for a password."
+)
+
+
+class TemplateProblem(Exception):
+    """A template cannot be compiled or rendered; the message says where and why."""
+
+
+def _env(autoescape: bool) -> SandboxedEnvironment:
+    return SandboxedEnvironment(autoescape=autoescape, undefined=StrictUndefined,
+                                keep_trailing_newline=False, trim_blocks=True, lstrip_blocks=True)
+
+
+_TEXT_ENV = _env(False)
+_HTML_ENV = _env(True)
+
+
+def builtin_template(kind: str) -> str:
+    """The default subject, text or HTML template shipped in templates/mail/."""
+    name = {"subject": "subject.txt", "text": "deployment.txt", "html": "deployment.html"}[kind]
+    path = Path(current_app.template_folder) / "mail" / name
+    return path.read_text(encoding="utf-8").strip("\n") + ("\n" if kind != "subject" else "")
+
+
+def compile_template(source: str, kind: str):
+    env = _HTML_ENV if kind == "html" else _TEXT_ENV
+    try:
+        return env.from_string(source)
+    except TemplateError as exc:
+        line = getattr(exc, "lineno", None)
+        where = f"line {line}: " if line else ""
+        raise TemplateProblem(f"{kind.capitalize()} template, {where}{exc.message or exc}") from None
+
+
+def _render(template, kind: str, context: dict) -> str:
+    try:
+        return template.render(context)
+    except TemplateError as exc:
+        message = str(exc)
+        if "is undefined" in message:
+            message += f" (placeholders: {', '.join(k for k in PLACEHOLDERS if kind == 'html' or k != 'qr')})"
+        raise TemplateProblem(f"{kind.capitalize()} template: {message}") from None
+    except Exception as exc:  # sandbox refusals, arithmetic on text, …
+        raise TemplateProblem(f"{kind.capitalize()} template: {exc}") from None
+
+
+@dataclass
+class RenderedMail:
+    subject: str
+    text: str
+    html: str
+
+
+def format_expiry(expires_at: datetime) -> str:
+    return expires_at.strftime("%Y-%m-%d %H:%M UTC")
+
+
+class MailTemplates:
+    """The effective templates, compiled once for a whole bulk run."""
+
+    def __init__(self, subject: str, text: str, html: str):
+        self.sources = {"subject": subject, "text": text, "html": html}
+        self.compiled = {k: compile_template(v, k) for k, v in self.sources.items()}
+        self._profile_cache: dict[tuple, dict] = {}
+
+    @classmethod
+    def load(cls, overrides: dict | None = None) -> "MailTemplates":
+        """From Settings (empty = built-in), with optional unsaved overrides (the preview)."""
+        from cds.settings.service import get_settings
+
+        stored = get_settings("MAIL_TEMPLATE_SUBJECT", "MAIL_TEMPLATE_TEXT", "MAIL_TEMPLATE_HTML")
+        values = {
+            "subject": stored["MAIL_TEMPLATE_SUBJECT"], "text": stored["MAIL_TEMPLATE_TEXT"],
+            "html": stored["MAIL_TEMPLATE_HTML"],
+        }
+        values.update(overrides or {})
+        chosen = [values[k] if (values[k] or "").strip() else builtin_template(k)
+                  for k in ("subject", "text", "html")]
+        return cls(*chosen)
+
+    def _for_profile(self, profile: DeploymentProfile | None) -> dict:
+        """A profile may override the subject and the body (plain text, shown in both parts)."""
+        if profile is None or not (profile.email_subject.strip() or profile.email_body.strip()):
+            return self.compiled
+        key = (profile.email_subject, profile.email_body)
+        if key not in self._profile_cache:
+            compiled = dict(self.compiled)
+            if profile.email_subject.strip():
+                compiled["subject"] = compile_template(profile.email_subject, "subject")
+            if profile.email_body.strip():
+                compiled["text"] = compile_template(profile.email_body, "text")
+                compiled["html"] = None  # built from the text, see render()
+            self._profile_cache[key] = compiled
+        return self._profile_cache[key]
+
+    def render(self, context: dict, profile: DeploymentProfile | None = None,
+               qr_src: str = "cid:" + QR_CID) -> RenderedMail:
+        compiled = self._for_profile(profile)
+        text_ctx = dict(context)
+        subject = _render(compiled["subject"], "subject", text_ctx)
+        # A subject is one line: a line break would let a template forge headers.
+        subject = " ".join(subject.split())[:250]
+        text = _render(compiled["text"], "text", text_ctx)
+        html_ctx = dict(context)
+        html_ctx["qr"] = Markup('<img src="{0}" width="240" height="240" alt="QR code of your '
+                                'deployment link">').format(qr_src)
+        if compiled["html"] is None:
+            html = _profile_html(text, context["link"], html_ctx["qr"])
+        else:
+            html = _render(compiled["html"], "html", html_ctx)
+        return RenderedMail(subject, text, _wrap_long_lines(html))
+
+
+def _profile_html(text: str, link: str, qr: Markup) -> str:
+    """HTML part for a profile's plain-text body: the same words, the link clickable, the QR below."""
+    paragraphs = []
+    for block in re.split(r"\n\s*\n", text.strip()):
+        body = escape(block).replace("\n", Markup("<br>\n"))
+        body = Markup(body).replace(escape(link), Markup('<a href="{0}">{0}</a>').format(link))
+        paragraphs.append(Markup("<p>{}</p>").format(Markup(body)))
+    return str(Markup(
+        '<!doctype html>\n<html><body style="font-family:Arial,Helvetica,sans-serif;'
+        'font-size:15px;color:#1d2330;">\n{}\n<p>{}</p>\n</body></html>\n'
+    ).format(Markup("\n").join(paragraphs), qr))
+
+
+def _wrap_long_lines(html: str, limit: int = 900) -> str:
+    """SMTP refuses lines over 998 characters; break long HTML lines between tags."""
+    if all(len(line) <= limit for line in html.splitlines()):
+        return html
+    return re.sub(r">(?=<)", ">\n", html)
+
+
+def mail_context(user: User, link: str, expires_at: datetime) -> dict:
+    # Only what the e-mail needs: never a password or PIN.
+    return {
+        "name": user.display_name,
+        "first_name": user.first_name,
+        "last_name": user.last_name,
+        "link": link,
+        "expiry": format_expiry(expires_at),
+        "instructions": DEFAULT_INSTRUCTIONS,
+    }
+
+
+def sample_context(redirect_url: str, validity_hours: int = 96) -> dict:
+    """Example values for the template preview."""
+    return {
+        "name": "Alex Example",
+        "first_name": "Alex",
+        "last_name": "Example",
+        "link": f"{redirect_url}/r/EXAMPLE-TOKEN-not-a-real-link-0123456789ab",
+        "expiry": format_expiry(utcnow() + timedelta(hours=validity_hours)),
+        "instructions": DEFAULT_INSTRUCTIONS,
+    }
+
+
+def qr_data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def build_message(rendered: RenderedMail, sender: str, recipient: str, qr_png: bytes | None) -> Message:
+    """A Flask-Mail message: text and HTML alternatives, the QR code as an inline image."""
+    attachments = []
+    if qr_png is not None:
+        attachments.append(Attachment(QR_FILENAME, "image/png", qr_png, "inline",
+                                      {"Content-ID": f"<{QR_CID}>"}))
+    return Message(subject=rendered.subject, recipients=[recipient], body=rendered.text,
+                   html=rendered.html, sender=sender, attachments=attachments)

@@ -1,0 +1,76 @@
+"""Forms of the e-mail settings pages."""
+from __future__ import annotations
+
+import re
+from email.utils import parseaddr
+
+from email_validator import EmailNotValidError, validate_email
+from flask_wtf import FlaskForm
+from wtforms import BooleanField, IntegerField, PasswordField, SelectField, StringField, TextAreaField
+from wtforms.validators import DataRequired, Length, NumberRange, Optional, ValidationError
+
+_HOST = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+                   r"|^\d{1,3}(\.\d{1,3}){3}$|^\[[0-9A-Fa-f:.]+\]$")
+
+
+def _address_ok(value: str) -> bool:
+    try:
+        validate_email(value, check_deliverability=False, test_environment=True)
+        return True
+    except EmailNotValidError:
+        return False
+
+
+class MailSettingsForm(FlaskForm):
+    server = StringField("SMTP server", validators=[Optional(), Length(max=253)],
+                         description="Host name or address. Empty: messages go to the Outbox.")
+    port = IntegerField("Port", validators=[DataRequired("Give a port number."), NumberRange(1, 65535)])
+    security = SelectField("Security", choices=[("none", "None (plain SMTP)"),
+                                                ("starttls", "STARTTLS"), ("ssl", "SSL/TLS (implicit)")])
+    username = StringField("User name", validators=[Optional(), Length(max=255)])
+    password = PasswordField("Password", validators=[Optional(), Length(max=255)],
+                             description="Leave empty to keep the stored password.")
+    clear_password = BooleanField("Remove the stored password")
+    sender = StringField("Sender", validators=[DataRequired("Give the sender address."), Length(max=254)],
+                         description='The From address, e.g. "IT Service Desk <it@example.com>".')
+    rate_limit = IntegerField("Rate limit (messages per minute)", validators=[NumberRange(0, 100000)],
+                              default=0, description="0 = as fast as the server accepts.")
+
+    def validate_server(self, field):
+        if field.data and not _HOST.match(field.data.strip()):
+            raise ValidationError("Not a valid host name or address.")
+
+    def validate_sender(self, field):
+        _, addr = parseaddr(field.data or "")
+        if not addr or not _address_ok(addr):
+            raise ValidationError("Not a valid e-mail address.")
+
+    def to_settings(self) -> dict:
+        values = {
+            "MAIL_SERVER": (self.server.data or "").strip(),
+            "MAIL_PORT": self.port.data,
+            "MAIL_USE_TLS": self.security.data == "starttls",
+            "MAIL_USE_SSL": self.security.data == "ssl",
+            "MAIL_USERNAME": (self.username.data or "").strip(),
+            "MAIL_DEFAULT_SENDER": self.sender.data.strip(),
+            "MAIL_RATE_LIMIT": self.rate_limit.data or 0,
+        }
+        if self.clear_password.data:
+            values["MAIL_PASSWORD"] = ""
+        elif self.password.data:
+            values["MAIL_PASSWORD"] = self.password.data
+        return values
+
+
+class TestMailForm(FlaskForm):
+    to = StringField("Send a test e-mail to", validators=[DataRequired("Give an address."), Length(max=254)])
+
+    def validate_to(self, field):
+        if not _address_ok((field.data or "").strip()):
+            raise ValidationError("Not a valid e-mail address.")
+
+
+class TemplateForm(FlaskForm):
+    subject = StringField("Subject", validators=[Length(max=500)])
+    text = TextAreaField("Plain-text body", validators=[Length(max=20000)])
+    html = TextAreaField("HTML body", validators=[Length(max=100000)])

@@ -1,0 +1,272 @@
+"""Delivering messages: over SMTP (one connection reused for a whole run) or, with
+no SMTP server configured, as .eml files in instance/outbox/.
+
+Each SMTP step is taken separately so a failure is classified exactly: a reply
+before the message body was accepted means the server does not have it (4xx:
+try again later, 5xx: give up); a connection lost while the body was being
+sent or its reply awaited means nobody knows, and the caller must never send
+it again (state "unknown").
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import secrets
+import smtplib
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from email.generator import BytesGenerator
+from email.policy import compat32
+from email.utils import parseaddr
+from pathlib import Path
+
+from flask import current_app
+from flask_mail import Message
+
+from cds.models import utcnow
+
+SENT = "sent"
+RETRY = "retry"
+FAILED = "failed"
+UNKNOWN = "unknown"
+
+# After a failed connection, further messages of the run fail fast for this long
+# instead of each waiting for its own timeout.
+DOWN_FOR_SECONDS = 30
+
+
+@dataclass
+class Delivery:
+    state: str  # sent, retry, failed, unknown
+    detail: str = ""
+    outbox_file: str | None = None
+
+
+@dataclass
+class MailSettings:
+    server: str | None
+    port: int
+    use_tls: bool
+    use_ssl: bool
+    username: str | None
+    password: str | None
+    sender: str
+    rate_limit: int
+    timeout: int
+
+    @classmethod
+    def load(cls) -> "MailSettings":
+        """The effective settings: what Settings saved in the database, over the config file."""
+        from cds.settings.service import get_settings
+
+        s = get_settings("MAIL_SERVER", "MAIL_PORT", "MAIL_USE_TLS", "MAIL_USE_SSL", "MAIL_USERNAME",
+                         "MAIL_PASSWORD", "MAIL_DEFAULT_SENDER", "MAIL_RATE_LIMIT")
+        return cls(server=(s["MAIL_SERVER"] or "").strip() or None, port=int(s["MAIL_PORT"] or 25),
+                   use_tls=bool(s["MAIL_USE_TLS"]), use_ssl=bool(s["MAIL_USE_SSL"]),
+                   username=s["MAIL_USERNAME"] or None, password=s["MAIL_PASSWORD"] or None,
+                   sender=s["MAIL_DEFAULT_SENDER"] or "CDS <cds@localhost>",
+                   rate_limit=int(s["MAIL_RATE_LIMIT"] or 0),
+                   timeout=int(current_app.config.get("MAIL_TIMEOUT") or 30))
+
+    @property
+    def uses_outbox(self) -> bool:
+        return not self.server
+
+    @property
+    def envelope_sender(self) -> str:
+        return parseaddr(self.sender)[1] or "cds@localhost"
+
+
+def outbox_dir() -> Path:
+    return Path(current_app.instance_path) / "outbox"
+
+
+def _reply_text(code: int, resp) -> str:
+    text = resp.decode("utf-8", "replace") if isinstance(resp, bytes) else str(resp or "")
+    return f"{code} {' '.join(text.split())}"[:500]
+
+
+def _classify(code: int, resp, step: str) -> Delivery:
+    state = RETRY if 400 <= code < 500 else FAILED
+    what = {"sender": "refused the sender", "recipient": "refused the recipient",
+            "data": "refused the message"}[step]
+    return Delivery(state, f"The SMTP server {what}: {_reply_text(code, resp)}")
+
+
+class MailTransport:
+    """One per run: opens the SMTP connection on first use, reuses it, paces sends."""
+
+    def __init__(self, settings: MailSettings | None = None):
+        self.settings = settings or MailSettings.load()
+        self._smtp: smtplib.SMTP | None = None
+        self._down_until = 0.0
+        self._down_reason = ""
+        self._next_slot = 0.0
+        self._outbox = outbox_dir() if self.settings.uses_outbox else None
+        self.sent = 0
+
+    @property
+    def uses_outbox(self) -> bool:
+        return self._outbox is not None
+
+    # --- pacing ------------------------------------------------------------
+
+    def pace(self) -> None:
+        """Wait for the next slot under MAIL_RATE_LIMIT (messages per minute)."""
+        rate = self.settings.rate_limit
+        if rate <= 0 or self.uses_outbox:
+            return
+        now = time.monotonic()
+        if self._next_slot > now:
+            time.sleep(self._next_slot - now)
+            now = self._next_slot
+        self._next_slot = now + 60.0 / rate
+
+    # --- connection ----------------------------------------------------------
+
+    def _connect(self) -> smtplib.SMTP:
+        s = self.settings
+        context = ssl.create_default_context()
+        if s.use_ssl:
+            smtp = smtplib.SMTP_SSL(s.server, s.port, timeout=s.timeout, context=context)
+        else:
+            smtp = smtplib.SMTP(s.server, s.port, timeout=s.timeout)
+        try:
+            smtp.ehlo()
+            if s.use_tls:
+                smtp.starttls(context=context)
+                smtp.ehlo()
+            if s.username and s.password:
+                smtp.login(s.username, s.password)
+        except Exception:
+            smtp.close()
+            raise
+        return smtp
+
+    def _connection(self) -> smtplib.SMTP | Delivery:
+        if self._smtp is not None:
+            return self._smtp
+        if time.monotonic() < self._down_until:
+            return Delivery(RETRY, self._down_reason)
+        s = self.settings
+        try:
+            self._smtp = self._connect()
+            return self._smtp
+        except smtplib.SMTPAuthenticationError as exc:
+            reason = (f"The SMTP server refused the login ({_reply_text(exc.smtp_code, exc.smtp_error)}); "
+                      "check the user name and password in Settings → E-mail.")
+        except (OSError, smtplib.SMTPException) as exc:
+            reason = f"Cannot reach the SMTP server {s.server}:{s.port} ({_describe(exc)})."
+        self._down_until = time.monotonic() + DOWN_FOR_SECONDS
+        self._down_reason = reason
+        return Delivery(RETRY, reason)
+
+    def _drop(self) -> None:
+        if self._smtp is not None:
+            try:
+                self._smtp.close()
+            except Exception:
+                pass
+            self._smtp = None
+
+    def close(self) -> None:
+        if self._smtp is not None:
+            try:
+                self._smtp.quit()
+            except Exception:
+                pass
+            self._drop()
+
+    # --- sending -------------------------------------------------------------
+
+    def send(self, message: Message, label: str = "mail") -> Delivery:
+        """Hand one message over. The caller records "sending" before calling this."""
+        if message.has_bad_headers():
+            return Delivery(FAILED, "The message has a line break in a header (recipient or subject).")
+        data = message_bytes(message)
+        recipient = parseaddr(message.recipients[0])[1]
+        if self.uses_outbox:
+            return self._write_outbox(data, label)
+        conn = self._connection()
+        if isinstance(conn, Delivery):
+            return conn
+        result = self._transmit(conn, recipient, data)
+        if result.state == SENT:
+            self.sent += 1
+        return result
+
+    def _transmit(self, smtp: smtplib.SMTP, recipient: str, data: bytes) -> Delivery:
+        try:
+            code, resp = smtp.mail(self.settings.envelope_sender)
+            if code != 250:
+                return self._after_refusal(smtp, _classify(code, resp, "sender"))
+            code, resp = smtp.rcpt(recipient)
+            if code not in (250, 251):
+                return self._after_refusal(smtp, _classify(code, resp, "recipient"))
+            smtp.putcmd("data")
+            code, resp = smtp.getreply()
+            if code != 354:
+                return self._after_refusal(smtp, _classify(code, resp, "data"))
+        except (OSError, smtplib.SMTPException) as exc:
+            # Lost before the body was sent: the server does not have the message.
+            self._drop()
+            return Delivery(RETRY, f"The connection to the SMTP server was lost ({_describe(exc)}).")
+        try:
+            body = re.sub(rb"(?m)^\.", b"..", data)
+            if not body.endswith(b"\r\n"):
+                body += b"\r\n"
+            smtp.send(body + b".\r\n")
+            code, resp = smtp.getreply()
+        except (OSError, smtplib.SMTPException) as exc:
+            self._drop()
+            return Delivery(UNKNOWN, "The connection to the SMTP server was lost while the message was "
+                                     f"being delivered ({_describe(exc)}); it may or may not have arrived.")
+        if code == 250:
+            return Delivery(SENT, _reply_text(code, resp))
+        return self._after_refusal(smtp, _classify(code, resp, "data"))
+
+    def _after_refusal(self, smtp: smtplib.SMTP, result: Delivery) -> Delivery:
+        try:
+            smtp.rset()
+        except (OSError, smtplib.SMTPException):
+            self._drop()
+        return result
+
+    def _write_outbox(self, data: bytes, label: str) -> Delivery:
+        folder = self._outbox
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"{utcnow():%Y%m%dT%H%M%S}-{label}-{secrets.token_hex(3)}.eml"
+        tmp = folder / (name + ".part")
+        # The file holds a live link: readable by this service's account only.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, folder / name)
+        self.sent += 1
+        return Delivery(SENT, "Written to the outbox (no SMTP server is configured).", outbox_file=name)
+
+
+# Flask-Mail has already encoded every header (RFC 2047) and every body part (base64);
+# serialising with the compat32 policy keeps them as they are and is several times
+# faster than re-parsing each header with the SMTP policy.
+_WIRE_POLICY = compat32.clone(linesep="\r\n")
+
+
+def message_bytes(message: Message) -> bytes:
+    """The message as sent on the wire (CRLF line ends, no line over 78 characters)."""
+    mime = message._message()
+    out = io.BytesIO()
+    BytesGenerator(out, mangle_from_=False, policy=_WIRE_POLICY).flatten(mime)
+    return out.getvalue()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, socket.timeout):
+        return "timed out"
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return _reply_text(exc.smtp_code, exc.smtp_error)
+    text = str(exc) or exc.__class__.__name__
+    return text[:200]

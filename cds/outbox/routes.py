@@ -1,0 +1,80 @@
+"""The Outbox page: messages written to instance/outbox/ while no SMTP server is configured."""
+from __future__ import annotations
+
+from flask import Blueprint, abort, current_app, g, redirect, render_template, request, url_for
+
+from cds.audit.service import record_event
+from cds.mail.transport import MailSettings
+from cds.outbox import service
+from cds.outbox.service import OutboxError
+from cds.web import primary_required, toast
+
+bp = Blueprint("outbox", __name__, url_prefix="/outbox")
+
+# The HTML part is shown in its own sandboxed document: no script, no network.
+FRAME_CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+             "frame-ancestors 'self'; sandbox")
+
+
+def _message(name: str):
+    try:
+        return service.read_message(name)
+    except OutboxError as exc:
+        abort(404, str(exc))
+
+
+@bp.route("")
+def index():
+    try:
+        page = max(1, int(request.args.get("page", 1)))
+    except ValueError:
+        page = 1
+    entries, total = service.list_messages(page)
+    pages = max(1, -(-total // service.PAGE_SIZE))
+    return render_template("outbox/index.html", entries=entries, total=total, page=page, pages=pages,
+                           settings=MailSettings.load(), active_tab="settings")
+
+
+@bp.route("/<name>")
+def show(name: str):
+    return render_template("outbox/message.html", msg=_message(name), active_tab="settings")
+
+
+@bp.route("/<name>/html")
+def html_part(name: str):
+    msg = _message(name)
+    if msg.html is None:
+        abort(404, "This message has no HTML part.")
+    resp = current_app.response_class(service.html_with_inline_images(msg), mimetype="text/html")
+    resp.headers["Content-Security-Policy"] = FRAME_CSP
+    resp.headers["X-Frame-Options"] = "SAMEORIGIN"
+    return resp
+
+
+@bp.route("/<name>/cid/<cid>")
+def inline_image(name: str, cid: str):
+    msg = _message(name)
+    if cid not in msg.images:
+        abort(404, "No such image in this message.")
+    ctype, data = msg.images[cid]
+    return current_app.response_class(data, mimetype=ctype)
+
+
+@bp.route("/<name>/raw")
+def raw(name: str):
+    try:
+        data = service.raw_message(name)
+    except OutboxError as exc:
+        abort(404, str(exc))
+    resp = current_app.response_class(data, mimetype="message/rfc822")
+    resp.headers["Content-Disposition"] = f'attachment; filename="{name}"'
+    return resp
+
+
+@bp.route("/empty", methods=["POST"])
+@primary_required
+def empty():
+    count = service.delete_all()
+    record_event("outbox.empty", actor=g.actor, count=count)
+    toast(f"Deleted {count} message{'s' if count != 1 else ''} from the Outbox.", "success")
+    return redirect(url_for("outbox.index"))

@@ -1,0 +1,117 @@
+"""Reading the .eml files of instance/outbox/ for the Outbox page."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesHeaderParser, BytesParser
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+
+from cds.mail.compose import qr_data_uri
+from cds.mail.transport import outbox_dir
+
+PAGE_SIZE = 100
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.eml$")
+
+
+class OutboxError(Exception):
+    pass
+
+
+@dataclass
+class OutboxEntry:
+    name: str
+    subject: str
+    to: str
+    date: datetime | None
+    size: int
+
+
+@dataclass
+class OutboxMessage(OutboxEntry):
+    sender: str = ""
+    text: str = ""
+    html: str | None = None
+    # Content-ID (without <>) -> (content type, bytes), images only.
+    images: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+
+
+def _files() -> list[Path]:
+    folder = outbox_dir()
+    if not folder.is_dir():
+        return []
+    # Names start with the UTC time they were written, so the name orders them.
+    return sorted((p for p in folder.glob("*.eml") if p.is_file()), key=lambda p: p.name, reverse=True)
+
+
+def _date(value) -> datetime | None:
+    try:
+        when = parsedate_to_datetime(str(value))
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is not None:
+        when = when.astimezone(timezone.utc).replace(tzinfo=None)
+    return when
+
+
+def list_messages(page: int = 1) -> tuple[list[OutboxEntry], int]:
+    """One page of messages, newest first, and the total count. Only headers are read."""
+    files = _files()
+    start = (max(page, 1) - 1) * PAGE_SIZE
+    entries = []
+    parser = BytesHeaderParser(policy=policy.default)
+    for path in files[start:start + PAGE_SIZE]:
+        with path.open("rb") as fh:
+            headers = parser.parse(fh)
+        entries.append(OutboxEntry(path.name, str(headers.get("Subject", "")), str(headers.get("To", "")),
+                                   _date(headers.get("Date")), path.stat().st_size))
+    return entries, len(files)
+
+
+def _path(name: str) -> Path:
+    if not _NAME.match(name):
+        raise OutboxError("No such message.")
+    path = outbox_dir() / name
+    if not path.is_file():
+        raise OutboxError("No such message (it may have been deleted).")
+    return path
+
+
+def raw_message(name: str) -> bytes:
+    return _path(name).read_bytes()
+
+
+def read_message(name: str) -> OutboxMessage:
+    path = _path(name)
+    msg: EmailMessage = BytesParser(policy=policy.default).parsebytes(path.read_bytes())
+    out = OutboxMessage(name, str(msg.get("Subject", "")), str(msg.get("To", "")), _date(msg.get("Date")),
+                        path.stat().st_size, sender=str(msg.get("From", "")))
+    text_part = msg.get_body(preferencelist=("plain",))
+    html_part = msg.get_body(preferencelist=("html",))
+    out.text = text_part.get_content() if text_part is not None else ""
+    out.html = html_part.get_content() if html_part is not None else None
+    for part in msg.walk():
+        cid = part.get("Content-ID")
+        if cid and part.get_content_maintype() == "image":
+            out.images[cid.strip().strip("<>")] = (part.get_content_type(), part.get_payload(decode=True))
+    return out
+
+
+def html_with_inline_images(message: OutboxMessage) -> str:
+    """The HTML part with cid: references replaced by data: URLs (the preview frame allows only those)."""
+    html = message.html or ""
+    for cid, (ctype, data) in message.images.items():
+        if ctype == "image/png":
+            html = html.replace(f"cid:{cid}", qr_data_uri(data))
+    return html
+
+
+def delete_all() -> int:
+    count = 0
+    for path in _files():
+        path.unlink(missing_ok=True)
+        count += 1
+    return count
