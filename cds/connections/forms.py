@@ -1,0 +1,108 @@
+"""Connection forms. Passwords are write-only: a form never carries the stored value."""
+from flask_wtf import FlaskForm
+from wtforms import (BooleanField, IntegerField, PasswordField, SelectField, StringField,
+                     TextAreaField)
+from wtforms.validators import InputRequired, NumberRange, Optional
+
+from cds.models import CONNECTION_KINDS
+from cds.sources.ldap import DEFAULT_FILTER, DEFAULT_KEY_ATTRIBUTE, DEFAULT_MAPPING, MAPPABLE_FIELDS
+
+
+def _strip(value):
+    return value.strip() if isinstance(value, str) else value
+
+
+MAPPING_LABELS = {"login_id": "Login ID", "first_name": "Firstname", "last_name": "Lastname",
+                  "number": "Number", "pbx_number": "PBX Number",
+                  "pbx_sip_username": "PBX SIP User name", "mbg_sip_username": "MBG SIP User name",
+                  "mcs_account": "MiCollab Client Service Account", "email": "Email address"}
+
+
+class SettingsFields:
+    """What any administrator may change: everything but the address and credentials."""
+    name = StringField("Name", filters=[_strip])
+    sync_interval_minutes = IntegerField("Sync every (minutes)", default=60, validators=[
+        InputRequired("The sync interval is required."),
+        NumberRange(5, 10080, "The sync interval must be 5 to 10080 minutes (a week).")])
+    enabled = BooleanField("Enabled (periodic sync)", default=True)
+    timeout = IntegerField("Timeout (seconds)", default=30, validators=[
+        Optional(), NumberRange(1, 600, "The timeout must be 1 to 600 seconds.")])
+    page_size = IntegerField("Page size", default=500, validators=[
+        Optional(), NumberRange(1, 5000, "The page size must be 1 to 5000.")])
+    verify_tls = BooleanField("Verify the server certificate", default=True)
+    ca_cert_pem = TextAreaField("CA certificate (PEM, for a private CA)", filters=[_strip])
+    # LDAP / Active Directory
+    base_dn = StringField("Base DN", filters=[_strip])
+    search_filter = StringField("Search filter", filters=[_strip])
+    key_attribute = StringField("Key attribute", filters=[_strip])
+    map_login_id = StringField(MAPPING_LABELS["login_id"], filters=[_strip])
+    map_first_name = StringField(MAPPING_LABELS["first_name"], filters=[_strip])
+    map_last_name = StringField(MAPPING_LABELS["last_name"], filters=[_strip])
+    map_number = StringField(MAPPING_LABELS["number"], filters=[_strip])
+    map_pbx_number = StringField(MAPPING_LABELS["pbx_number"], filters=[_strip])
+    map_pbx_sip_username = StringField(MAPPING_LABELS["pbx_sip_username"], filters=[_strip])
+    map_mbg_sip_username = StringField(MAPPING_LABELS["mbg_sip_username"], filters=[_strip])
+    map_mcs_account = StringField(MAPPING_LABELS["mcs_account"], filters=[_strip])
+    map_email = StringField(MAPPING_LABELS["email"], filters=[_strip])
+
+    def options(self, kind: str) -> dict:
+        opts = {"timeout": self.timeout.data or 30, "page_size": self.page_size.data or 500,
+                "verify_tls": bool(self.verify_tls.data), "ca_cert_pem": self.ca_cert_pem.data or ""}
+        if kind == "ldap":
+            opts.update(base_dn=self.base_dn.data or "", search_filter=self.search_filter.data or "",
+                        key_attribute=self.key_attribute.data or "",
+                        mapping={f: getattr(self, f"map_{f}").data or "" for f in MAPPABLE_FIELDS})
+        return opts
+
+    def mapping_fields(self):
+        return [getattr(self, f"map_{f}") for f in MAPPABLE_FIELDS]
+
+    def add_errors(self, errors: dict) -> None:
+        for name, message in errors.items():
+            field = getattr(self, name, None) or self.name
+            if message not in field.errors:
+                field.errors = list(field.errors) + [message]
+
+
+class ConnectionEditForm(SettingsFields, FlaskForm):
+    pass
+
+
+class ConnectionCreateForm(SettingsFields, FlaskForm):
+    kind = SelectField("Kind", choices=list(CONNECTION_KINDS.items()), default="mbg")
+    url = StringField("URL", filters=[_strip])
+    username = StringField("User name / bind DN", filters=[_strip])
+    password = PasswordField("Password")
+
+
+class AuthorizeForm(FlaskForm):
+    url = StringField("URL", filters=[_strip])
+    username = StringField("User name / bind DN", filters=[_strip])
+    password = PasswordField("Password")
+
+    def add_errors(self, errors: dict) -> None:
+        for name, message in errors.items():
+            field = getattr(self, name, None) or self.password
+            if message not in field.errors:
+                field.errors = list(field.errors) + [message]
+
+
+def form_data(conn) -> dict:
+    """A connection's settings as form data (never its password or token)."""
+    opts = conn.options or {}
+    mapping = opts.get("mapping") or {}
+    data = {"name": conn.name, "sync_interval_minutes": conn.sync_interval_minutes,
+            "enabled": conn.enabled, "timeout": opts.get("timeout", 30),
+            "page_size": opts.get("page_size", 500), "verify_tls": opts.get("verify_tls", True),
+            "ca_cert_pem": opts.get("ca_cert_pem", ""), "base_dn": opts.get("base_dn", ""),
+            "search_filter": opts.get("search_filter", ""),
+            "key_attribute": opts.get("key_attribute", "")}
+    for f in MAPPABLE_FIELDS:
+        data[f"map_{f}"] = mapping.get(f, DEFAULT_MAPPING.get(f, ""))
+    return data
+
+
+def ldap_defaults() -> dict:
+    """Placeholders that tell the administrator what an empty field means."""
+    return {"search_filter": DEFAULT_FILTER, "key_attribute": DEFAULT_KEY_ATTRIBUTE,
+            **{f"map_{f}": DEFAULT_MAPPING.get(f, "(not mapped)") for f in MAPPABLE_FIELDS}}

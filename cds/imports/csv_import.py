@@ -1,0 +1,469 @@
+"""CSV import (PRODUCT.md §4): parse, plan with every row's errors, then write.
+
+``plan_import`` reads the whole file and decides, row by row, what would happen
+(create, update, unchanged, or the errors that stop it) without writing
+anything: that is the preview. ``commit_import`` plans again (the database may
+have changed since the preview) and writes in one transaction — every row, or
+with "allow partial import" every good row — never half of the file.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass, field
+
+from sqlalchemy import bindparam, insert, select, update
+
+from cds.extensions import db
+from cds.models import (SOURCE_CONNECTION, SOURCE_CSV, USER_SECRETS, DeploymentProfile, User,
+                        utcnow)
+from cds.security import encrypt
+
+# The CSV format shared by import, export and the template: header -> key.
+COLUMNS = (
+    ("ID", "id"),
+    ("Login ID", "login_id"),
+    ("Profile", "profile"),
+    ("Firstname", "first_name"),
+    ("Lastname", "last_name"),
+    ("Number", "number"),
+    ("PBX Number", "pbx_number"),
+    ("PBX SIP User name", "pbx_sip_username"),
+    ("MBG SIP User name", "mbg_sip_username"),
+    ("MiCollab Client Service Account", "mcs_account"),
+    ("Email address", "email"),
+    ("Source", "source"),
+    ("Deployed", "deployed"),
+    ("Downloaded", "downloaded"),
+)
+# Accepted on import only: export never writes them.
+SECRET_COLUMNS = tuple((label, key) for key, label in USER_SECRETS.items())
+USER_FIELDS = ("login_id", "first_name", "last_name", "number", "pbx_number", "pbx_sip_username",
+               "mbg_sip_username", "mcs_account", "email")
+# Written by export for the reader; ignored on import.
+INFO_KEYS = ("source", "deployed", "downloaded")
+TEMPLATE_HEADER = [label for label, key in COLUMNS if key not in INFO_KEYS] + \
+    [label for label, _ in SECRET_COLUMNS]
+MAX_SECRET_LENGTH = 128
+MAX_LISTED_ERRORS = 1000
+EMPTY_POLICIES = {
+    "keep": "Empty cells leave the user's current value unchanged.",
+    "clear": "Empty cells clear the field (for users being updated).",
+}
+
+
+def header_key(name: str) -> str:
+    """Column names match ignoring case and spaces: "E-mail"-style variants are unknown."""
+    return re.sub(r"\s+", "", name).lower()
+
+
+HEADER_KEYS = {header_key(label): key for label, key in COLUMNS + SECRET_COLUMNS}
+LABELS = {key: label for label, key in COLUMNS + SECRET_COLUMNS}
+
+
+class CsvProblem(Exception):
+    """The file as a whole cannot be read (encoding, structure, no header)."""
+
+
+class CsvRejected(Exception):
+    """All-or-nothing import refused because rows have errors; nothing was written."""
+
+    def __init__(self, plan: "ImportPlan"):
+        super().__init__(f"{plan.error_count:,} row{'s' if plan.error_count != 1 else ''} "
+                         f"have errors; nothing was imported.")
+        self.plan = plan
+
+
+@dataclass
+class CsvOptions:
+    partial: bool = False
+    overwrite: bool = False
+    profile_id: int | None = None  # one profile for every row (overrides the Profile column)
+    empty_cells: str = "keep"
+
+    def to_dict(self) -> dict:
+        return {"partial": self.partial, "overwrite": self.overwrite,
+                "profile_id": self.profile_id, "empty_cells": self.empty_cells}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CsvOptions":
+        empty = data.get("empty_cells") if data.get("empty_cells") in EMPTY_POLICIES else "keep"
+        pid = data.get("profile_id")
+        return cls(partial=bool(data.get("partial")), overwrite=bool(data.get("overwrite")),
+                   profile_id=int(pid) if pid not in (None, "", 0, "0") else None, empty_cells=empty)
+
+
+@dataclass
+class RowPlan:
+    line: int
+    action: str = ""  # create, update, unchanged, or "" when the row has errors
+    user_id: int | None = None
+    login_id: str = ""
+    values: dict = field(default_factory=dict)   # fields to set (create: all of them)
+    secrets: dict = field(default_factory=dict)  # secrets to set (never shown)
+    profile_id: int | None = None
+    old_login_id: str | None = None
+    changed: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ImportPlan:
+    options: CsvOptions
+    columns: list[str]                 # the file's header, as written
+    unknown_columns: list[str]
+    ignored_columns: list[str]
+    missing_columns: list[str]
+    rows: list[RowPlan]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def error_rows(self) -> list[RowPlan]:
+        return [r for r in self.rows if r.errors]
+
+    @property
+    def error_count(self) -> int:
+        return sum(1 for r in self.rows if r.errors)
+
+    def count(self, action: str) -> int:
+        return sum(1 for r in self.rows if r.action == action and not r.errors)
+
+    @property
+    def writable(self) -> bool:
+        return bool(self.count("create") or self.count("update")) and \
+            (self.options.partial or not self.error_count)
+
+
+# --- reading the file ----------------------------------------------------------------
+
+def decode(data: bytes) -> str:
+    """UTF-8 with or without a BOM; anything else is refused with a clear reason."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise CsvProblem("The file is UTF-16 text. Save it as \"CSV UTF-8\" and upload it again.")
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise CsvProblem(f"The file is not UTF-8 text (byte 0x{data[exc.start]:02X} on line {line}). "
+                         f"Save it as \"CSV UTF-8\" and upload it again.") from None
+    if "\x00" in text:
+        raise CsvProblem("The file contains NUL characters; it is not a CSV text file.")
+    return text
+
+
+def unneutralise(value: str) -> str:
+    """Export prefixes formula-looking cells with an apostrophe; a re-import takes it off.
+    Other cells are kept exactly as written (stored as text, never evaluated)."""
+    if len(value) > 1 and value[0] == "'" and value[1] in "=+-@\t\r":
+        return value[1:]
+    return value
+
+
+def read_rows(text: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header and the data rows, each with the line it starts on (blank lines skipped)."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=False)
+    rows: list[tuple[int, list[str]]] = []
+    header: list[str] | None = None
+    start = 1
+    try:
+        for cells in reader:
+            line, start = start, reader.line_num + 1
+            if not cells or all(not c.strip() for c in cells):
+                continue
+            if header is None:
+                header = cells
+            else:
+                rows.append((line, cells))
+    except csv.Error as exc:
+        raise CsvProblem(f"Line {start}: the CSV structure is broken ({exc}).") from None
+    if header is None:
+        raise CsvProblem("The file is empty.")
+    return header, rows
+
+
+# --- planning (the preview) -----------------------------------------------------------
+
+def plan_import(data: bytes, options: CsvOptions) -> ImportPlan:
+    from cds.profiles.service import default_profile
+    from cds.users.service import validate_user_fields
+
+    header, raw_rows = read_rows(decode(data))
+    index: dict[str, int] = {}
+    unknown, ignored = [], []
+    for i, name in enumerate(header):
+        key = HEADER_KEYS.get(header_key(name))
+        if key is None:
+            unknown.append(name.strip() or f"(unnamed column {i + 1})")
+        elif key in index:
+            raise CsvProblem(f"The column {LABELS[key]!r} appears twice in the header.")
+        elif key in INFO_KEYS:
+            ignored.append(name.strip())
+            index[key] = i
+        else:
+            index[key] = i
+    if not any(k in index for k in USER_FIELDS + ("id",)):
+        raise CsvProblem("The first line is not a header this import knows (expected columns such "
+                         "as Login ID, Lastname, Email address). Download the template to see the "
+                         "format.")
+    missing = [LABELS[k] for k in ("login_id", "last_name", "email") if k not in index]
+    if index.get("id") is None and options.overwrite:
+        missing.append("ID (needed by \"allow overwrite\")")
+
+    profiles = {p.name.strip().lower(): p for p in db.session.scalars(select(DeploymentProfile))}
+    fixed_profile = None
+    if options.profile_id is not None:
+        fixed_profile = db.session.get(DeploymentProfile, options.profile_id)
+        if fixed_profile is None:
+            raise CsvProblem("The profile chosen for all rows does not exist.")
+    new_profile_id = fixed_profile.id if fixed_profile else default_profile().id
+
+    width = len(header)
+    cells_of: list[dict[str, str]] = []
+    plans: list[RowPlan] = []
+    for line, cells in raw_rows:
+        plan = RowPlan(line)
+        plans.append(plan)
+        if len(cells) != width:
+            plan.errors.append(f"Has {len(cells)} cells; the header has {width}.")
+            cells_of.append({})
+            continue
+        cells_of.append({k: unneutralise(cells[i].strip()) for k, i in index.items()
+                         if k not in INFO_KEYS})
+        plan.login_id = cells_of[-1].get("login_id", "")
+
+    # Users the file refers to by ID.
+    ids_in_file = {}
+    for plan, cells in zip(plans, cells_of):
+        raw_id = cells.get("id", "")
+        if raw_id:
+            if not raw_id.isdigit() or int(raw_id) == 0 or len(raw_id) > 12:
+                plan.errors.append(f"ID {raw_id!r} is not a user ID (a whole number).")
+            elif int(raw_id) in ids_in_file:
+                plan.errors.append(f"ID {raw_id} is also on line {ids_in_file[int(raw_id)].line}.")
+            else:
+                ids_in_file[int(raw_id)] = plan
+    existing = _load_users(list(ids_in_file))
+
+    for plan, cells in zip(plans, cells_of):
+        if plan.errors or not cells:
+            continue
+        raw_id = cells.get("id", "")
+        user = existing.get(int(raw_id)) if raw_id else None
+        if raw_id and user is None and options.overwrite:
+            plan.errors.append(f"No user has ID {raw_id} (deleted?). Clear the ID cell to add the "
+                               f"row as a new user.")
+            continue
+        if user is not None and not options.overwrite:
+            plan.errors.append(f"ID {raw_id} is the existing user {user['login_id']!r}; tick "
+                               f"\"allow overwrite\" to update it, or clear the ID cell.")
+            continue
+        # Profile: one for all, else the Profile column, else the default (new users).
+        profile_name = cells.get("profile", "")
+        if fixed_profile is not None:
+            plan.profile_id = fixed_profile.id
+        elif profile_name:
+            profile = profiles.get(profile_name.lower())
+            if profile is None:
+                plan.errors.append(f"Unknown profile {profile_name!r}.")
+            else:
+                plan.profile_id = profile.id
+        # Secrets: set when given; an empty cell never clears one (export leaves them empty).
+        for key in USER_SECRETS:
+            value = cells.get(key, "")
+            if value:
+                if len(value) > MAX_SECRET_LENGTH or re.search(r"[\x00-\x1f\x7f]", value):
+                    plan.errors.append(f"{LABELS[key]} must be at most {MAX_SECRET_LENGTH} "
+                                       f"characters, without control characters.")
+                else:
+                    plan.secrets[key] = value
+        if user is None:
+            plan.action = "create"
+            plan.values = {f: cells.get(f, "") for f in USER_FIELDS}
+            plan.profile_id = plan.profile_id or new_profile_id
+            errors = validate_user_fields(plan.values)
+        else:
+            plan.action = "update"
+            plan.user_id = user["id"]
+            changes = {}
+            for f in USER_FIELDS:
+                if f not in cells:
+                    continue
+                value = cells[f]
+                if not value and options.empty_cells == "keep":
+                    continue
+                if value != user[f]:
+                    changes[f] = value
+            if user["source"] == SOURCE_CONNECTION:
+                owned = [LABELS[f] for f in changes]
+                if owned:
+                    plan.errors.append(f"Imported from a connection: {', '.join(owned)} "
+                                       f"{'is' if len(owned) == 1 else 'are'} set by the source "
+                                       f"(only the profile and secrets can change here).")
+                    continue
+            plan.values = changes
+            plan.changed = list(changes)
+            if plan.profile_id == user["profile_id"]:
+                plan.profile_id = None
+            if plan.profile_id is not None:
+                plan.changed.append("profile")
+            plan.changed += [k for k in plan.secrets]
+            if "login_id" in changes:
+                plan.old_login_id = user["login_id"]
+            errors = validate_user_fields(changes)
+            if not plan.changed:
+                plan.action = "unchanged"
+        plan.errors.extend(errors.values())
+        plan.login_id = plan.values.get("login_id") or (user["login_id"] if user else "")
+
+    _check_login_ids(plans, existing)
+    notes = [EMPTY_POLICIES[options.empty_cells] if options.overwrite else
+             "Empty cells leave fields empty on the new users.",
+             "Empty secret cells never clear a stored secret."]
+    if fixed_profile is not None:
+        notes.append(f"Every row gets the profile {fixed_profile.name!r}"
+                     + (" (the Profile column is ignored)." if "profile" in index else "."))
+    elif "profile" not in index:
+        notes.append("There is no Profile column: new users get the default profile.")
+    return ImportPlan(options, header, unknown, ignored, missing, plans, notes)
+
+
+def _load_users(ids: list[int]) -> dict[int, dict]:
+    cols = [User.id, User.source, User.profile_id, User.config_version] + \
+        [getattr(User, f) for f in USER_FIELDS]
+    out = {}
+    for start in range(0, len(ids), 900):
+        for row in db.session.execute(select(*cols).where(User.id.in_(ids[start:start + 900]))):
+            out[row.id] = row._asdict()
+    return out
+
+
+def _check_login_ids(plans: list[RowPlan], existing: dict[int, dict]) -> None:
+    """A login id may appear once in the file and must not belong to another user
+    (unless that user is given a new login id by this same file)."""
+    first_line: dict[str, int] = {}
+    for plan in plans:
+        if plan.errors or plan.action not in ("create", "update") or not plan.login_id:
+            continue
+        if plan.action == "update" and "login_id" not in plan.values:
+            first_line.setdefault(plan.login_id, plan.line)
+            continue
+        if plan.login_id in first_line:
+            plan.errors.append(f"Login ID {plan.login_id!r} is also on line {first_line[plan.login_id]}.")
+        else:
+            first_line[plan.login_id] = plan.line
+    wanted = sorted({p.login_id for p in plans if p.login_id and not p.errors
+                     and (p.action == "create" or "login_id" in p.values)})
+    owners: dict[str, int] = {}
+    for start in range(0, len(wanted), 900):
+        owners.update(db.session.execute(select(User.login_id, User.id).where(
+            User.login_id.in_(wanted[start:start + 900]))).all())
+    moving_away = {p.user_id for p in plans if p.action == "update" and "login_id" in p.values
+                   and not p.errors}
+    for plan in plans:
+        if plan.errors or plan.login_id not in owners:
+            continue
+        if plan.action == "create" or "login_id" in plan.values:
+            owner = owners[plan.login_id]
+            if owner != plan.user_id and owner not in moving_away:
+                plan.errors.append(f"Login ID {plan.login_id!r} already belongs to another user.")
+
+
+# --- writing ---------------------------------------------------------------------------
+
+@dataclass
+class CsvResult:
+    created: int
+    updated: int
+    unchanged: int
+    skipped: list[RowPlan]
+    login_changes: list[str]
+
+    def describe(self) -> str:
+        text = f"CSV import: {self.created:,} created, {self.updated:,} updated"
+        if self.unchanged:
+            text += f", {self.unchanged:,} unchanged"
+        if self.skipped:
+            text += f", {len(self.skipped):,} rows skipped for errors"
+        return text + "."
+
+
+def commit_import(data: bytes, options: CsvOptions, *, actor: str | None = None,
+                  file_name: str = "") -> CsvResult:
+    """Plan again and write in one transaction. All-or-nothing raises CsvRejected on any
+    error; partial writes the good rows and reports the skipped ones."""
+    from cds.audit.service import record_event
+    from cds.connections.service import CONFIG_FIELDS
+    from cds.users.service import apply_login_id_change
+
+    plan = plan_import(data, options)
+    if plan.error_count and not options.partial:
+        raise CsvRejected(plan)
+    good = [p for p in plan.rows if not p.errors]
+    creates = [p for p in good if p.action == "create"]
+    updates = [p for p in good if p.action == "update"]
+    now = utcnow()
+    login_changes = []
+    try:
+        rows = []
+        for p in creates:
+            row = {**p.values, "profile_id": p.profile_id, "source": SOURCE_CSV,
+                   "created_at": now, "updated_at": now}
+            for key in USER_SECRETS:
+                row[f"{key}_enc"] = encrypt(p.secrets[key]) if key in p.secrets else None
+            rows.append(row)
+        for start in range(0, len(rows), 2000):
+            db.session.execute(insert(User.__table__), rows[start:start + 2000])
+
+        # A login id change runs the ID-change flow (devices revoked, redeploy required).
+        # Parking the old ids first lets a file swap two users' login ids.
+        movers = [p for p in updates if "login_id" in p.values]
+        moving = {p.user_id: db.session.get(User, p.user_id) for p in movers}
+        for p in movers:
+            moving[p.user_id].login_id = f"~csv-import-{p.user_id}"
+        db.session.flush()
+        for p in movers:
+            login_changes.append(f"{p.old_login_id} → {p.values['login_id']}")
+            apply_login_id_change(moving[p.user_id], p.values["login_id"])
+        db.session.flush()
+        # The other changes go in bulk, grouped by the set of columns they change.
+        groups: dict[tuple, list[dict]] = {}
+        for p in updates:
+            values = {k: v for k, v in p.values.items() if k != "login_id"}
+            row = {**values, "updated_at": now}
+            if p.profile_id is not None:
+                row["profile_id"] = p.profile_id
+            for key, secret in p.secrets.items():
+                row[f"{key}_enc"] = encrypt(secret)
+            bump = any(f in CONFIG_FIELDS for f in values) or p.profile_id is not None
+            row["config_bump"] = 1 if bump else 0
+            groups.setdefault(tuple(sorted(row)), []).append({**row, "uid": p.user_id})
+        table = User.__table__
+        for keys, items in groups.items():
+            columns = {k: bindparam(k) for k in keys if k != "config_bump"}
+            stmt = update(table).where(table.c.id == bindparam("uid")).values(
+                config_version=table.c.config_version + bindparam("config_bump"), **columns)
+            db.session.execute(stmt, items)
+        result = CsvResult(len(creates), len(updates), plan.count("unchanged"),
+                           [p for p in plan.rows if p.errors], login_changes)
+        record_event("users.import_csv", actor=actor, count=len(creates) + len(updates),
+                     commit=False, detail={"file": file_name[:200], "created": result.created,
+                                           "updated": result.updated,
+                                           "skipped": len(result.skipped),
+                                           "overwrite": options.overwrite,
+                                           "partial": options.partial})
+        db.session.commit()
+    except Exception:
+        db.session.rollback()
+        raise
+    return result
+
+
+def template_csv() -> str:
+    """The downloadable template: the header row of the import format."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerow(TEMPLATE_HEADER)
+    return out.getvalue()
+

@@ -1,0 +1,175 @@
+"""Users >> Import Users: records from the connections, and CSV upload."""
+from flask import (Blueprint, Response, current_app, g, redirect, render_template, request,
+                   session, url_for)
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from cds.extensions import db
+from cds.imports.csv_import import (EMPTY_POLICIES, MAX_LISTED_ERRORS, CsvOptions, CsvProblem,
+                                    CsvRejected, commit_import, plan_import, template_csv)
+from cds.imports.service import (PAGE_SIZES, ImportProblem, RecordFilter, connection_choices,
+                                 deploy_available, discard_upload, import_and_deploy,
+                                 import_records, list_records, parse_record_selection,
+                                 read_upload, store_upload)
+from cds.jobs.service import JobError
+from cds.models import Job
+from cds.profiles.service import all_profiles, default_profile
+from cds.web import toast, write_required
+
+bp = Blueprint("imports", __name__, url_prefix="/import")
+
+SESSION_KEY = "csv_import"
+
+
+def _int_arg(name: str, default: int) -> int:
+    value = request.args.get(name, "")
+    return int(value) if value.isdigit() else default
+
+
+@bp.route("")
+def index():
+    try:
+        filt = RecordFilter.from_mapping(request.args)
+    except ImportProblem:
+        filt = RecordFilter()
+    page = list_records(filt, _int_arg("page", 1), _int_arg("per_page", PAGE_SIZES[0]))
+    if request.htmx and request.htmx.target == "records-table":
+        return render_template("imports/_records.html", page=page)
+    job = None
+    if request.args.get("job", "").isdigit():
+        job = db.session.get(Job, int(request.args["job"]))
+    return render_template("imports/page.html", page=page, connections=connection_choices(),
+                           profiles=all_profiles(), default_profile=default_profile(),
+                           deploy_ok=deploy_available(), page_sizes=PAGE_SIZES, job=job,
+                           view="records", active_tab="import")
+
+
+@bp.route("/records", methods=["POST"])
+@write_required
+def import_selected():
+    form = request.form
+    back = {k: v for k, v in RecordFilter.from_mapping(form).to_dict().items()} \
+        if _filter_ok(form) else {}
+    try:
+        selection = parse_record_selection(form)
+        deploy = form.get("deploy") == "1"
+        run = import_and_deploy if deploy else import_records
+        result = run(selection, form.get("profile_id") or None, actor=g.get("actor"))
+    except (ImportProblem, JobError) as exc:
+        db.session.rollback()
+        toast(str(exc), "error")
+        return redirect(url_for("imports.index", **back))
+    message = result.describe()
+    if result.skipped:
+        shown = "; ".join(f"{who}: {why}" for who, why in result.skipped[:5])
+        more = f" (and {len(result.skipped) - 5} more)" if len(result.skipped) > 5 else ""
+        message += f" Skipped: {shown}{more}."
+    if result.job_id:
+        message += " Deployment started for the new users."
+    toast(message, "warning" if result.skipped else "success")
+    if result.job_id:
+        back["job"] = result.job_id
+    return redirect(url_for("imports.index", **back))
+
+
+def _filter_ok(form) -> bool:
+    try:
+        RecordFilter.from_mapping(form)
+        return True
+    except ImportProblem:
+        return False
+
+
+# --- CSV -------------------------------------------------------------------------------
+
+def _csv_page(status: int = 200, **context):
+    pending = session.get(SESSION_KEY)
+    return render_template("imports/csv.html", profiles=all_profiles(), policies=EMPTY_POLICIES,
+                           limit_mb=current_app.config["MAX_UPLOAD_MB"], pending=pending,
+                           max_listed=MAX_LISTED_ERRORS, view="csv", active_tab="import",
+                           **context), status
+
+
+@bp.route("/csv")
+def csv_page():
+    return _csv_page()
+
+
+@bp.route("/csv/template")
+def csv_template():
+    return Response(template_csv(), mimetype="text/csv", headers={
+        "Content-Disposition": 'attachment; filename="cds-users-template.csv"'})
+
+
+def _options_from(form) -> CsvOptions:
+    pid = form.get("profile_id", "")
+    return CsvOptions(partial=form.get("partial") == "1", overwrite=form.get("overwrite") == "1",
+                      profile_id=int(pid) if pid.isdigit() else None,
+                      empty_cells=form.get("empty_cells") if form.get("empty_cells") in EMPTY_POLICIES
+                      else "keep")
+
+
+@bp.route("/csv/preview", methods=["POST"])
+@write_required
+def csv_preview():
+    upload = request.files.get("file")
+    options = _options_from(request.form)
+    if upload is None or not upload.filename:
+        return _csv_page(422, problem="Choose a CSV file to upload.", options=options)
+    data = upload.read()
+    if not data:
+        return _csv_page(422, problem=f"{upload.filename} is empty.", options=options)
+    try:
+        plan = plan_import(data, options)
+    except CsvProblem as exc:
+        return _csv_page(422, problem=f"{upload.filename}: {exc}", options=options)
+    old = session.pop(SESSION_KEY, None)
+    discard_upload(old and old.get("file"))
+    # The file waits in instance/uploads/ (owner-only); the session holds only its name.
+    session[SESSION_KEY] = {"file": store_upload(data), "name": upload.filename[:200],
+                            "options": options.to_dict()}
+    return _csv_page(200, plan=plan, file_name=upload.filename, options=options)
+
+
+@bp.route("/csv/commit", methods=["POST"])
+@write_required
+def csv_commit():
+    pending = session.get(SESSION_KEY)
+    if not pending:
+        toast("There is no previewed file to import; upload it again.", "error")
+        return redirect(url_for("imports.csv_page"))
+    options = CsvOptions.from_dict(pending.get("options") or {})
+    try:
+        data = read_upload(pending.get("file"))
+        result = commit_import(data, options, actor=g.get("actor"), file_name=pending.get("name", ""))
+    except ImportProblem as exc:
+        session.pop(SESSION_KEY, None)
+        toast(str(exc), "error")
+        return redirect(url_for("imports.csv_page"))
+    except CsvProblem as exc:
+        return _csv_page(422, problem=str(exc), options=options)
+    except CsvRejected as exc:
+        # Something changed since the preview (e.g. a login id was taken meanwhile).
+        return _csv_page(422, problem=str(exc), plan=exc.plan, file_name=pending.get("name"),
+                         options=options)
+    discard_upload(pending.get("file"))
+    session.pop(SESSION_KEY, None)
+    toast(result.describe(), "warning" if result.skipped else "success")
+    return _csv_page(200, result=result, file_name=pending.get("name"), options=options)
+
+
+@bp.route("/csv/cancel", methods=["POST"])
+@write_required
+def csv_cancel():
+    pending = session.pop(SESSION_KEY, None)
+    discard_upload(pending and pending.get("file"))
+    toast("CSV import cancelled; nothing was written.", "info")
+    return redirect(url_for("imports.csv_page"))
+
+
+@bp.errorhandler(RequestEntityTooLarge)
+def upload_too_large(exc):
+    limit = current_app.config["MAX_UPLOAD_MB"]
+    size = request.content_length or 0
+    got = f" ({size / 2**20:.1f} MB)" if size else ""
+    return _csv_page(413, problem=f"The file{got} is larger than the upload limit of {limit} MB. "
+                                  f"Split it into smaller files, or raise CDS_MAX_UPLOAD_MB.")

@@ -1,0 +1,338 @@
+"""Import Users: the combined view of what every connection reported, and turning
+selected records into CDS users (optionally deploying them right away).
+
+CSV import lives in ``cds.imports.csv_import``; both write users in bulk, in one
+transaction per import.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flask import current_app
+from sqlalchemy import Select, and_, false, func, insert, or_, select
+from sqlalchemy.orm import aliased
+
+from cds.extensions import db
+from cds.models import SOURCE_CONNECTION, Connection, DeploymentProfile, SourceRecord, User, utcnow
+from cds.scheduler import tick_task
+from cds.sources import FIELD_SIZES
+
+log = logging.getLogger("cds.imports")
+
+RECORD_FIELDS = tuple(FIELD_SIZES)
+PAGE_SIZES = (50, 100, 500)
+RECORD_SEARCH_COLUMNS = (SourceRecord.first_name, SourceRecord.last_name, SourceRecord.number,
+                         SourceRecord.pbx_number, SourceRecord.mbg_sip_username,
+                         SourceRecord.mcs_account, SourceRecord.email, SourceRecord.login_id)
+STATES = ("", "new", "imported")
+
+
+class ImportProblem(Exception):
+    """An import cannot be carried out as asked; the message says why."""
+
+
+# --- the combined view --------------------------------------------------------------
+
+@dataclass
+class RecordFilter:
+    search: str = ""
+    connection: int | None = None
+    state: str = ""  # "", "new" (not imported yet), "imported"
+
+    @classmethod
+    def from_mapping(cls, data) -> "RecordFilter":
+        f = cls()
+        f.search = str(data.get("search", "") or "").strip()[:200]
+        raw = str(data.get("connection", "") or "").strip()
+        if raw:
+            if not raw.isdigit():
+                raise ImportProblem("connection must be a connection id.")
+            f.connection = int(raw)
+        state = str(data.get("state", "") or "")
+        if state not in STATES:
+            raise ImportProblem("state must be new or imported.")
+        f.state = state
+        return f
+
+    def to_dict(self) -> dict:
+        out = {}
+        if self.search:
+            out["search"] = self.search
+        if self.connection is not None:
+            out["connection"] = str(self.connection)
+        if self.state:
+            out["state"] = self.state
+        return out
+
+    def apply(self, query: Select) -> Select:
+        if self.search:
+            for word in self.search.split()[:8]:
+                pattern = "%" + word.lower().replace("\\", "\\\\").replace("%", "\\%") \
+                    .replace("_", "\\_") + "%"
+                query = query.where(or_(*(func.lower(c).like(pattern, escape="\\")
+                                          for c in RECORD_SEARCH_COLUMNS)))
+        if self.connection is not None:
+            query = query.where(SourceRecord.connection_id == self.connection)
+        if self.state == "new":
+            query = query.where(~_imported_exists())
+        elif self.state == "imported":
+            query = query.where(_imported_exists())
+        return query
+
+
+def _imported_exists():
+    imported = aliased(User)
+    return select(imported.id).where(imported.connection_id == SourceRecord.connection_id,
+                                     imported.source_key == SourceRecord.source_key).exists()
+
+
+@dataclass
+class RecordRow:
+    record: SourceRecord
+    connection_name: str
+    user_id: int | None  # the CDS user imported from this record, if any
+
+
+@dataclass
+class RecordPage:
+    rows: list[RecordRow]
+    total: int
+    page: int
+    per_page: int
+    filter: RecordFilter = field(default_factory=RecordFilter)
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.per_page))
+
+    def args(self, **changes) -> dict:
+        args = {**self.filter.to_dict(), "page": self.page, "per_page": self.per_page}
+        args.update(changes)
+        return {k: v for k, v in args.items() if v not in ("", None)}
+
+
+def list_records(filt: RecordFilter, page: int = 1, per_page: int = 50) -> RecordPage:
+    per_page = per_page if per_page in PAGE_SIZES else PAGE_SIZES[0]
+    total = db.session.scalar(filt.apply(select(func.count(SourceRecord.id))))
+    pages = max(1, -(-total // per_page))
+    page = min(max(1, page), pages)
+    query = filt.apply(
+        select(SourceRecord, Connection.name, User.id)
+        .join(Connection, Connection.id == SourceRecord.connection_id)
+        .outerjoin(User, and_(User.connection_id == SourceRecord.connection_id,
+                              User.source_key == SourceRecord.source_key))
+    ).order_by(SourceRecord.last_name, SourceRecord.first_name, SourceRecord.id) \
+        .offset((page - 1) * per_page).limit(per_page)
+    rows = [RecordRow(rec, name, uid) for rec, name, uid in db.session.execute(query)]
+    return RecordPage(rows, total, page, per_page, filt)
+
+
+def connection_choices() -> list[tuple[int, str]]:
+    return [(i, n) for i, n in db.session.execute(select(Connection.id, Connection.name)
+                                                   .order_by(Connection.name))]
+
+
+# --- selections of records -------------------------------------------------------------
+
+def parse_record_selection(data) -> dict:
+    """From the form: {"ids": [...]} or {"filter": {...}} when "all matching" is ticked."""
+    if str(data.get("all_matching", "")) in ("1", "true", "on"):
+        return {"filter": RecordFilter.from_mapping(data).to_dict()}
+    raw = data.getlist("ids") if hasattr(data, "getlist") else data.get("ids", [])
+    ids = []
+    for value in raw or []:
+        try:
+            ids.append(int(value))
+        except (TypeError, ValueError):
+            raise ImportProblem(f"{value!r} is not a record id.") from None
+    if not ids:
+        raise ImportProblem("No records are selected.")
+    return {"ids": sorted(set(ids))}
+
+
+def record_selection_query(selection: dict) -> Select:
+    query = select(SourceRecord)
+    if "ids" in selection:
+        return query.where(SourceRecord.id.in_(selection["ids"])) if selection["ids"] \
+            else query.where(false())
+    return RecordFilter.from_mapping(selection.get("filter") or {}).apply(query)
+
+
+# --- importing records ------------------------------------------------------------------
+
+@dataclass
+class ImportResult:
+    created_ids: list[int]
+    already: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (who, why)
+    job_id: int | None = None
+    deploy_message: str = ""
+
+    @property
+    def created(self) -> int:
+        return len(self.created_ids)
+
+    def describe(self) -> str:
+        text = f"Imported {self.created:,} user{'s' if self.created != 1 else ''}."
+        if self.already:
+            text += f" {self.already:,} already imported."
+        if self.skipped:
+            text += f" {len(self.skipped):,} skipped."
+        return text
+
+
+def _resolve_profile(profile_id) -> DeploymentProfile:
+    from cds.profiles.service import default_profile
+    if profile_id in (None, "", 0):
+        return default_profile()
+    try:
+        profile = db.session.get(DeploymentProfile, int(profile_id))
+    except (TypeError, ValueError):
+        profile = None
+    if profile is None:
+        raise ImportProblem("The chosen deployment profile does not exist.")
+    return profile
+
+
+def import_records(selection: dict, profile_id=None, *, actor: str | None = None) -> ImportResult:
+    """Create a CDS user for each selected record not imported yet. Records whose data
+    breaks the user rules, or whose login id another user has, are skipped with the reason."""
+    from cds.audit.service import record_event
+    from cds.users.service import validate_user_fields
+
+    profile = _resolve_profile(profile_id)
+    records = list(db.session.scalars(record_selection_query(selection)
+                                      .order_by(SourceRecord.id)))
+    if not records:
+        raise ImportProblem("No records are selected.")
+    imported = set(db.session.execute(
+        select(User.connection_id, User.source_key).where(
+            User.connection_id.in_({r.connection_id for r in records}))).all())
+    taken = _existing_login_ids({r.login_id for r in records})
+    names = dict(db.session.execute(select(Connection.id, Connection.name)).all())
+    result = ImportResult([])
+    rows = []
+    now = utcnow()
+    for rec in records:
+        who = f"{rec.login_id or rec.source_key} ({names.get(rec.connection_id, '?')})"
+        if (rec.connection_id, rec.source_key) in imported:
+            result.already += 1
+            continue
+        values = {f: getattr(rec, f) for f in RECORD_FIELDS}
+        errors = validate_user_fields(values)
+        if errors:
+            result.skipped.append((who, " ".join(errors.values())))
+            continue
+        if rec.login_id in taken:
+            result.skipped.append((who, f"Login ID {rec.login_id!r} is already used by another user."))
+            continue
+        taken.add(rec.login_id)
+        rows.append({**values, "profile_id": profile.id, "source": SOURCE_CONNECTION,
+                     "connection_id": rec.connection_id, "source_key": rec.source_key,
+                     "created_at": now, "updated_at": now})
+    for start in range(0, len(rows), 2000):
+        db.session.execute(insert(User.__table__), rows[start:start + 2000])
+    if rows:
+        result.created_ids = _ids_of([(r["connection_id"], r["source_key"]) for r in rows])
+        record_event("users.import", actor=actor, count=len(rows), commit=False,
+                     detail={"profile": profile.name,
+                             "connections": sorted({names.get(r["connection_id"], "?") for r in rows})})
+    db.session.commit()
+    return result
+
+
+def _existing_login_ids(candidates: set[str]) -> set[str]:
+    found, items = set(), sorted(c for c in candidates if c)
+    for start in range(0, len(items), 900):
+        found.update(db.session.scalars(select(User.login_id).where(
+            User.login_id.in_(items[start:start + 900]))))
+    return found
+
+
+def _ids_of(pairs: list[tuple[int, str]]) -> list[int]:
+    ids = []
+    by_conn: dict[int, list[str]] = {}
+    for cid, key in pairs:
+        by_conn.setdefault(cid, []).append(key)
+    for cid, keys in by_conn.items():
+        for start in range(0, len(keys), 900):
+            ids.extend(db.session.scalars(select(User.id).where(
+                User.connection_id == cid, User.source_key.in_(keys[start:start + 900]))))
+    return sorted(ids)
+
+
+def deploy_available() -> bool:
+    from cds.jobs.service import ACTIONS
+    return "deploy" in ACTIONS
+
+
+def import_and_deploy(selection: dict, profile_id=None, *, actor: str | None = None) -> ImportResult:
+    """Import, then send the new users their deployment (one Deploy job)."""
+    from cds.jobs.service import create_job, submit
+
+    if not deploy_available():
+        raise ImportProblem("Deploy is not available in this installation; use Import, then "
+                            "deploy from the Users tab.")
+    result = import_records(selection, profile_id, actor=actor)
+    if result.created_ids:
+        job = create_job("deploy", {"ids": result.created_ids}, actor=actor)
+        result.job_id = job.id
+        submit(job)
+    return result
+
+
+# --- uploaded files between preview and commit --------------------------------------------
+
+UPLOAD_NAME = re.compile(r"[A-Za-z0-9_-]{20,64}")
+UPLOAD_MAX_AGE_SECONDS = 24 * 3600
+
+
+def uploads_dir() -> Path:
+    path = Path(current_app.instance_path) / "uploads"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+def store_upload(data: bytes) -> str:
+    """Keep an uploaded file until the administrator commits or cancels (owner-only)."""
+    from cds.security import new_token
+    name = new_token()
+    fd = os.open(uploads_dir() / f"{name}.csv", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    return name
+
+
+def read_upload(name: str) -> bytes:
+    if not name or not UPLOAD_NAME.fullmatch(name):
+        raise ImportProblem("The uploaded file is no longer available; upload it again.")
+    try:
+        return (uploads_dir() / f"{name}.csv").read_bytes()
+    except FileNotFoundError:
+        raise ImportProblem("The uploaded file is no longer available (it expires after a "
+                            "day); upload it again.") from None
+
+
+def discard_upload(name: str | None) -> None:
+    if name and UPLOAD_NAME.fullmatch(name):
+        try:
+            (uploads_dir() / f"{name}.csv").unlink()
+        except FileNotFoundError:
+            pass
+
+
+@tick_task("imports.prune_uploads", every_ticks=720)
+def prune_uploads(app) -> None:
+    """Uploads previewed but never committed or cancelled go away after a day."""
+    cutoff = time.time() - UPLOAD_MAX_AGE_SECONDS
+    for path in uploads_dir().glob("*.csv"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+        except FileNotFoundError:
+            pass
