@@ -1,11 +1,148 @@
-from flask import Blueprint, render_template
+"""The Deployment Profiles tab: list, create, edit, delete (with reassignment), default."""
+from __future__ import annotations
 
-from cds.profiles.service import all_profiles, user_counts
+from flask import Blueprint, abort, g, redirect, render_template, request, url_for
+
+from cds.extensions import db
+from cds.models import DeploymentProfile
+from cds.profiles.forms import DeleteProfileForm, ProfileForm
+from cds.profiles.service import (PROFILE_FIELDS, InvalidProfile, ProfileError, ProfileInUse,
+                                  all_profiles, delete_profile, get_profile, save_profile,
+                                  set_default, user_counts, validate_profile_fields)
+from cds.web import app_response, current_admin, toast, write_required
 
 bp = Blueprint("profiles", __name__, url_prefix="/profiles")
 
 
+def _list_context(**extra):
+    return dict(profiles=all_profiles(), counts=user_counts(), active_tab="profiles",
+                can_write=current_admin().can_write, **extra)
+
+
 @bp.route("")
 def index():
-    return render_template("profiles/page.html", profiles=all_profiles(), counts=user_counts(),
-                           active_tab="profiles")
+    return render_template("profiles/page.html", **_list_context())
+
+
+def _load(profile_id: int) -> DeploymentProfile:
+    try:
+        return get_profile(profile_id)
+    except ProfileError as exc:
+        abort(404, str(exc))
+
+
+def _form_data(profile: DeploymentProfile) -> dict:
+    data = {name: getattr(profile, name) for name in PROFILE_FIELDS}
+    data["client_types"] = profile.client_type_list()
+    data["make_default"] = profile.is_default
+    return data
+
+
+def _render_form(form, profile, status=200):
+    ctx = dict(form=form, profile=profile, count=user_counts().get(profile.id, 0) if profile else 0,
+               can_write=current_admin().can_write, active_tab="profiles")
+    if request.htmx and request.headers.get("HX-Target") == "profile-form":
+        return app_response(render_template("profiles/_form.html", **ctx), status)
+    return render_template("profiles/edit.html", **ctx), status
+
+
+def _saved(message: str):
+    toast(message, "success")
+    target = url_for("profiles.index")
+    if request.htmx:
+        resp = app_response("", 204)
+        resp.headers["HX-Redirect"] = target
+        return resp
+    return redirect(target)
+
+
+@bp.route("/new", methods=["GET", "POST"])
+@write_required
+def new():
+    form = ProfileForm(request.form if request.method == "POST" else None)
+    if request.method == "GET":
+        return _render_form(form, None)
+    if form.validate():
+        try:
+            profile = save_profile(None, form.values(), actor=g.get("actor"),
+                                   make_default=form.make_default.data)
+        except InvalidProfile as exc:
+            db.session.rollback()
+            form.add_errors(exc.errors)
+        else:
+            return _saved(f"Profile {profile.name} created.")
+    else:
+        form.add_errors(validate_profile_fields(form.values()))
+    return _render_form(form, None, 422)
+
+
+@bp.route("/<int:profile_id>", methods=["GET", "POST"])
+def edit(profile_id: int):
+    profile = _load(profile_id)
+    if request.method == "GET":
+        return _render_form(ProfileForm(data=_form_data(profile)), profile)
+    if not current_admin().can_write:
+        abort(403, "Your account is read-only.")
+    form = ProfileForm(request.form)
+    if profile.is_do_not_deploy or form.validate():
+        try:
+            values = form.values() if not profile.is_do_not_deploy else {
+                "name": form.name.data or profile.name, "description": form.description.data or ""}
+            save_profile(profile, values, actor=g.get("actor"),
+                         make_default=bool(form.make_default.data) and not profile.is_do_not_deploy)
+        except InvalidProfile as exc:
+            db.session.rollback()
+            form.add_errors(exc.errors)
+        else:
+            return _saved(f"Profile {profile.name} saved.")
+    else:
+        form.add_errors(validate_profile_fields(form.values(), profile))
+    return _render_form(form, profile, 422)
+
+
+@bp.route("/<int:profile_id>/default", methods=["POST"])
+@write_required
+def make_default(profile_id: int):
+    profile = _load(profile_id)
+    try:
+        set_default(profile, actor=g.get("actor"))
+    except ProfileError as exc:
+        abort(409, str(exc))
+    toast(f"New users now get the profile {profile.name}.", "success")
+    return _list_fragment_or_page()
+
+
+def _list_fragment_or_page(**extra):
+    if request.htmx:
+        return app_response(render_template("profiles/_list.html", **_list_context(**extra)))
+    if extra:
+        return render_template("profiles/page.html", **_list_context(**extra))
+    return redirect(url_for("profiles.index"))
+
+
+@bp.route("/<int:profile_id>/delete", methods=["POST"])
+@write_required
+def delete(profile_id: int):
+    """Refused while users are on the profile, with an offer to move them first."""
+    profile = _load(profile_id)
+    form = DeleteProfileForm(request.form)
+    reassign_to = None
+    if form.reassign_to.data:
+        reassign_to = _load(form.reassign_to.data)
+    try:
+        moved = delete_profile(profile, reassign_to=reassign_to, actor=g.get("actor"))
+    except ProfileInUse as exc:
+        db.session.rollback()
+        toast(str(exc), "warning")
+        others = [p for p in all_profiles() if p.id != profile.id]
+        return _list_fragment_or_page(reassign=profile, reassign_count=exc.count, others=others)
+    except ProfileError as exc:
+        db.session.rollback()
+        abort(409, str(exc))
+    name = profile.name
+    if moved:
+        toast(f"{moved} user{'s' if moved != 1 else ''} moved to {reassign_to.name}; "
+              f"profile {name} deleted.", "success")
+    else:
+        toast(f"Profile {name} deleted.", "success")
+    return _list_fragment_or_page()

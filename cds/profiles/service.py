@@ -1,10 +1,13 @@
 """Deployment profiles, including the built-in "Do Not Deploy" and the default profile."""
 from __future__ import annotations
 
+import ipaddress
+import re
+
 from sqlalchemy import func, select, update
 
 from cds.extensions import db
-from cds.models import DO_NOT_DEPLOY, DeploymentProfile, User
+from cds.models import CLIENT_TYPES, DO_NOT_DEPLOY, TRANSPORTS, DeploymentProfile, User
 
 
 class ProfileError(Exception):
@@ -68,9 +71,161 @@ def user_counts() -> dict[int, int]:
     return {pid: n for pid, n in rows}
 
 
-def set_default(profile: DeploymentProfile) -> None:
+def set_default(profile: DeploymentProfile, *, actor: str | None = None) -> None:
+    """Make ``profile`` the one new users get."""
+    from cds.audit.service import record_event
+
     if profile.is_do_not_deploy:
         raise ProfileError("\"Do Not Deploy\" cannot be the default profile for new users.")
     db.session.execute(update(DeploymentProfile).values(is_default=False))
     profile.is_default = True
+    record_event("profile.default", actor=actor, detail={"profile": profile.name}, commit=False)
     db.session.commit()
+
+
+# --- creating, editing and deleting ---------------------------------------------
+
+PROFILE_FIELDS = ("name", "description", "client_types", "mbg_sip_host", "mbg_sip_port",
+                  "mbg_sip_transport", "pbx_sip_host", "pbx_sip_port", "pbx_sip_transport",
+                  "mcs_host", "mcs_port", "voicemail_number", "link_validity_hours",
+                  "central_email", "email_subject", "email_body")
+# "Do Not Deploy" never sends anything: only its description means something.
+DO_NOT_DEPLOY_FIELDS = ("description",)
+
+
+class InvalidProfile(ProfileError):
+    def __init__(self, errors: dict[str, str]):
+        super().__init__("; ".join(errors.values()))
+        self.errors = errors
+
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def host_problem(value: str) -> str | None:
+    """None when ``value`` is a host name (RFC 1123) or an IPv4/IPv6 address."""
+    try:
+        ipaddress.ip_address(value.strip("[]"))
+        return None
+    except ValueError:
+        pass
+    name = value[:-1] if value.endswith(".") else value
+    if len(name) > 253 or not all(_HOST_LABEL.fullmatch(part) for part in name.split(".")):
+        return "Enter a host name (like mbg.example.com) or an IP address."
+    return None
+
+
+def validate_profile_fields(data: dict, profile: DeploymentProfile | None = None) -> dict[str, str]:
+    """Check the profile fields present in ``data``. Returns {field: message}."""
+    from email_validator import EmailNotValidError, validate_email
+
+    from cds.users.service import _PHONE_RE
+
+    errors = {}
+    if "name" in data:
+        name = (data["name"] or "").strip()
+        other = find_profile_by_name(name) if name else None
+        if not name:
+            errors["name"] = "Name is required."
+        elif len(name) > 80:
+            errors["name"] = "Name is longer than 80 characters."
+        elif other is not None and (profile is None or other.id != profile.id):
+            errors["name"] = f"A profile named {other.name!r} already exists."
+    for host in ("mbg_sip_host", "pbx_sip_host", "mcs_host"):
+        if data.get(host) and host_problem(data[host]):
+            errors[host] = host_problem(data[host])
+    for port in ("mbg_sip_port", "pbx_sip_port", "mcs_port"):
+        if port in data and not (isinstance(data[port], int) and 1 <= data[port] <= 65535):
+            errors[port] = "Port must be a number from 1 to 65535."
+    for transport in ("mbg_sip_transport", "pbx_sip_transport"):
+        if transport in data and data[transport] not in TRANSPORTS:
+            errors[transport] = "Transport must be UDP, TCP or TLS."
+    if "link_validity_hours" in data and not (
+            isinstance(data["link_validity_hours"], int) and 1 <= data["link_validity_hours"] <= 8760):
+        errors["link_validity_hours"] = "Link validity must be 1 to 8760 hours (one year)."
+    if "client_types" in data:
+        types = [t for t in (data["client_types"] or "").split(",") if t]
+        if not types:
+            errors["client_types"] = "Choose at least one client type."
+        elif any(t not in CLIENT_TYPES for t in types):
+            errors["client_types"] = f"Client types are {', '.join(CLIENT_TYPES)}."
+    if data.get("voicemail_number") and not _PHONE_RE.fullmatch(data["voicemail_number"]):
+        errors["voicemail_number"] = "Voicemail number may hold only digits, spaces and + * # ( ) . -"
+    if data.get("central_email"):
+        try:
+            validate_email(data["central_email"], check_deliverability=False)
+        except EmailNotValidError as exc:
+            errors["central_email"] = f"Not a valid e-mail address ({exc})."
+    if len(data.get("email_subject") or "") > 200:
+        errors["email_subject"] = "The subject is longer than 200 characters."
+    return errors
+
+
+def save_profile(profile: DeploymentProfile | None, data: dict, *, actor: str | None = None,
+                 make_default: bool = False) -> DeploymentProfile:
+    """Create (profile=None) or change a profile; raises InvalidProfile, nothing written then."""
+    from cds.audit.service import record_event
+
+    data = {k: (v.strip() if isinstance(v, str) and k != "email_body" else v)
+            for k, v in data.items() if k in PROFILE_FIELDS}
+    if profile is not None and profile.is_do_not_deploy:
+        if "name" in data and data["name"] != profile.name:
+            raise InvalidProfile({"name": f"The built-in profile {DO_NOT_DEPLOY!r} cannot be renamed."})
+        data = {k: v for k, v in data.items() if k in DO_NOT_DEPLOY_FIELDS}
+    errors = validate_profile_fields(data, profile)
+    if errors:
+        raise InvalidProfile(errors)
+    created = profile is None
+    if created:
+        profile = DeploymentProfile()
+        db.session.add(profile)
+    changed = [k for k, v in data.items() if getattr(profile, k) != v]
+    for key in changed:
+        setattr(profile, key, data[key])
+    if make_default and not profile.is_default:
+        if profile.is_do_not_deploy:
+            raise InvalidProfile({"name": f"{DO_NOT_DEPLOY!r} cannot be the default profile."})
+        db.session.execute(update(DeploymentProfile).values(is_default=False))
+        profile.is_default = True
+        changed.append("default")
+    db.session.flush()
+    if changed and not created:
+        # Everything the client downloads for these users may have changed.
+        db.session.execute(update(User).where(User.profile_id == profile.id)
+                           .values(config_version=User.config_version + 1))
+    if created or changed:
+        record_event("profile.create" if created else "profile.update", actor=actor,
+                     detail={"profile": profile.name, "changed": changed}, commit=False)
+    db.session.commit()
+    return profile
+
+
+def delete_profile(profile: DeploymentProfile, *, reassign_to: DeploymentProfile | None = None,
+                   actor: str | None = None) -> int:
+    """Delete a profile. While users are on it this is refused (ProfileInUse) unless
+    ``reassign_to`` is given: then they move there first, in the same transaction.
+    Returns how many users moved."""
+    from cds.audit.service import record_event
+
+    if profile.is_do_not_deploy:
+        raise ProfileError(f"The built-in profile {DO_NOT_DEPLOY!r} cannot be deleted.")
+    if profile.is_default:
+        raise ProfileError(f"{profile.name!r} is the default profile for new users: "
+                           "make another profile the default first.")
+    count = db.session.scalar(select(func.count(User.id)).where(User.profile_id == profile.id))
+    moved = 0
+    if count:
+        if reassign_to is None:
+            raise ProfileInUse(profile, count)
+        if reassign_to.id == profile.id:
+            raise ProfileError("Choose another profile to move the users to.")
+        moved = db.session.execute(update(User).where(User.profile_id == profile.id).values(
+            profile_id=reassign_to.id, config_version=User.config_version + 1)).rowcount
+    name = profile.name
+    db.session.delete(profile)
+    detail = {"profile": name}
+    if moved:
+        detail.update(moved_users=moved, moved_to=reassign_to.name)
+    record_event("profile.delete", actor=actor, count=moved or None, detail=detail, commit=False)
+    db.session.commit()
+    return moved

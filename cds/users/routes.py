@@ -1,15 +1,244 @@
-from flask import Blueprint, render_template, request
+"""The Users tab: the table, the bulk actions, and the user page."""
+from __future__ import annotations
 
-from cds.users.service import InvalidQuery, UserQuery, list_users
+from datetime import datetime, timezone
+
+from flask import (Blueprint, abort, current_app, g, redirect, render_template, request, session,
+                   url_for)
+from werkzeug.exceptions import NotFound as RouteNotFound
+
+from cds.extensions import db
+from cds.jobs.service import ACTIONS, JobError, create_job, reason_counts, submit
+from cds.models import USER_SECRETS
+from cds.profiles.service import all_profiles
+from cds.users.forms import ImportedUserForm, UserForm
+from cds.users.service import (PAGE_SIZES, InvalidQuery, InvalidUser, NotFound, UserError,
+                               UserQuery, deployment_history, get_user, list_users,
+                               parse_selection, redeploy_after_id_change, revoke_device,
+                               save_user, source_choices, source_label, user_audit_events,
+                               user_devices)
+from cds.web import app_response, current_admin, toast, write_required
 
 bp = Blueprint("users", __name__, url_prefix="/users")
+
+PER_PAGE_KEY = "users_per_page"
+TABLE_TARGET = "users-table"
+USER_TARGET = "user-main"
+
+# The buttons above the table, in the seed's order; the job kind each one starts.
+BULK_ACTIONS = (
+    ("sync", "Sync data"),
+    ("auto_deploy", "Auto deploy"),
+    ("deploy", "Deploy"),
+    ("force_config", "Set Force Config"),
+    ("export", "Export (CSV)"),
+    ("delete", "Delete"),
+    ("assign_profile", "Assign profile"),
+)
+BULK_LABELS = dict(BULK_ACTIONS)
+SCHEDULABLE = ("deploy", "auto_deploy")
+
+
+def _export_available() -> bool:
+    try:
+        current_app.url_map.bind("").match("/users/export.csv", method="GET")
+    except RouteNotFound:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+def _targets(name: str) -> bool:
+    """An htmx request for one fragment (not a history restore, which wants the page)."""
+    return bool(request.htmx) and request.headers.get("HX-Target") == name \
+        and not request.headers.get("HX-History-Restore-Request")
+
+
+# --- the table -----------------------------------------------------------------------
+
+def _query_from_request() -> UserQuery:
+    remembered = session.get(PER_PAGE_KEY, PAGE_SIZES[0])
+    try:
+        q = UserQuery.from_mapping(request.args, default_per_page=remembered)
+    except InvalidQuery as exc:
+        toast(f"{exc} Showing the first page of all users instead.", "warning")
+        q = UserQuery(per_page=remembered)
+    if q.per_page != remembered:
+        session[PER_PAGE_KEY] = q.per_page
+    return q
 
 
 @bp.route("")
 def index():
-    try:
-        q = UserQuery.from_mapping(request.args)
-    except InvalidQuery:
-        q = UserQuery()
+    q = _query_from_request()
     page = list_users(q)
-    return render_template("users/page.html", page=page, active_tab="users")
+    if _targets(TABLE_TARGET):
+        resp = app_response(render_template("users/_table.html", page=page))
+        if request.headers.get("HX-Trigger") == "user-filters":
+            # The filter form sends every field, empty ones too; the address bar gets the
+            # short form of the same state.
+            resp.headers["HX-Push-Url"] = url_for("users.index", **q.to_args())
+        return resp
+    admin = current_admin()
+    return render_template(
+        "users/page.html", page=page, active_tab="users", profiles=all_profiles(),
+        sources=source_choices(), bulk_actions=BULK_ACTIONS, page_sizes=PAGE_SIZES,
+        available={k for k in BULK_LABELS if k in ACTIONS or (k == "export" and _export_available())},
+        can_write=admin.can_write)
+
+
+@bp.route("/actions/<kind>", methods=["POST"])
+@write_required
+def bulk_action(kind: str):
+    """Every bulk button: a job over the selected users (ids, or all matching the filter)."""
+    if kind not in BULK_LABELS or kind == "export":
+        abort(404, f"There is no bulk action {kind!r}.")
+    label = BULK_LABELS[kind]
+    if kind not in ACTIONS:
+        toast(f"{label} is not available yet in this version of CDS.", "warning")
+        resp = app_response("")
+        resp.headers["HX-Reswap"] = "none"
+        return resp
+    try:
+        selection = parse_selection(request.form)
+    except InvalidQuery as exc:
+        abort(400, str(exc))
+    params, run_at = {}, None
+    if kind == "assign_profile":
+        from cds.profiles.service import ProfileError, get_profile
+        try:
+            params["profile_id"] = get_profile(int(request.form.get("profile_id") or 0)).id
+        except (ValueError, ProfileError):
+            abort(400, "Choose the profile to assign.")
+    if kind == "delete":
+        params["confirm"] = request.form.get("confirm", "")
+    if kind in SCHEDULABLE and request.form.get("run_at"):
+        run_at = _parse_run_at(request.form["run_at"])
+    try:
+        job = create_job(kind, selection, params=params, run_at=run_at, actor=g.get("actor"))
+        submit(job)
+    except JobError as exc:
+        abort(400, str(exc))
+    db.session.refresh(job)
+    return render_template("jobs/_progress.html", job=job,
+                           reasons=reason_counts(job) if job.finished else [])
+
+
+def _parse_run_at(value: str) -> datetime:
+    """"Deploy at…": the page sends the chosen local time as UTC (ISO 8601)."""
+    from cds.models import utcnow
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        abort(400, "Deploy at: the date and time were not understood.")
+    if when.tzinfo is not None:
+        when = when.astimezone(timezone.utc).replace(tzinfo=None)
+    when = when.replace(microsecond=0)
+    if when <= utcnow():
+        abort(400, "Deploy at: choose a time in the future (or leave it empty to deploy now).")
+    return when
+
+
+# --- adding and editing one user -----------------------------------------------------
+
+def _form_for(user, formdata=None):
+    form_class = ImportedUserForm if user is not None and user.is_imported else UserForm
+    if user is None:
+        from cds.profiles.service import default_profile
+        form = form_class(formdata=formdata, data={"profile_id": default_profile().id})
+    else:
+        form = form_class(formdata=formdata, obj=user)
+    form.set_profiles(all_profiles())
+    return form
+
+
+def _user_context(user, form, **extra):
+    return dict(user=user, form=form, secrets=USER_SECRETS, source=source_label(user),
+                history=deployment_history(user), devices=user_devices(user),
+                events=user_audit_events(user), can_write=current_admin().can_write,
+                deploy_available="deploy" in ACTIONS, **extra)
+
+
+def _render_user(user, form, status=200, **extra):
+    ctx = _user_context(user, form, **extra)
+    if _targets(USER_TARGET):
+        return app_response(render_template("users/_user.html", **ctx), status)
+    return render_template("users/user.html", active_tab="users", **ctx), status
+
+
+def _load_user(user_id: int):
+    try:
+        return get_user(user_id)
+    except NotFound as exc:
+        abort(404, str(exc))
+
+
+@bp.route("/new", methods=["GET", "POST"])
+@write_required
+def new():
+    form = _form_for(None, request.form if request.method == "POST" else None)
+    if request.method == "POST":
+        if form.validate():
+            try:
+                result = save_user(None, form.values(), form.secret_changes(), actor=g.get("actor"))
+            except InvalidUser as exc:
+                form.add_errors(exc.errors)
+            else:
+                toast(f"User {result.user.display_name} ({result.user.login_id}) added.", "success")
+                target = url_for("users.index", search=result.user.login_id)
+                if request.htmx:
+                    resp = app_response("", 204)
+                    resp.headers["HX-Redirect"] = target
+                    return resp
+                return redirect(target)
+        status = 422
+    else:
+        status = 200
+    if _targets("user-form"):
+        return app_response(render_template("users/_new_form.html", form=form, secrets=USER_SECRETS), status)
+    return render_template("users/new.html", form=form, secrets=USER_SECRETS, active_tab="users"), status
+
+
+@bp.route("/<int:user_id>", methods=["GET", "POST"])
+def detail(user_id: int):
+    user = _load_user(user_id)
+    if request.method == "GET":
+        return _render_user(user, _form_for(user))
+    if not current_admin().can_write:
+        abort(403, "Your account is read-only.")
+    form = _form_for(user, request.form)
+    if not form.validate():
+        return _render_user(user, form, 422)
+    try:
+        result = save_user(user, form.values(), form.secret_changes(), actor=g.get("actor"))
+    except InvalidUser as exc:
+        db.session.rollback()
+        form.add_errors(exc.errors)
+        return _render_user(user, form, 422)
+    redeploy_job = None
+    if result.id_changed:
+        redeploy_job = redeploy_after_id_change(user, actor=g.get("actor"))
+        toast(f"ID changed from {result.old_login_id} to {user.login_id}: the app must be factory "
+              f"reset and redeployed.", "warning")
+    elif result.changed:
+        toast("Saved.", "success")
+    else:
+        toast("Nothing changed.", "info")
+    return _render_user(user, _form_for(user), id_change=result.old_login_id,
+                        redeploy_job=redeploy_job)
+
+
+@bp.route("/<int:user_id>/devices/<int:device_id>/revoke", methods=["POST"])
+@write_required
+def revoke(user_id: int, device_id: int):
+    user = _load_user(user_id)
+    try:
+        device = revoke_device(user, device_id, actor=g.get("actor"))
+    except NotFound as exc:
+        abort(404, str(exc))
+    except UserError as exc:
+        abort(409, str(exc))
+    toast(f"Device {device.platform or ''} {device.device_id or ''} revoked: it can no longer "
+          f"fetch this user's configuration.".replace("  ", " "), "success")
+    return _render_user(user, _form_for(user))

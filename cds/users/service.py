@@ -4,9 +4,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, fields
 
-from sqlalchemy import Select, and_, false, func, or_, select, update
+from sqlalchemy import (Select, and_, bindparam, case, false, func, literal_column, or_, select,
+                        table, update)
 
 from cds.extensions import db
+from cds.jobs.service import Outcome, action
 from cds.models import (SOURCE_CONNECTION, SOURCE_CSV, SOURCE_MANUAL, ClientDevice, Connection,
                         Deployment, DeploymentProfile, User, utcnow)
 
@@ -128,13 +130,46 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+def search_text():
+    """The searched fields as one lower-cased text, separated by spaces.
+
+    A search word never contains a space, so "the word is in this text" is exactly
+    "the word is in one of the fields". On PostgreSQL this expression is the one
+    the trigram index of migration 0002_users covers (keep the two in step)."""
+    sep = literal_column("' '")
+    expr = SEARCH_COLUMNS[0]
+    for col in SEARCH_COLUMNS[1:]:
+        expr = expr.op("||")(sep).op("||")(col)
+    return func.lower(expr)
+
+
+# The trigram index answers words of at least this many characters.
+TRIGRAM = 3
+
+
+def _word_clause(word: str, dialect: str):
+    if dialect == "sqlite" and len(word) >= TRIGRAM:
+        # FTS5 trigram phrase = the word's trigrams at consecutive positions of one
+        # column, i.e. exactly "the column contains the word", case-folded.
+        phrase = '"' + word.replace('"', '""') + '"'
+        hits = select(literal_column("rowid")).select_from(table("user_search")).where(
+            literal_column("user_search").op("MATCH")(bindparam("fts", phrase, unique=True)))
+        return User.id.in_(hits)
+    pattern = f"%{_escape_like(word.lower())}%"
+    if dialect == "sqlite":
+        # SQLite's LIKE already ignores (ASCII) case; one LIKE per column is cheaper
+        # than building the joined text for every row.
+        return or_(*(col.like(pattern, escape="\\") for col in SEARCH_COLUMNS))
+    return search_text().like(pattern, escape="\\")
+
+
 def search_clause(text: str):
-    """Every word must appear (case-insensitive, anywhere) in one of the searched fields."""
-    clauses = []
-    for word in text.split()[:8]:
-        pattern = f"%{_escape_like(word.lower())}%"
-        clauses.append(or_(*(func.lower(col).like(pattern, escape="\\") for col in SEARCH_COLUMNS)))
-    return and_(*clauses)
+    """Every word must appear (case-insensitive, anywhere) in one of the searched fields.
+
+    SQLite answers words of 3+ characters from the FTS5 trigram table of migration
+    0002_users, PostgreSQL from its pg_trgm index; shorter words scan."""
+    dialect = db.session.get_bind().dialect.name
+    return and_(*(_word_clause(w, dialect) for w in text.split()[:8]))
 
 
 @dataclass
@@ -195,21 +230,42 @@ class UserPage:
         return max(1, -(-self.total // self.query.per_page))
 
 
-def list_users(q: UserQuery) -> UserPage:
-    base = q.filter.apply(select(User))
-    total = db.session.scalar(q.filter.apply(select(func.count(User.id))))
-    col = SORTS[q.sort]
-    query = base
+def _sort_key(q: UserQuery):
     if q.sort == "profile":
-        query = query.join(DeploymentProfile, DeploymentProfile.id == User.profile_id)
-    order = (col.desc(), User.id.desc()) if q.desc else (col.asc(), User.id.asc())
-    page = min(q.page, max(1, -(-total // q.per_page))) if total else 1
-    q.page = page
-    query = query.order_by(*order).offset((page - 1) * q.per_page).limit(q.per_page)
+        # Few profiles: rank their ids by name here instead of joining every row.
+        names = db.session.execute(select(DeploymentProfile.id, DeploymentProfile.name)).all()
+        ranks = {pid: rank for rank, (pid, _) in enumerate(sorted(names, key=lambda r: (r[1].lower(), r[0])))}
+        return case(ranks, value=User.profile_id, else_=len(ranks)) if ranks else User.profile_id
+    return SORTS[q.sort]
+
+
+def _scans(f: UserFilter) -> bool:
+    """True when a SQLite search has only words too short for the trigram index."""
+    words = f.search.split()[:8]
+    return bool(words) and all(len(w) < TRIGRAM for w in words) \
+        and db.session.get_bind().dialect.name == "sqlite"
+
+
+def list_users(q: UserQuery) -> UserPage:
+    """One page of the table. The page's ids come from the sort index alone (a
+    covering index walk, cheap even at a deep offset); only those rows are loaded."""
     from sqlalchemy.orm import selectinload
-    users = list(db.session.scalars(query.options(selectinload(User.profile),
-                                                  selectinload(User.connection))))
-    return UserPage(users, total, q)
+
+    total = db.session.scalar(q.filter.apply(select(func.count(User.id))))
+    pages = max(1, -(-total // q.per_page))
+    q.page = min(q.page, pages)
+    col = _sort_key(q)
+    if _scans(q.filter) and q.sort != "profile":
+        # A search the index cannot answer reads every row anyway: sorting the hits
+        # beats walking the sort index and fetching each row from it at random.
+        col = col.op("||")(literal_column("''"))
+    order = (col.desc(), User.id.desc()) if q.desc else (col.asc(), User.id.asc())
+    ids = list(db.session.scalars(q.filter.apply(select(User.id)).order_by(*order)
+                                  .offset((q.page - 1) * q.per_page).limit(q.per_page)))
+    rows = {u.id: u for u in db.session.scalars(
+        select(User).where(User.id.in_(ids)).options(selectinload(User.profile),
+                                                     selectinload(User.connection)))} if ids else {}
+    return UserPage([rows[i] for i in ids if i in rows], total, q)
 
 
 # --- selections: explicit ids, or "all matching this filter" --------------------
@@ -356,3 +412,180 @@ def login_id_taken(login_id: str, exclude_user_id: int | None = None) -> bool:
     if exclude_user_id is not None:
         query = query.where(User.id != exclude_user_id)
     return db.session.scalar(query.limit(1)) is not None
+
+
+# --- adding and editing users ------------------------------------------------------
+
+class InvalidUser(UserError):
+    """Field errors: {field: message}. Nothing was written."""
+
+    def __init__(self, errors: dict[str, str]):
+        super().__init__("; ".join(errors.values()))
+        self.errors = errors
+
+
+EDITABLE_FIELDS = ("login_id", "first_name", "last_name", "number", "pbx_number",
+                   "pbx_sip_username", "mbg_sip_username", "mcs_account", "email")
+
+
+@dataclass
+class SaveResult:
+    user: User
+    created: bool = False
+    changed: list[str] = field(default_factory=list)
+    old_login_id: str | None = None  # set when the ID changed
+
+    @property
+    def id_changed(self) -> bool:
+        return self.old_login_id is not None
+
+
+def _check_profile(profile_id, errors: dict) -> DeploymentProfile | None:
+    try:
+        profile = db.session.get(DeploymentProfile, int(profile_id)) if profile_id not in (None, "") else None
+    except (TypeError, ValueError):
+        profile = None
+    if profile is None:
+        errors["profile_id"] = "Choose a deployment profile that exists."
+    return profile
+
+
+def save_user(user: User | None, values: dict, secrets: dict | None = None, *,
+              actor: str | None = None) -> SaveResult:
+    """Create (user=None) or edit a user from the console, API or CLI, in one transaction.
+
+    ``values`` holds the editable fields and ``profile_id``; for an imported user
+    only the profile may change (the source owns the rest; Sync changes it).
+    ``secrets``: {name: new value} replaces, {name: None} clears, absent keeps.
+    Raises InvalidUser with every field error; nothing is written then."""
+    from cds.audit.service import record_event
+    from cds.models import USER_SECRETS
+
+    secrets = secrets or {}
+    imported = user is not None and user.is_imported
+    fields_in = {} if imported else {k: str(values.get(k, "") or "").strip() for k in EDITABLE_FIELDS}
+    errors = validate_user_fields(fields_in)
+    profile = _check_profile(values.get("profile_id"), errors)
+    login_id = fields_in.get("login_id")
+    if login_id and "login_id" not in errors and login_id_taken(login_id, user.id if user else None):
+        errors["login_id"] = f"Another user already has the Login ID {login_id!r}."
+    for name, value in secrets.items():
+        if name not in USER_SECRETS:
+            errors[name] = "Unknown secret."
+        elif imported:
+            errors[name] = "The source of this user owns its secrets."
+        elif value is not None and (len(value) > 256 or _CONTROL_RE.search(value)):
+            errors[name] = f"{USER_SECRETS[name]} must be at most 256 characters, without control characters."
+    if errors:
+        raise InvalidUser(errors)
+
+    result = SaveResult(user=user, created=user is None)
+    if user is None:
+        user = result.user = User(login_id=login_id, profile=profile)
+        db.session.add(user)
+    if user.profile_id != profile.id:
+        user.profile = profile
+        result.changed.append("profile")
+    for name, value in fields_in.items():
+        if name == "login_id":
+            continue
+        if getattr(user, name) != value:
+            setattr(user, name, value)
+            result.changed.append(name)
+    for name, value in secrets.items():
+        if value is None and not user.has_secret(name):
+            continue
+        user.set_secret(name, value or None)
+        result.changed.append(f"{name} ({'cleared' if value is None else 'replaced'})")
+    if not result.created and login_id and login_id != user.login_id:
+        result.old_login_id = user.login_id
+        apply_login_id_change(user, login_id)
+        result.changed.append("login_id")
+    elif result.changed and not result.created:
+        user.config_version += 1
+    db.session.flush()
+    # Field names only: the audit trail never holds a secret.
+    detail = {"changed": result.changed, "source": user.source}
+    if result.old_login_id:
+        detail["old_login_id"] = result.old_login_id
+    if result.created or result.changed:
+        record_event("user.create" if result.created else "user.update", actor=actor, user=user,
+                     detail=detail, commit=False)
+    db.session.commit()
+    return result
+
+
+def redeploy_after_id_change(user: User, *, actor: str | None = None):
+    """With the setting AUTO_REDEPLOY_ON_ID_CHANGE on, start the Deploy job for the
+    user whose ID just changed. Returns the job, or None (setting off, or no Deploy action)."""
+    from cds.jobs.service import ACTIONS, create_job, submit
+    from cds.settings.service import get_setting
+
+    if not get_setting("AUTO_REDEPLOY_ON_ID_CHANGE") or "deploy" not in ACTIONS:
+        return None
+    job = create_job("deploy", {"ids": [user.id]}, actor=actor)
+    submit(job)
+    return job
+
+
+# --- the user page: history, devices, audit ----------------------------------------
+
+def deployment_history(user: User, limit: int = 50) -> list[Deployment]:
+    return list(db.session.scalars(select(Deployment).where(Deployment.user_id == user.id)
+                                   .order_by(Deployment.issued_at.desc(), Deployment.id.desc())
+                                   .limit(limit)))
+
+
+def user_devices(user: User) -> list[ClientDevice]:
+    return list(db.session.scalars(select(ClientDevice).where(ClientDevice.user_id == user.id)
+                                   .order_by(ClientDevice.revoked_at.is_not(None),
+                                             ClientDevice.activated_at.desc())))
+
+
+def user_audit_events(user: User, limit: int = 50):
+    from cds.models import AuditEvent
+    return list(db.session.scalars(select(AuditEvent).where(AuditEvent.user_id == user.id)
+                                   .order_by(AuditEvent.at.desc(), AuditEvent.id.desc()).limit(limit)))
+
+
+def revoke_device(user: User, device_id: int, *, actor: str | None = None) -> ClientDevice:
+    """A lost phone: this device's credential stops working at once (the client then
+    gets 401 redeploy_required); the user's other devices keep working."""
+    from cds.audit.service import record_event
+
+    device = db.session.get(ClientDevice, device_id)
+    if device is None or device.user_id != user.id:
+        raise NotFound(f"Device {device_id} of this user does not exist.")
+    if device.revoked_at is not None:
+        raise UserError("This device was already revoked.")
+    device.revoked_at = utcnow()
+    device.revoked_reason = "revoked_by_admin"
+    record_event("device.revoke", actor=actor, user=user,
+                 detail={"device": device.device_id, "platform": device.platform}, commit=False)
+    db.session.commit()
+    return device
+
+
+# --- the Assign profile bulk action --------------------------------------------------
+
+@action("assign_profile", "Assign profile")
+def assign_profile_batch(job, users: list[User]) -> list[Outcome]:
+    """Put the users on the profile params["profile_id"]; their configuration changes."""
+    from cds.audit.service import record_event
+
+    profile = db.session.get(DeploymentProfile, job.params.get("profile_id") or 0)
+    if profile is None:
+        return [Outcome(u, "failed", "The chosen profile no longer exists.") for u in users]
+    outcomes, moved = [], 0
+    for user in users:
+        if user.profile_id == profile.id:
+            outcomes.append(Outcome(user, "skipped", f"Already on {profile.name}."))
+            continue
+        user.profile_id = profile.id
+        user.config_version += 1
+        moved += 1
+        outcomes.append(Outcome(user, "ok"))
+    if moved:
+        record_event("user.assign_profile", actor=job.created_by, count=moved,
+                     detail={"profile": profile.name, "job": job.id}, commit=False)
+    return outcomes

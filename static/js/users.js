@@ -1,0 +1,184 @@
+/* Users tab: selection (rows, this page, all matching), confirmations with the
+   count, "Deploy at", Export (CSV), and refreshing what a finished job changed. */
+(function () {
+  "use strict";
+
+  function $(sel, root) { return (root || document).querySelector(sel); }
+  function $all(sel, root) { return Array.prototype.slice.call((root || document).querySelectorAll(sel)); }
+
+  function total() {
+    var meta = $("#table-meta");
+    return meta ? parseInt(meta.getAttribute("data-total"), 10) || 0 : 0;
+  }
+  function allMatching() {
+    var el = $("#all-matching");
+    return !!el && el.value === "1";
+  }
+  function selectedCount() {
+    return allMatching() ? total() : $all(".row-check:checked").length;
+  }
+  function plural(n) { return n.toLocaleString() + (n === 1 ? " user" : " users"); }
+
+  // The count, the bulk buttons, the row highlight and the "select all N" offer.
+  function refreshSelection() {
+    var rows = $all(".row-check");
+    var checked = rows.filter(function (c) { return c.checked; });
+    var n = selectedCount();
+    var count = $("#selection-count");
+    if (count) {
+      count.textContent = n === 0 ? "None selected"
+        : allMatching() ? "All " + plural(n) + " matching selected" : plural(n) + " selected";
+      count.classList.toggle("has-selection", n > 0);
+    }
+    $all("[data-bulk]").forEach(function (b) { b.disabled = n === 0; });
+    rows.forEach(function (c) { c.closest("tr").classList.toggle("selected", c.checked); });
+    var pageBox = $("#check-page");
+    if (pageBox) {
+      pageBox.checked = rows.length > 0 && checked.length === rows.length;
+      pageBox.indeterminate = checked.length > 0 && checked.length < rows.length;
+    }
+    var offer = $("#select-all-offer"), done = $("#select-all-done");
+    if (offer && done) {
+      var allOnPage = rows.length > 0 && checked.length === rows.length;
+      offer.hidden = !(allOnPage && !allMatching() && total() > rows.length);
+      done.hidden = !allMatching();
+    }
+  }
+
+  function setAllMatching(on) {
+    var el = $("#all-matching");
+    if (el) el.value = on ? "1" : "0";
+  }
+
+  document.addEventListener("change", function (ev) {
+    var t = ev.target;
+    if (t.id === "check-page") {
+      $all(".row-check").forEach(function (c) { c.checked = t.checked; });
+      if (!t.checked) setAllMatching(false);
+      refreshSelection();
+    } else if (t.classList && t.classList.contains("row-check")) {
+      if (!t.checked) setAllMatching(false);
+      refreshSelection();
+    } else if (t.id === "deploy-at") {
+      var runAt = $("#run-at");
+      var d = t.value ? new Date(t.value) : null;  // the admin's local time
+      runAt.value = d && !isNaN(d) ? d.toISOString() : "";
+      $all("[data-bulk=deploy], [data-bulk=auto_deploy]").forEach(function (b) {
+        var label = b.getAttribute("data-label");
+        b.textContent = runAt.value ? label + " at " + t.value.replace("T", " ") : label;
+      });
+    }
+  });
+
+  document.addEventListener("click", function (ev) {
+    var t = ev.target;
+    if (t.id === "select-all-matching") {
+      $all(".row-check").forEach(function (c) { c.checked = true; });
+      setAllMatching(true);
+      refreshSelection();
+      return;
+    }
+    if (t.id === "clear-selection") {
+      $all(".row-check").forEach(function (c) { c.checked = false; });
+      setAllMatching(false);
+      refreshSelection();
+      return;
+    }
+    var exportButton = t.closest("[data-bulk=export]");
+    if (exportButton) {
+      exportCsv(exportButton);
+      return;
+    }
+    // A click anywhere on a row (but its checkbox or links) opens the user.
+    var row = t.closest("tr[data-href]");
+    if (row && !t.closest("a, button, input, label, select") && !window.getSelection().toString()) {
+      window.location.href = row.getAttribute("data-href");
+    }
+  });
+
+  function exportCsv(button) {
+    var unavailable = button.getAttribute("data-unavailable");
+    if (unavailable) { window.cdsToast(unavailable, "warning"); return; }
+    var form = $("#bulk");
+    var n = selectedCount();
+    if (!window.confirm("Export " + plural(n) + " to CSV? The four passwords and PINs are never exported.")) return;
+    var params = new URLSearchParams();
+    new FormData(form).forEach(function (value, key) {
+      if (["csrf_token", "run_at", "confirm", "profile_id"].indexOf(key) === -1) params.append(key, value);
+    });
+    window.location.href = form.getAttribute("data-export-url") + "?" + params.toString();
+  }
+
+  // Every bulk button asks first, with the count; Delete of many wants "all" typed.
+  document.addEventListener("htmx:confirm", function (ev) {
+    var elt = ev.detail.elt;
+    var kind = elt.getAttribute && elt.getAttribute("data-bulk");
+    if (!kind) return;
+    ev.preventDefault();
+    var n = selectedCount();
+    var label = elt.getAttribute("data-label");
+    var question;
+    if (kind === "assign_profile") {
+      var sel = $("#bulk select[name=profile_id]");
+      question = "Assign the profile \u201c" + sel.options[sel.selectedIndex].text + "\u201d to " + plural(n) + "?";
+    } else if (kind === "delete") {
+      question = "Delete " + plural(n) + "? Their links and app credentials stop working. This cannot be undone.";
+    } else {
+      var runAt = $("#run-at");
+      var when = (kind === "deploy" || kind === "auto_deploy") && runAt && runAt.value
+        ? " at " + $("#deploy-at").value.replace("T", " ") : "";
+      question = label + " for " + plural(n) + when + "?";
+    }
+    if (!window.confirm(question)) return;
+    var confirmInput = $("#bulk-confirm");
+    if (confirmInput) confirmInput.value = "";
+    if (kind === "delete" && n > 100) {
+      var typed = window.prompt("To delete " + plural(n) + ", type the word all:");
+      if (typed === null) return;
+      confirmInput.value = typed;
+    }
+    ev.detail.issueRequest(true);
+  });
+
+  // A table that was replaced starts with nothing selected.
+  document.addEventListener("htmx:afterSwap", function (ev) {
+    if (ev.detail.target && ev.detail.target.id === "users-table") refreshSelection();
+  });
+
+  // Empty filter fields are left out of the request (and so of the address bar).
+  document.addEventListener("htmx:configRequest", function (ev) {
+    if (ev.detail.elt.id !== "user-filters") return;
+    var params = ev.detail.parameters;
+    var empty = [];
+    (params.forEach ? params : new URLSearchParams(params)).forEach(function (value, key) {
+      if (value === "") empty.push(key);
+    });
+    empty.forEach(function (key) { params.delete ? params.delete(key) : delete params[key]; });
+  });
+
+  // When a job shown on this page finishes, refresh what it changed.
+  function refreshAfterJob(el) {
+    var state = el.getAttribute("data-state");
+    if (["done", "failed", "cancelled"].indexOf(state) === -1 || el.hasAttribute("data-refreshed")) return;
+    el.setAttribute("data-refreshed", "1");
+    var table = $("#users-table");
+    if (table) {
+      htmx.ajax("GET", window.location.pathname + window.location.search,
+                { target: "#users-table", swap: "innerHTML" });
+    }
+    var user = $("#user-main");
+    if (user) {
+      htmx.ajax("GET", window.location.pathname, { target: "#user-main", swap: "outerHTML" });
+    }
+    // Keep the last few summaries above the table.
+    $all("#job-area .job-progress").slice(3).forEach(function (old) { old.remove(); });
+  }
+  document.addEventListener("htmx:load", function (ev) {
+    var elt = ev.detail.elt;
+    if (!elt.closest || !elt.closest("#job-area")) return;
+    $all(".job-progress", elt.parentNode).concat(elt.matches(".job-progress") ? [elt] : [])
+      .forEach(refreshAfterJob);
+  });
+
+  document.addEventListener("DOMContentLoaded", refreshSelection);
+})();
