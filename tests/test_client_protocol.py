@@ -1,0 +1,193 @@
+"""Client protocol v1 (PRODUCT.md §5): activation, status, configuration, and the
+states that end a device's access."""
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from cds.extensions import db
+from cds.models import AuditEvent, ClientDevice, Deployment, User, utcnow
+from tests.test_deploy import SECRETS, make_profile, make_users
+
+DEVICE = {"id": "A1B2-C3", "platform": "android", "app_version": "9.8.1"}
+
+
+def issue(app, uid):
+    """A fresh link for a user, as Deploy makes it (without e-mail); returns the token."""
+    from cds.deploy.service import issue_deployment
+    with app.app_context():
+        dep, token = issue_deployment(db.session.get(User, uid), actor="alice")
+        db.session.commit()
+        return token
+
+
+@pytest.fixture
+def user_id(app):
+    make_profile(app, "Berlin", pbx_sip_host="pbx.example.com", pbx_sip_port=5062, pbx_sip_transport="TCP",
+                 mbg_sip_host="mbg.example.com", mbg_sip_port=5061, mbg_sip_transport="TLS",
+                 mcs_host="mcs.example.com", mcs_port=8443, voicemail_number="8000",
+                 client_types="mobile,desktop")
+    [uid] = make_users(app, 1, profile_name="Berlin", pbx_sip_username="sip4000", mbg_sip_username="mbg4000",
+                       mcs_account="ann.user", pbx_number="4000")
+    return uid
+
+
+def activate(client, token, device=DEVICE):
+    return client.post("/client/v1/activate", json={"token": token, "device": device})
+
+
+def bearer(key):
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_activation_returns_the_configuration_document(app, client, user_id):
+    token = issue(app, user_id)
+    resp = activate(client, token)
+    assert resp.status_code == 200
+    assert resp.headers["Cache-Control"] == "no-store"
+    doc = resp.get_json()
+    assert doc["schema"] == "cds-client-config/1"
+    assert doc["client_key"] and len(doc["client_key"]) == 43
+    assert doc["user"] == {"login_id": "user000", "first_name": "Ann", "last_name": "User 000",
+                           "number": "4000", "email": "user000@example.com"}
+    assert doc["pbx_sip"] == {"username": "sip4000", "password": SECRETS["pbx_sip_password"], "pbx_number": "4000",
+                              "host": "pbx.example.com", "port": 5062, "transport": "TCP"}
+    assert doc["mbg_sip"] == {"username": "mbg4000", "password": SECRETS["teleworker_sip_password"],
+                              "host": "mbg.example.com", "port": 5061, "transport": "TLS"}
+    assert doc["micollab_client_service"] == {"host": "mcs.example.com", "port": 8443, "account": "ann.user",
+                                              "password": SECRETS["mcs_password"]}
+    assert doc["voicemail"] == {"number": "8000", "pin": SECRETS["voicemail_pin"]}
+    assert doc["profile"] == {"name": "Berlin", "client_types": ["mobile", "desktop"]}
+    assert doc["config_version"] == 1 and doc["issued_at"].endswith("Z")
+    with app.app_context():
+        user = db.session.get(User, user_id)
+        assert user.downloaded_at is not None
+        dep = db.session.scalar(select(Deployment))
+        assert dep.used_at and dep.used_device_id == "A1B2-C3" and dep.used_ip == "127.0.0.1"
+        device = db.session.scalar(select(ClientDevice))
+        assert (device.platform, device.app_version, device.last_ip) == ("android", "9.8.1", "127.0.0.1")
+        assert device.key_hash != doc["client_key"]
+        event = db.session.scalar(select(AuditEvent).where(AuditEvent.action == "client.activate"))
+        assert event.user_id == user_id and event.actor_type == "client"
+        text = str(event.detail)
+        assert token not in text and doc["client_key"] not in text
+        assert not any(s in text for s in SECRETS.values())
+
+
+def test_single_use_unknown_expired_superseded(app, client, user_id):
+    token = issue(app, user_id)
+    assert activate(client, token).status_code == 200
+    again = activate(client, token)
+    assert again.status_code == 410 and again.get_json()["error"] == "link_used"
+    unknown = activate(client, "x" * 43)
+    assert unknown.status_code == 404 and unknown.get_json()["error"] == "unknown_token"
+    old = issue(app, user_id)
+    new = issue(app, user_id)
+    resp = activate(client, old)
+    assert resp.status_code == 410 and resp.get_json()["error"] == "link_superseded"
+    with app.app_context():
+        db.session.execute(update(Deployment).values(expires_at=utcnow() - timedelta(minutes=1)))
+        db.session.commit()
+    resp = activate(client, new)
+    assert resp.status_code == 410 and resp.get_json()["error"] == "link_expired"
+    assert "administrator" in resp.get_json()["message"]
+
+
+def test_bad_requests(app, client, user_id):
+    assert client.post("/client/v1/activate", data="nope").status_code == 400
+    resp = client.post("/client/v1/activate", json={"device": DEVICE})
+    assert resp.status_code == 400 and resp.get_json()["error"] == "bad_request"
+    resp = client.post("/client/v1/activate", json={"token": issue(app, user_id), "device": "phone"})
+    assert resp.status_code == 400
+    resp = client.get("/client/v1/status")
+    assert resp.status_code == 401 and resp.get_json()["error"] == "unauthorized"
+    assert "Bearer" in resp.headers["WWW-Authenticate"]
+
+
+def test_concurrent_activations_exactly_one_wins(app, user_id):
+    token = issue(app, user_id)
+    results = []
+    barrier = threading.Barrier(6)
+
+    def attempt():
+        c = app.test_client()
+        barrier.wait()
+        results.append(activate(c, token).status_code)
+
+    threads = [threading.Thread(target=attempt) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [200] + [410] * 5
+    with app.app_context():
+        assert len(db.session.scalars(select(ClientDevice)).all()) == 1
+
+
+def test_status_force_config_and_config_download(app, client, user_id):
+    key = activate(client, issue(app, user_id)).get_json()["client_key"]
+    status = client.get("/client/v1/status", headers=bearer(key))
+    assert status.get_json() == {"force_config": False, "config_version": 1}
+    from cds.deploy.service import force_config_users
+    with app.app_context():
+        force_config_users(None, [db.session.get(User, user_id)], actor="alice")
+        db.session.execute(update(User).values(downloaded_at=utcnow() - timedelta(days=1)))
+        db.session.commit()
+    status = client.get("/client/v1/status", headers=bearer(key)).get_json()
+    assert status == {"force_config": True, "config_version": 2}
+    doc = client.get("/client/v1/config", headers=bearer(key)).get_json()
+    assert doc["config_version"] == 2 and doc["voicemail"]["pin"] == SECRETS["voicemail_pin"]
+    assert "client_key" not in doc
+    assert client.get("/client/v1/status", headers=bearer(key)).get_json()["force_config"] is False
+    with app.app_context():
+        user = db.session.get(User, user_id)
+        assert user.downloaded_at > utcnow() - timedelta(minutes=1)
+        assert db.session.scalar(select(AuditEvent).where(AuditEvent.action == "client.config_download"))
+
+
+def test_redeploy_required_after_id_change_revoke_and_delete(app, client, user_id):
+    key = activate(client, issue(app, user_id)).get_json()["client_key"]
+    assert client.get("/client/v1/status", headers=bearer(key)).status_code == 200
+    assert client.get("/client/v1/status", headers=bearer("not-a-key")).get_json()["error"] == "redeploy_required"
+    from cds.users.service import apply_login_id_change, revoke_client_access
+    with app.app_context():
+        apply_login_id_change(db.session.get(User, user_id), "user000-new")
+        db.session.commit()
+    for path in ("/client/v1/status", "/client/v1/config"):
+        resp = client.get(path, headers=bearer(key))
+        assert resp.status_code == 401 and resp.get_json()["error"] == "redeploy_required"
+    # A new deployment gives a working key again; revoking it ends it.
+    key2 = activate(client, issue(app, user_id)).get_json()["client_key"]
+    assert client.get("/client/v1/status", headers=bearer(key2)).status_code == 200
+    with app.app_context():
+        revoke_client_access(db.session.get(User, user_id), "lost phone")
+        db.session.commit()
+    assert client.get("/client/v1/status", headers=bearer(key2)).status_code == 401
+    key3 = activate(client, issue(app, user_id)).get_json()["client_key"]
+    with app.app_context():
+        db.session.delete(db.session.get(User, user_id))
+        db.session.commit()
+    resp = client.get("/client/v1/config", headers=bearer(key3))
+    assert resp.status_code == 401 and resp.get_json()["error"] == "redeploy_required"
+
+
+def test_rate_limited_per_address(make_app, app):
+    limited = make_app(CLIENT_LIMIT_PER_ADDRESS="3/minute")
+    c = limited.test_client()
+    responses = [c.post("/client/v1/activate", json={"token": "t" * 43}, environ_base={"REMOTE_ADDR": "192.0.2.7"})
+                 for _ in range(4)]
+    assert [r.status_code for r in responses] == [404, 404, 404, 429]
+    assert responses[-1].get_json()["error"] == "rate_limited"
+    # Each endpoint has its own budget: polling status does not use up activation.
+    codes = [c.get("/client/v1/status", environ_base={"REMOTE_ADDR": "192.0.2.7"}).status_code for _ in range(4)]
+    assert codes == [401, 401, 401, 429]
+    other = c.post("/client/v1/activate", json={"token": "t" * 43}, environ_base={"REMOTE_ADDR": "192.0.2.8"})
+    assert other.status_code == 404
+
+
+def test_no_csrf_or_session_needed(app, user_id):
+    c = app.test_client()
+    assert activate(c, issue(app, user_id)).status_code == 200

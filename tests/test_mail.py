@@ -1,0 +1,156 @@
+"""Settings → E-mail and E-mail template: SMTP settings, test e-mail, sandboxed
+templates with preview, and the QR codes themselves."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from sqlalchemy import select
+
+from cds.extensions import db
+from cds.models import AuditEvent, Setting
+from tests.mailsink import MailSink, decode_qr, link_in, parts
+from tests.test_deploy import deploy, make_users
+
+
+@pytest.fixture
+def sink():
+    s = MailSink().start()
+    yield s
+    s.stop()
+
+
+def csrf(client) -> dict:
+    return {"csrf_token": client.csrf_token}
+
+
+GOOD = {"server": "127.0.0.1", "port": "2525", "security": "none", "username": "relay",
+        "password": "Relay-Pass-99", "sender": "IT Desk <it@example.com>", "rate_limit": "0"}
+
+
+def test_mail_settings_saved_validated_and_password_write_only(app, admin_client):
+    page = admin_client.get("/settings/mail")
+    assert page.status_code == 200 and "Outbox" in page.get_data(as_text=True)
+    bad = admin_client.post("/settings/mail", data={**GOOD, "port": "70000", "sender": "nobody", **csrf(admin_client)})
+    assert bad.status_code == 422
+    text = bad.get_data(as_text=True)
+    assert "Not a valid e-mail address." in text and "between 1 and 65535" in text
+    with app.app_context():
+        assert db.session.get(Setting, "MAIL_SERVER") is None
+    ok = admin_client.post("/settings/mail", data={**GOOD, **csrf(admin_client)})
+    assert ok.status_code == 302
+    from cds.mail.transport import MailSettings
+    with app.app_context():
+        s = MailSettings.load()
+        assert (s.server, s.port, s.username, s.password, s.sender) == \
+            ("127.0.0.1", 2525, "relay", "Relay-Pass-99", "IT Desk <it@example.com>")
+        assert "Relay-Pass-99" not in db.session.get(Setting, "MAIL_PASSWORD").value
+        event = db.session.scalar(select(AuditEvent).where(AuditEvent.action == "settings.mail"))
+        assert "MAIL_PASSWORD" in event.detail["changed"] and "Relay-Pass-99" not in str(event.detail)
+    page = admin_client.get("/settings/mail").get_data(as_text=True)
+    assert "Relay-Pass-99" not in page and "stored" in page
+    # An empty password field keeps the stored one.
+    admin_client.post("/settings/mail", data={**GOOD, "password": "", "port": "2526", **csrf(admin_client)})
+    with app.app_context():
+        assert MailSettings.load().password == "Relay-Pass-99" and MailSettings.load().port == 2526
+    admin_client.post("/settings/mail", data={**GOOD, "password": "", "clear_password": "y", **csrf(admin_client)})
+    with app.app_context():
+        assert MailSettings.load().password is None
+
+
+def test_only_the_primary_administrator_changes_mail_settings(app, readonly_client):
+    from tests.conftest import make_admin, sign_in
+    assert readonly_client.get("/settings/mail").status_code == 200
+    assert readonly_client.post("/settings/mail", data={**GOOD, **csrf(readonly_client)}).status_code == 403
+    make_admin(app, "adam", "admin")
+    c = app.test_client()
+    sign_in(c, "adam")
+    assert c.post("/settings/mail", data={**GOOD, **csrf(c)}).status_code == 403
+
+
+def test_send_test_email(app, admin_client, sink):
+    admin_client.post("/settings/mail", data={**GOOD, "port": str(sink.port), "username": "", "password": "",
+                                             **csrf(admin_client)})
+    resp = admin_client.post("/settings/mail/test", data={"to": "me@example.com", **csrf(admin_client)},
+                             follow_redirects=True)
+    assert "accepted the test e-mail" in resp.get_data(as_text=True)
+    assert sink.handler.recipients() == ["me@example.com"]
+    assert parts_subject(sink.messages[0][1]) == "CDS test e-mail"
+    bad = admin_client.post("/settings/mail/test", data={"to": "not an address", **csrf(admin_client)})
+    assert bad.status_code == 422
+    sink.handler.rcpt_refuse["no@example.com"] = "550 5.1.1 Unknown user"
+    resp = admin_client.post("/settings/mail/test", data={"to": "no@example.com", **csrf(admin_client)},
+                             follow_redirects=True)
+    assert "Not sent" in resp.get_data(as_text=True) and "550 5.1.1" in resp.get_data(as_text=True)
+
+
+def parts_subject(raw):
+    from tests.mailsink import parse
+    return str(parse(raw)["Subject"])
+
+
+def test_template_preview_and_errors(app, admin_client):
+    page = admin_client.get("/settings/template").get_data(as_text=True)
+    assert "{{ link }}" in page and "Preview" in page
+    draft = {"subject": "Hello {{ first_name }}", "text": "Go to {{ link }} by {{ expiry }}.",
+             "html": "<p>{{ name }}</p>{{ qr }}", **csrf(admin_client)}
+    resp = admin_client.post("/settings/template/preview", data=draft, headers={"HX-Request": "true"})
+    body = resp.get_data(as_text=True)
+    assert resp.status_code == 200 and "Hello Alex" in body and "/r/EXAMPLE-TOKEN" in body
+    frame_url = re.search(r'src="([^"]*/settings/template/frame[^"]*)"', body).group(1).replace("&amp;", "&")
+    frame = admin_client.get(frame_url)
+    assert "<p>Alex Example</p>" in frame.get_data(as_text=True)
+    assert "data:image/png;base64," in frame.get_data(as_text=True)
+    csp = frame.headers["Content-Security-Policy"]
+    assert "sandbox" in csp and "script" not in csp
+    for broken, message in (({"text": "{{ link "}, "Text template"),
+                            ({"text": "Hi {{ nmae }}"}, "nmae&#39; is undefined"),
+                            ({"html": "{{ link.__class__.__mro__ }}"}, "unsafe"),
+                            ({"subject": "{% for %}"}, "Subject template")):
+        resp = admin_client.post("/settings/template/preview", data={**draft, **broken},
+                                 headers={"HX-Request": "true"})
+        assert message in resp.get_data(as_text=True), broken
+        saved = admin_client.post("/settings/template", data={**draft, **broken})
+        assert saved.status_code == 422
+    with app.app_context():
+        assert db.session.get(Setting, "MAIL_TEMPLATE_TEXT") is None
+
+
+def test_saved_template_is_used_and_escaped(app, admin_client, sink):
+    from cds.settings.service import save_settings
+    with app.app_context():
+        save_settings({"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": sink.port})
+    draft = {"subject": "Your app, {{ name }}", "text": "Link: {{ link }}\nUntil {{ expiry }}\n{{ instructions }}",
+             "html": "<h1>Hi {{ name }}</h1><a href=\"{{ link }}\">Open</a>{{ qr }}", **csrf(admin_client)}
+    assert admin_client.post("/settings/template", data=draft).status_code == 302
+    [uid] = make_users(app, 1, prefix="x")
+    with app.app_context():
+        from cds.models import User
+        u = db.session.get(User, uid)
+        u.first_name, u.last_name = "<b>Eve</b>", "O'Hara & Co"
+        db.session.commit()
+    deploy(app, {"ids": [uid]})
+    m = parts(sink.messages[0][1])
+    link = link_in(m["text"])
+    assert m["subject"] == "Your app, <b>Eve</b> O'Hara & Co"
+    assert "<h1>Hi &lt;b&gt;Eve&lt;/b&gt; O&#39;Hara &amp; Co</h1>" in m["html"]
+    assert decode_qr(m["images"]["qr-code@cds"]) == link
+    # Reset: back to the built-in template.
+    admin_client.post("/settings/template/reset", data=csrf(admin_client))
+    with app.app_context():
+        assert db.session.get(Setting, "MAIL_TEMPLATE_HTML").value == ""
+
+
+def test_qr_codes_decode_for_any_link_length():
+    from cds.mail.qr import qr_png
+    for base in ("http://a.b", "https://deploy.example.com", "https://" + "r" * 120 + ".example.org/cds"):
+        link = f"{base}/r/" + "AbC-_9" * 7 + "x"
+        assert decode_qr(qr_png(link)) == link
+
+
+def test_long_html_lines_are_broken_for_smtp():
+    from cds.mail.compose import _wrap_long_lines
+    html = "<p>" + "</p><p>".join("x" * 50 for _ in range(100)) + "</p>"
+    wrapped = _wrap_long_lines(html)
+    assert max(len(line) for line in wrapped.splitlines()) < 900
+    assert wrapped.replace("\n", "") == html
