@@ -23,6 +23,10 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
         static_folder=os.path.join(ROOT, "static"),
     )
     load_config(app, test_config)
+    if app.config["PROXY_FIX"]:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+        n = app.config["PROXY_FIX"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)
 
     from cds import logs
     logs.init_app(app)

@@ -100,8 +100,9 @@ def serve_command(host, port):
     port = port or app.config["PORT"]
     click.echo(f"CDS is serving on http://{host}:{port}/  (Ctrl+C to stop)")
     sys.stdout.flush()
-    waitress.serve(app, host=host, port=port, threads=app.config["THREADS"],
-                   ident="CDS", clear_untrusted_proxy_headers=True, _quiet=True)
+    # Forwarded headers reach the app only when CDS_PROXY_FIX says proxies add them.
+    waitress.serve(app, host=host, port=port, threads=app.config["THREADS"], ident="CDS",
+                   clear_untrusted_proxy_headers=not app.config["PROXY_FIX"], _quiet=True)
 
 
 def _with_app_context(command: click.Command) -> None:

@@ -39,6 +39,10 @@ class Defaults:
     HOST = "127.0.0.1"
     PORT = 5000
     THREADS = 8
+    # Reverse proxies in front of CDS (0 = none). With N > 0 the client address,
+    # scheme and host are taken from the X-Forwarded-* headers the N nearest
+    # proxies add; CDS must then be reachable only through them.
+    PROXY_FIX = 0
 
     # Flask-Mail. MAIL_SERVER unset: messages go to instance/outbox/ as .eml.
     MAIL_SERVER = None
@@ -72,7 +76,7 @@ class Defaults:
 
 # Keys read from the environment with the CDS_ prefix, and their types.
 _BOOL_KEYS = {"MAIL_USE_TLS", "MAIL_USE_SSL", "SCHEDULER_ENABLED"}
-_INT_KEYS = {"PORT", "THREADS", "MAIL_PORT", "MAIL_TIMEOUT", "MAIL_RATE_LIMIT",
+_INT_KEYS = {"PORT", "THREADS", "PROXY_FIX", "MAIL_PORT", "MAIL_TIMEOUT", "MAIL_RATE_LIMIT",
              "SCHEDULER_TICK_SECONDS", "JOB_RETENTION_DAYS",
              "SESSION_LIFETIME_HOURS", "MAX_UPLOAD_MB"}
 
@@ -170,7 +174,7 @@ def validate(cfg) -> None:
         raise ConfigError(f"CDS_JOB_EXECUTION must be thread or inline (got {cfg['JOB_EXECUTION']!r})")
     if cfg["LOG_LEVEL"].upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"CDS_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR (got {cfg['LOG_LEVEL']!r})")
-    for key in ("MAIL_RATE_LIMIT", "JOB_RETENTION_DAYS", "THREADS", "MAX_UPLOAD_MB"):
+    for key in ("MAIL_RATE_LIMIT", "JOB_RETENTION_DAYS", "THREADS", "MAX_UPLOAD_MB", "PROXY_FIX"):
         if not isinstance(cfg[key], int) or cfg[key] < 0:
             raise ConfigError(f"CDS_{key} must be a whole number of 0 or more (got {cfg[key]!r})")
     try:

@@ -153,3 +153,17 @@ def test_health_checks_are_logged_only_at_debug_level(make_app, app, tmp_path):
             handler.flush()
         logged = "GET /healthz 200" in (folder / "logs" / "cds.log").read_text()
         assert logged == (level == "DEBUG")
+
+
+def test_behind_a_reverse_proxy_the_client_address_comes_from_x_forwarded_for(make_app, app, tmp_path):
+    """CDS_PROXY_FIX=1: the address logged (and rate limited) is the client's, not the proxy's;
+    without it a forged header changes nothing."""
+    headers = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
+    for proxies, expected in ((1, "203.0.113.7"), (0, "127.0.0.1")):
+        folder = tmp_path / f"proxy-{proxies}"
+        proxied = make_app(instance_path=str(folder), PROXY_FIX=proxies)
+        proxied.test_client().get("/login", headers=headers, environ_base={"REMOTE_ADDR": "127.0.0.1"})
+        for handler in logging.getLogger("cds").handlers:
+            handler.flush()
+        assert re.search(rf"INFO cds: {re.escape(expected)} GET /login 200 ",
+                         (folder / "logs" / "cds.log").read_text())
