@@ -499,3 +499,44 @@ def test_backup_page_is_for_the_primary_administrator_only(app, client):
     assert client.post("/settings/backup", data={}).status_code == 403
     anonymous = app.test_client()
     assert anonymous.get("/settings/backup").status_code == 302
+
+
+# --- across database kinds ---------------------------------------------------------------
+
+def test_a_backup_moves_between_sqlite_and_postgresql(app, make_app, fresh_database, database_url, tmp_path):
+    """The archive is a portable export: an SQLite appliance moves onto PostgreSQL, and back."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("needs PostgreSQL: set CDS_TEST_DATABASE_URL=postgresql://…")
+    from cds.cli import upgrade_database
+
+    small = make_app(instance_path=str(tmp_path / "appliance"),
+                     DATABASE_URL=f"sqlite:///{tmp_path / 'appliance.sqlite3'}")
+    with small.app_context():
+        upgrade_database()
+    seeded = seed_instance(small)
+    archive = tmp_path / "appliance.tar.gz"
+    with small.app_context():
+        backup.create_backup(archive)
+    big_url = fresh_database()
+    big = make_app(instance_path=str(tmp_path / "cluster"), DATABASE_URL=big_url)
+    with big.app_context():
+        backup.restore_backup(archive)
+    big = make_app(instance_path=str(tmp_path / "cluster"), DATABASE_URL=big_url)
+    assert snapshot_of(big)["pin"] == "739104-ann"
+    resp = big.test_client().get("/client/v1/config", headers={"Authorization": f"Bearer {seeded['zoe_key']}"})
+    assert resp.status_code == 200
+    with big.app_context():
+        conn = db.session.scalar(select(Connection))
+        assert conn.options == {"base_dn": "dc=example,dc=test", "start_tls": True} and conn.enabled is True
+        assert db.session.scalar(select(func.count()).select_from(User)) == 6
+
+    back = tmp_path / "cluster.tar.gz"
+    with big.app_context():
+        backup.create_backup(back)
+    again = make_app(instance_path=str(tmp_path / "again"), DATABASE_URL=f"sqlite:///{tmp_path / 'again.sqlite3'}")
+    with again.app_context():
+        backup.restore_backup(back)
+        # SQLite's full-text index was rebuilt from the restored rows by its triggers.
+        hits = db.session.execute(text("SELECT count(*) FROM user_search WHERE user_search MATCH 'Tester'")).scalar()
+        assert hits == 6
+    assert snapshot_of(again)["pin"] == "739104-ann"
