@@ -533,3 +533,20 @@ def test_read_only_sees_the_user_but_cannot_save(app, readonly_client):
     assert "jdoe" in html and "<fieldset disabled" in html
     assert readonly_client.post(f"/users/{ids[0]}", data=form_data()).status_code == 403
     assert readonly_client.get("/users/new").status_code == 403
+
+
+def test_search_results_sort_the_same_whichever_way_they_are_found(app, admin_client, monkeypatch):
+    from cds.users import service
+    add_users(app, [{"email": f"s{n}@x.com", "first_name": name, "last_name": "Smith"}
+                    for n, name in enumerate(["Cleo", "Abe", "Bea", "Abe"])] + [{"last_name": "Other"}])
+    expected = ["s0@x.com", "s2@x.com", "s3@x.com", "s1@x.com"]  # Cleo, Bea, Abe, Abe (ties: id, reversed)
+    assert logins(table(admin_client, "?search=smith&sort=-first_name")) == expected
+    monkeypatch.setattr(service, "SORT_HITS_UP_TO", 0)  # walk the sort index instead
+    assert logins(table(admin_client, "?search=smith&sort=-first_name")) == expected
+    assert logins(table(admin_client, "?search=sm&sort=-first_name")) == expected
+
+
+def test_export_button_carries_the_selection_to_the_export(app, admin_client):
+    html = admin_client.get("/users").get_data(as_text=True)
+    assert 'data-export-url="/users/export.csv"' in html
+    assert "data-unavailable" not in html
