@@ -39,6 +39,9 @@ HTMX_CONFIG = json.dumps({
 })
 
 
+MAX_ID = 2**31 - 1
+
+
 def current_admin() -> AdminAccount | None:
     return g.get("admin")
 
@@ -81,6 +84,21 @@ def init_app(app) -> None:
     )
     app.jinja_env.filters["dt"] = format_datetime
     app.jinja_env.filters["ago_days"] = days_from_now
+
+    @app.url_value_preprocessor
+    def _ids_in_range(endpoint, values):
+        # Ids are 32-bit in every database CDS runs on: a larger one names nothing.
+        for value in (values or {}).values():
+            if isinstance(value, int) and not 0 <= value <= MAX_ID:
+                abort(404)
+
+    @app.before_request
+    def _refuse_nul_characters():
+        # No text field of CDS may hold a NUL (PostgreSQL cannot store one); say so
+        # plainly instead of failing deep in the database.
+        if any("\x00" in v for v in request.args.values()) or \
+                (request.form and any("\x00" in v for v in request.form.values())):
+            abort(400, "The request contains a NUL character, which no field accepts.")
 
     @app.before_request
     def _load_admin():

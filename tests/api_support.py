@@ -18,7 +18,8 @@ SEEN: set[tuple[str, str, str]] = set()
 
 def _match(path: str) -> str | None:
     rel = path.split("?")[0][len("/api/v1"):]
-    for template in DOC["paths"]:
+    # Literal paths first: /users/export.csv before /users/{user_id}.
+    for template in sorted(DOC["paths"], key=lambda t: t.count("{")):
         pattern = "^" + re.sub(r"\{[^}]+\}", r"[^/]+", template) + "$"
         if re.match(pattern, rel):
             return template

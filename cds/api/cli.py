@@ -9,7 +9,8 @@ from cds.cli import fail
 
 @click.command("create-api-token")
 @click.argument("name")
-@click.option("--role", type=click.Choice(["admin", "read-only"]), default="admin", show_default=True)
+@click.option("--role", type=click.Choice(["admin", "read-only", "primary"]), default="admin",
+              show_default=True, help="primary may also create and re-authorize connections.")
 @click.option("--expires", "expires_days", type=int, default=None, help="Days until it stops working.")
 def create_api_token_command(name, role, expires_days):
     """Create an API token and print it once (only its hash is stored)."""

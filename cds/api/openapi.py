@@ -127,13 +127,191 @@ SCHEMAS: dict = {
     },
 }
 
+USER_FIELD_PROPS = {k: {"type": "string", "maxLength": n} for k, n in (
+    ("login_id", 113), ("first_name", 100), ("last_name", 100), ("number", 32), ("pbx_number", 32),
+    ("pbx_sip_username", 128), ("mbg_sip_username", 128), ("mcs_account", 128), ("email", 254))}
+SECRET_NAMES = ("mcs_password", "pbx_sip_password", "teleworker_sip_password", "voicemail_pin")
+PROFILE_PROPS = {
+    "name": STR, "description": STR, "client_types": {"type": "string", "description": "Comma-separated: mobile, desktop, web."},
+    "mbg_sip_host": STR, "mbg_sip_port": INT, "mbg_sip_transport": {"enum": ["UDP", "TCP", "TLS"]},
+    "pbx_sip_host": STR, "pbx_sip_port": INT, "pbx_sip_transport": {"enum": ["UDP", "TCP", "TLS"]},
+    "mcs_host": STR, "mcs_port": INT, "voicemail_number": STR, "link_validity_hours": INT,
+    "central_email": STR, "email_subject": STR, "email_body": STR,
+}
+SCHEMAS.update({
+    "User": obj({
+        "id": INT, **USER_FIELD_PROPS, "profile_id": INT, "profile": NSTR,
+        "source": {"enum": ["manual", "csv", "connection"]}, "connection_id": {"type": ["integer", "null"]},
+        "source_key": NSTR, "deployed_at": TS, "downloaded_at": TS, "force_config": BOOL,
+        "redeploy_required": BOOL, "not_in_source": BOOL, "send_error": NSTR, "config_version": INT,
+        "secrets": obj({k: BOOL for k in SECRET_NAMES}, list(SECRET_NAMES)),
+        "created_at": TS, "updated_at": TS,
+    }, ["id", "login_id", "profile_id", "email", "source", "secrets"]),
+    "Secrets": {"type": "object", "description": "Write-only: a string sets a secret, null or \"\" clears it, "
+                "absent keeps it. Never returned.",
+                "properties": {k: NSTR for k in SECRET_NAMES}, "additionalProperties": False},
+    "UserCreate": obj({**USER_FIELD_PROPS, "profile_id": INT, "secrets": ref("Secrets")},
+                      ["login_id", "last_name", "email"]),
+    "UserUpdate": obj({**USER_FIELD_PROPS, "profile_id": INT, "secrets": ref("Secrets")}),
+    "Profile": obj({"id": INT, **PROFILE_PROPS, "is_default": BOOL, "is_do_not_deploy": BOOL,
+                    "users": INT, "created_at": TS, "updated_at": TS}, ["id", "name", "is_default"]),
+    "ProfileInput": obj({**PROFILE_PROPS, "is_default": BOOL}),
+    "Connection": obj({
+        "id": INT, "name": STR, "kind": {"enum": ["mbg", "mcs", "usa", "ldap"]}, "url": STR, "host": STR,
+        "username": STR, "options": {"type": "object"}, "sync_interval_minutes": INT, "enabled": BOOL,
+        "verified": BOOL, "verified_at": TS, "token_expires_at": TS, "last_sync_at": TS,
+        "last_sync_ok": {"type": ["boolean", "null"]}, "last_sync_message": NSTR, "next_sync_at": TS,
+        "created_at": TS}, ["id", "name", "kind", "url"]),
+    "ConnectionCreate": obj({"name": STR, "kind": {"enum": ["mbg", "mcs", "usa", "ldap"]}, "url": STR,
+                             "username": STR, "password": STR, "sync_interval_minutes": INT,
+                             "enabled": BOOL, "options": {"type": "object"}},
+                            ["name", "kind", "url", "password"]),
+    "ConnectionUpdate": obj({"name": STR, "sync_interval_minutes": INT, "enabled": BOOL,
+                             "options": {"type": "object"}}),
+    "ConnectionAuthorize": obj({"url": STR, "username": STR, "password": STR}),
+    "SyncStarted": obj({"job": {"oneOf": [ref("Job"), {"type": "null"}]},
+                        "records": {"oneOf": [obj({"total": INT, "added": INT, "changed": INT, "removed": INT}),
+                                              {"type": "null"}]}}, ["job", "records"]),
+    "CsvImportRequest": obj({
+        "csv": {"type": "string", "description": "The file's text (CSV format of the export)."},
+        "csv_base64": {"type": "string", "description": "Or the file's bytes, base64."},
+        "file_name": STR, "partial": BOOL, "overwrite": BOOL, "profile_id": {"type": ["integer", "null"]},
+        "empty_cells": {"enum": ["keep", "clear"]}}),
+    "CsvPreview": obj({
+        "columns": {"type": "array", "items": STR}, "unknown_columns": {"type": "array", "items": STR},
+        "ignored_columns": {"type": "array", "items": STR}, "missing_columns": {"type": "array", "items": STR},
+        "notes": {"type": "array", "items": STR},
+        "rows": {"type": "array", "items": obj({"line": INT, "action": NSTR, "login_id": STR,
+                                                "user_id": {"type": ["integer", "null"]},
+                                                "changed": {"type": "array", "items": STR},
+                                                "errors": {"type": "array", "items": STR}})},
+        "rows_total": INT,
+        "counts": obj({"create": INT, "update": INT, "unchanged": INT, "errors": INT}),
+        "writable": BOOL}, ["counts", "rows", "writable"]),
+    "CsvResult": obj({"created": INT, "updated": INT, "unchanged": INT,
+                      "skipped": {"type": "array", "items": obj({"line": INT, "login_id": STR,
+                                                                 "errors": {"type": "array", "items": STR}})},
+                      "login_id_changes": {"type": "array", "items": STR}, "message": STR},
+                     ["created", "updated", "unchanged", "skipped"]),
+    "AuditEvent": obj({"id": INT, "at": TS, "actor": STR, "actor_type": STR, "action": STR,
+                       "user_id": {"type": ["integer", "null"]}, "login_id": NSTR,
+                       "count": {"type": ["integer", "null"]}, "detail": {"type": "object"}, "ip": NSTR},
+                      ["id", "at", "actor", "action"]),
+})
+
+USER_FILTER_PARAMS = [
+    query("search", STR, "Words that must all appear in a name, number, e-mail, user name, account or login id."),
+    query("profile", {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}, "Profile id."),
+    query("source", {"type": "string", "pattern": "^(manual|csv|c[0-9]{1,9})$"}, "manual, csv or c<connection id>."),
+    query("deployed", {"enum": ["yes", "no"]}, "Sent a deployment e-mail or not."),
+    query("downloaded", {"enum": ["yes", "no"]}, "Client downloaded its configuration or not."),
+    query("force", {"enum": ["1"]}, "Force config pending."),
+    query("redeploy", {"enum": ["1"]}, "Redeploy required (after an ID change)."),
+    query("send_failed", {"enum": ["1"]}, "Last send failed."),
+    query("not_in_source", {"enum": ["1"]}, "No longer in its source."),
+]
+SORT_PARAM = query("sort", {"enum": [p + c for c in ("profile", "first_name", "last_name", "number",
+                                                        "mbg_sip_username", "mcs_account", "email",
+                                                        "deployed", "downloaded", "login_id")
+                                      for p in ("", "-")]}, "Column, - for descending.")
+AUDIT_PARAMS = [
+    query("q", STR, "Words in actor, action, login id or address."),
+    query("actor", STR, "Exactly this actor."),
+    query("action", STR, "An action (user.delete) or a group ending with a dot (user.)."),
+    query("user", STR, "A login id or user id."),
+    query("since", {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}(T[0-9]{2}:[0-9]{2})?$"}, "From (UTC)."),
+    query("until", {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}(T[0-9]{2}:[0-9]{2})?$"}, "To (UTC)."),
+]
+
 TAGS = [
     {"name": "users", "description": "The Users table: search, read, create, update, delete."},
     {"name": "actions", "description": "Bulk actions on users; each runs as a job."},
     {"name": "jobs", "description": "Progress and results of bulk actions; cancel scheduled ones."},
+    {"name": "profiles", "description": "Deployment profiles."},
+    {"name": "connections", "description": "Sources of users (MBG, MiCollab Client Service, Users and Services, LDAP)."},
+    {"name": "imports", "description": "CSV import: preview, then import."},
+    {"name": "audit", "description": "The audit log."},
 ]
 
+UID = [path_id("user_id", "User id.")]
+PID = [path_id("profile_id", "Profile id.")]
+CID = [path_id("connection_id", "Connection id.")]
+
 PATHS: dict = {
+    "/users": {
+        "get": op("List users (search, filters, sort, pages)", {"200": ok(page_of("User")), "400": error("400")},
+                  tag="users", params=USER_FILTER_PARAMS + [SORT_PARAM] + PAGE_PARAMS),
+        "post": op("Add a user", {"201": ok(ref("User"), "Created.")}, tag="users", write=True,
+                   body=ref("UserCreate")),
+    },
+    "/users/{user_id}": {
+        "get": op("A user (secrets only as set / not set)", {"200": ok(ref("User")), "404": error("404")},
+                  tag="users", params=UID),
+        "patch": op("Change a user (fields present change; an imported user: only profile_id)", {
+            "200": ok(ref("User")), "404": error("404"), "409": error("409")},
+            tag="users", write=True, params=UID, body=ref("UserUpdate")),
+        "delete": op("Delete a user: links and devices stop working", {
+            "204": ok(None, "Deleted."), "404": error("404"), "409": error("409")},
+            tag="users", write=True, params=UID),
+    },
+    "/users/export.csv": {
+        "get": op("Export (CSV) of the users matching the filter — never a secret", {
+            "200": ok({"type": "string"}, "UTF-8 CSV with BOM.", media="text/csv"), "400": error("400")},
+            tag="users", params=USER_FILTER_PARAMS),
+    },
+    "/profiles": {
+        "get": op("List deployment profiles with their user counts", {"200": ok(page_of("Profile"))},
+                  tag="profiles"),
+        "post": op("Create a profile", {"201": ok(ref("Profile"), "Created.")}, tag="profiles", write=True,
+                   body=ref("ProfileInput")),
+    },
+    "/profiles/{profile_id}": {
+        "get": op("A profile", {"200": ok(ref("Profile")), "404": error("404")}, tag="profiles", params=PID),
+        "patch": op("Change a profile", {"200": ok(ref("Profile")), "404": error("404")},
+                    tag="profiles", write=True, params=PID, body=ref("ProfileInput")),
+        "delete": op("Delete a profile (refused while in use unless reassign_to is given)", {
+            "204": ok(None, "Deleted."), "400": error("400"), "404": error("404"), "409": error("409"),
+            "422": error("422")}, tag="profiles", write=True,
+            params=PID + [query("reassign_to", {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+                                "Move the profile's users to this profile first.")]),
+    },
+    "/connections": {
+        "get": op("List connections", {"200": ok(page_of("Connection"))}, tag="connections"),
+        "post": op("Create a connection (primary token): CDS authorizes with the source first", {
+            "201": ok(ref("Connection"), "Created.")}, tag="connections", write=True,
+            body=ref("ConnectionCreate")),
+    },
+    "/connections/{connection_id}": {
+        "get": op("A connection (never its credentials)", {"200": ok(ref("Connection")), "404": error("404")},
+                  tag="connections", params=CID),
+        "patch": op("Change name, interval, enabled, options", {"200": ok(ref("Connection")), "404": error("404")},
+                    tag="connections", write=True, params=CID, body=ref("ConnectionUpdate")),
+        "delete": op("Delete a connection (its users become manual users)", {
+            "204": ok(None, "Deleted."), "404": error("404")}, tag="connections", write=True, params=CID),
+    },
+    "/connections/{connection_id}/authorize": {
+        "post": op("Authorize again (primary token): new token, URL or credentials", {
+            "200": ok(ref("Connection")), "404": error("404")}, tag="connections", write=True, params=CID,
+            body=ref("ConnectionAuthorize")),
+    },
+    "/connections/{connection_id}/sync": {
+        "post": op("Sync now: a job for its imported users, or a refresh of its records", {
+            "200": ok(ref("SyncStarted"), "Records refreshed (no imported users)."),
+            "202": ok(ref("SyncStarted"), "A sync job was started."),
+            "404": error("404"), "409": error("409")}, tag="connections", write=True, params=CID),
+    },
+    "/imports/csv/preview": {
+        "post": op("Preview a CSV import: every row's action and errors; nothing is written", {
+            "200": ok(ref("CsvPreview"))}, tag="imports", write=True, body=ref("CsvImportRequest")),
+    },
+    "/imports/csv": {
+        "post": op("Import a CSV file (all-or-nothing unless partial)", {
+            "200": ok(ref("CsvResult"))}, tag="imports", write=True, body=ref("CsvImportRequest")),
+    },
+    "/audit-events": {
+        "get": op("Audit events, newest first", {"200": ok(page_of("AuditEvent")), "400": error("400")},
+                  tag="audit", params=AUDIT_PARAMS + PAGE_PARAMS),
+    },
     "/users/actions/{action}": {
         "post": op("Run a bulk action on users (as a job)", {
             "202": ok(ref("Job"), "The job was created (queued, or scheduled with `at`)."),

@@ -10,10 +10,15 @@ from cds.api.routes import ApiError, bp, body_json, iso, paginated
 from cds.extensions import db
 from cds.jobs import service as jobs
 from cds.models import Job, JobItem
+from cds.web import MAX_ID
 
 # URL names of the bulk actions -> job kinds.
 ACTION_KINDS = {"deploy": "deploy", "auto-deploy": "auto_deploy", "force-config": "force_config",
                 "sync": "sync", "delete": "delete", "assign-profile": "assign_profile"}
+
+
+# Options an action may take besides the selection and the time.
+ACTION_OPTIONS = {"profile_id", "confirm"}
 
 
 def parse_time(value) -> datetime | None:
@@ -58,8 +63,8 @@ def selection_from(data: dict) -> dict:
         raise ApiError(422, "invalid", "Give either \"ids\" or \"filter\", not both.")
     if "ids" in data:
         ids = data["ids"]
-        if not isinstance(ids, list) or not ids or not all(isinstance(i, int) and not isinstance(i, bool)
-                                                           for i in ids):
+        if not isinstance(ids, list) or not ids or not all(
+                isinstance(i, int) and not isinstance(i, bool) and 1 <= i <= MAX_ID for i in ids):
             raise ApiError(422, "invalid", "\"ids\" must be a non-empty list of user ids.",
                            {"ids": "expected a non-empty list of integers"})
         return {"ids": sorted(set(ids))}
@@ -84,7 +89,17 @@ def user_action(action: str):
     data = body_json()
     selection = selection_from(data)
     run_at = parse_time(data.get("at"))
-    params = {k: v for k, v in data.items() if k not in ("ids", "filter", "at")}
+    unknown = sorted(set(data) - {"ids", "filter", "at"} - ACTION_OPTIONS)
+    if unknown:
+        raise ApiError(422, "invalid", "Unknown fields: " + ", ".join(unknown) + ".",
+                       {k: "unknown field" for k in unknown})
+    params = {k: v for k, v in data.items() if k in ACTION_OPTIONS}
+    if "profile_id" in params and (not isinstance(params["profile_id"], int)
+                                   or isinstance(params["profile_id"], bool)
+                                   or not 1 <= params["profile_id"] <= MAX_ID):
+        raise ApiError(422, "invalid", "profile_id must be a profile id.", {"profile_id": "integer expected"})
+    if "confirm" in params and not isinstance(params["confirm"], str):
+        raise ApiError(422, "invalid", "confirm must be a string.", {"confirm": "string expected"})
     try:
         job = jobs.create_job(kind, selection, params=params, run_at=run_at, actor=g.actor)
     except jobs.JobError as exc:

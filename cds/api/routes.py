@@ -104,7 +104,19 @@ def body_json() -> dict:
     data = request.get_json(silent=True)
     if not isinstance(data, dict):
         raise ApiError(400, "bad_request", "The body must be a JSON object.")
+    if _has_nul(data):
+        raise ApiError(400, "bad_request", "The body contains a NUL character, which no field accepts.")
     return data
+
+
+def _has_nul(value) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def paginated(items: list, total: int, page: int, per_page: int, endpoint: str, args: dict):
@@ -124,4 +136,4 @@ def openapi():
 
 
 # Resource modules add their routes to ``bp``.
-from cds.api import resources  # noqa: E402,F401
+from cds.api import admin_resources, resources, users  # noqa: E402,F401

@@ -10,7 +10,8 @@ from cds.models import ApiToken, utcnow
 from cds.security import new_token, same_secret, token_hash
 
 TOKEN_PREFIX = "cds_"
-API_ROLES = {"admin": "admin", "read-only": "readonly", "readonly": "readonly"}
+# "primary" may also create and re-authorize connections, as the primary administrator can.
+API_ROLES = {"primary": "primary", "admin": "admin", "read-only": "readonly", "readonly": "readonly"}
 
 
 class TokenError(Exception):
@@ -24,7 +25,7 @@ def create_api_token(name: str, role: str = "admin", expires_days: int | None = 
     if not 1 <= len(name) <= 64:
         raise TokenError("A token name has 1-64 characters.")
     if role not in API_ROLES:
-        raise TokenError("The role of a token is admin or read-only.")
+        raise TokenError("The role of a token is primary, admin or read-only.")
     if expires_days is not None and not 1 <= expires_days <= 3650:
         raise TokenError("A token expires after 1-3650 days.")
     token = TOKEN_PREFIX + new_token()

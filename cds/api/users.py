@@ -1,0 +1,172 @@
+"""/api/v1/users, /api/v1/users/export.csv: the Users table without a browser."""
+from __future__ import annotations
+
+from flask import Response, g, request, stream_with_context
+
+from cds.api.routes import ApiError, bp, body_json, iso, paginated
+from cds.extensions import db
+from cds.models import USER_SECRETS, User
+from cds.users import service as users
+
+USER_FIELDS = ("login_id", "first_name", "last_name", "number", "pbx_number", "pbx_sip_username",
+               "mbg_sip_username", "mcs_account", "email")
+
+
+def user_json(user: User) -> dict:
+    """Everything about a user except the secrets, of which only set / not set is told."""
+    out = {"id": user.id, **{name: getattr(user, name) for name in USER_FIELDS}}
+    out.update({
+        "profile_id": user.profile_id,
+        "profile": user.profile.name if user.profile else None,
+        "source": user.source,
+        "connection_id": user.connection_id,
+        "source_key": user.source_key,
+        "deployed_at": iso(user.deployed_at),
+        "downloaded_at": iso(user.downloaded_at),
+        "force_config": user.force_config,
+        "redeploy_required": user.redeploy_required,
+        "not_in_source": user.not_in_source,
+        "send_error": user.send_error,
+        "config_version": user.config_version,
+        "secrets": {name: user.has_secret(name) for name in USER_SECRETS},
+        "created_at": iso(user.created_at),
+        "updated_at": iso(user.updated_at),
+    })
+    return out
+
+
+def _invalid(exc: users.InvalidUser):
+    raise ApiError(422, "invalid", "Some values are not acceptable.", exc.errors)
+
+
+def _split_body(data: dict, user: User | None) -> tuple[dict, dict]:
+    """JSON body -> (values for save_user, secrets). Unknown keys are refused, not ignored."""
+    allowed = set(USER_FIELDS) | {"profile_id", "secrets"}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ApiError(422, "invalid", "Unknown fields: " + ", ".join(unknown) + ".",
+                       {k: "unknown field" for k in unknown})
+    bad_types = {k: "must be a string" for k in USER_FIELDS
+                 if k in data and not isinstance(data[k], str)}
+    if "profile_id" in data and (not isinstance(data["profile_id"], int) or isinstance(data["profile_id"], bool)
+                                 or not 1 <= data["profile_id"] <= 2**31 - 1):
+        bad_types["profile_id"] = "must be a profile id (integer)"
+    secrets = data.get("secrets", {})
+    if not isinstance(secrets, dict):
+        bad_types["secrets"] = "must be an object"
+        secrets = {}
+    for name, value in secrets.items():
+        if name not in USER_SECRETS:
+            bad_types[f"secrets.{name}"] = "unknown secret"
+        elif value is not None and not isinstance(value, str):
+            bad_types[f"secrets.{name}"] = "must be a string, or null to clear it"
+    if bad_types:
+        raise ApiError(422, "invalid", "Some values have the wrong type.", bad_types)
+    values = {}
+    for name in USER_FIELDS:
+        # A partial update keeps what it does not name.
+        values[name] = data[name] if name in data else (getattr(user, name) if user else "")
+    if "profile_id" in data:
+        values["profile_id"] = data["profile_id"]
+    else:
+        from cds.profiles.service import default_profile
+        values["profile_id"] = user.profile_id if user else default_profile().id
+    # "" clears a secret as null does.
+    return values, {k: (v or None) for k, v in secrets.items()}
+
+
+def _get(user_id: int) -> User:
+    try:
+        return users.get_user(user_id)
+    except users.NotFound as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+
+
+@bp.get("/users")
+def list_users():
+    from cds.api.resources import page_args
+    page, per_page = page_args()
+    args = request.args.to_dict()
+    try:
+        q = users.UserQuery.from_mapping({**args, "per_page": 50}, default_per_page=50)
+    except users.InvalidQuery as exc:
+        raise ApiError(400, "bad_request", str(exc)) from None
+    q.page, q.per_page = page, per_page
+    result = users.list_users(q)
+    if result.query.page != page:  # past the last page: an empty page, not the last one again
+        return paginated([], result.total, page, per_page, "api.list_users", _args_without_page(args))
+    return paginated([user_json(u) for u in result.users], result.total, page, per_page,
+                     "api.list_users", _args_without_page(args))
+
+
+def _args_without_page(args: dict) -> dict:
+    return {k: v for k, v in args.items() if k not in ("page", "per_page")}
+
+
+@bp.get("/users/<int:user_id>")
+def get_user(user_id: int):
+    return user_json(_get(user_id))
+
+
+@bp.post("/users")
+def create_user():
+    values, secrets = _split_body(body_json(), None)
+    try:
+        result = users.save_user(None, values, secrets, actor=g.actor)
+    except users.InvalidUser as exc:
+        _invalid(exc)
+    return user_json(result.user), 201, {"Location": f"/api/v1/users/{result.user.id}"}
+
+
+@bp.patch("/users/<int:user_id>")
+def update_user(user_id: int):
+    user = _get(user_id)
+    data = body_json()
+    if user.is_imported:
+        owned = sorted((set(data) & set(USER_FIELDS)) | ({"secrets"} & set(data)))
+        if owned:
+            raise ApiError(409, "conflict", "This user is imported: its source owns these fields "
+                           "(only the profile can change here; Sync updates the rest).",
+                           {k: "owned by the source" for k in owned})
+    values, secrets = _split_body(data, user)
+    try:
+        result = users.save_user(user, values, secrets, actor=g.actor)
+    except users.InvalidUser as exc:
+        _invalid(exc)
+    body = user_json(result.user)
+    if result.id_changed:
+        users.redeploy_after_id_change(result.user, actor=g.actor)
+        body = user_json(db.session.get(User, user_id))
+    return body
+
+
+@bp.delete("/users/<int:user_id>")
+def delete_user(user_id: int):
+    """Delete one user: the same Delete action as the console, run at once."""
+    from cds.api.resources import job_json
+    from cds.jobs import service as jobs
+    _get(user_id)
+    if "delete" not in jobs.ACTIONS:
+        raise ApiError(404, "not_found", "Delete is not available in this version.")
+    job = jobs.create_job("delete", {"ids": [user_id]}, actor=g.actor)
+    jobs.run_job(job.id)
+    db.session.refresh(job)
+    if job.failed:
+        raise ApiError(409, "conflict", "The user could not be deleted.", job_json(job, with_items=True))
+    return Response(status=204)
+
+
+@bp.get("/users/export.csv")
+def export_users():
+    """The Export (CSV) of the console: same columns, never a secret. Filter by query."""
+    from cds.export.service import export_filename, start_export
+    from cds.models import utcnow
+    try:
+        filt = users.UserFilter.from_mapping(request.args)
+    except users.InvalidQuery as exc:
+        raise ApiError(400, "bad_request", str(exc)) from None
+    _, chunks = start_export({"filter": filt.to_dict()}, actor=g.actor, via="api")
+    response = Response(stream_with_context(chunks), mimetype="text/csv")
+    response.headers["Content-Type"] = "text/csv; charset=utf-8"
+    response.headers["Content-Disposition"] = f'attachment; filename="{export_filename(utcnow())}"'
+    return response
