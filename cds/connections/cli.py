@@ -1,0 +1,124 @@
+"""`flask --app app cds connections list|show|add|authorize|test|delete` (sync: `cds sync`)."""
+import json
+import sys
+
+import click
+
+from cds.cli import fail
+from cds.connections import service as connections
+from cds.models import CONNECTION_KINDS
+
+
+def _find(name: str):
+    conn = connections.find_connection(name)
+    if conn is None:
+        fail(f"no connection named {name!r}")
+    return conn
+
+
+def _password() -> str:
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    return click.prompt("Password", hide_input=True)
+
+
+@click.group("connections")
+def connections_group():
+    """Sources of users: list, show, add, authorize, test, delete."""
+
+
+@connections_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def list_command(as_json):
+    from cds.api.admin_resources import connection_json
+    rows = connections.list_connections()
+    if as_json:
+        click.echo(json.dumps([connection_json(c) for c in rows], indent=2))
+        return
+    for c in rows:
+        last = "never" if c.last_sync_at is None else \
+            f"{c.last_sync_at:%Y-%m-%d %H:%M} {'ok' if c.last_sync_ok else 'FAILED'}"
+        expires = f"{c.token_expires_at:%Y-%m-%d}" if c.token_expires_at else "-"
+        click.echo(f"{c.id:>4}  {c.name:<24} {CONNECTION_KINDS.get(c.kind, c.kind):<26} "
+                   f"{'enabled' if c.enabled else 'disabled':<9} token until {expires}  last sync {last}")
+
+
+@connections_group.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+def show_command(name, as_json):
+    from cds.api.admin_resources import connection_json
+    data = connection_json(_find(name))
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        for key, value in data.items():
+            click.echo(f"{key:>20}: {value}")
+
+
+@connections_group.command("add")
+@click.argument("name")
+@click.option("--kind", type=click.Choice(list(CONNECTION_KINDS)), required=True)
+@click.option("--url", required=True)
+@click.option("--username", default="")
+@click.option("--interval", "interval", type=int, default=60, show_default=True, help="Minutes between syncs.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Kind-specific setting, e.g. base_dn=ou=people,dc=example,dc=org (LDAP).")
+def add_command(name, kind, url, username, interval, options):
+    """Create a connection; CDS authorizes with the source first. Password from a prompt or stdin."""
+    opts = {}
+    for item in options:
+        key, sep, value = item.partition("=")
+        if not sep:
+            fail(f"--option takes KEY=VALUE (got {item!r})")
+        opts[key.strip()] = value
+    settings = connections.ConnectionSettings(name=name, kind=kind, url=url, username=username,
+                                              sync_interval_minutes=interval, options=opts)
+    try:
+        conn = connections.create_connection(settings, _password(), actor="cli")
+    except connections.ConnectionProblem as exc:
+        fail(str(exc) + "".join(f" {k}: {v}" for k, v in exc.errors.items()))
+    click.echo(f"connection {conn.name} created and verified (id {conn.id})")
+
+
+@connections_group.command("authorize")
+@click.argument("name")
+@click.option("--url", default=None)
+@click.option("--username", default=None)
+def authorize_command(name, url, username):
+    """Authorize again (new token, URL or credentials). Password from a prompt or stdin."""
+    conn = _find(name)
+    try:
+        conn = connections.reauthorize(conn, url or conn.url, username if username is not None else conn.username,
+                                       _password() or None, actor="cli")
+    except connections.ConnectionProblem as exc:
+        fail(str(exc))
+    expires = f"{conn.token_expires_at:%Y-%m-%d %H:%M} UTC" if conn.token_expires_at else "no expiry"
+    click.echo(f"connection {conn.name} authorized (token valid until {expires})")
+
+
+@connections_group.command("test")
+@click.argument("name")
+def test_command(name):
+    """Read the source now (refreshes the Import Users view)."""
+    from cds.sources import SourceError
+    try:
+        result = connections.verify_connection(_find(name))
+    except (SourceError, connections.ConnectionProblem) as exc:
+        fail(str(exc))
+    click.echo(result.describe())
+
+
+@connections_group.command("delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True)
+def delete_command(name, yes):
+    """Delete a connection; its imported users stay, as manual users."""
+    conn = _find(name)
+    if not yes and not click.confirm(f"Delete connection {conn.name}?"):
+        fail("nothing deleted")
+    released = connections.delete_connection(conn, actor="cli")
+    click.echo(f"connection {name} deleted; {released} users kept as manual users")
+
+
+commands = [connections_group]
