@@ -29,8 +29,9 @@ def give_client(user: User) -> dict:
             register_link(h, expires)
         hashes[name] = h
         if name == "used":
+            hashes["client_key"] = key = new_token()
             db.session.add(ClientDevice(user_id=user.id, deployment_id=dep.id,
-                                        key_hash=token_hash(new_token()), device_id=f"dev-{user.id}"))
+                                        key_hash=token_hash(key), device_id=f"dev-{user.id}"))
     db.session.commit()
     return hashes
 
@@ -60,6 +61,7 @@ def test_delete_removes_users_devices_and_redirect_entries(app):
         assert db.session.scalar(select(func.count(Deployment.id)).where(Deployment.user_id.in_(ids))) == 0
         remaining = set(db.session.scalars(select(RedirectEntry.token_hash)))
         assert remaining == {cy_links["used"], cy_links["open"]}
+        assert ann_links["open"] not in remaining and bob_links["used"] not in remaining
         assert db.session.scalar(select(func.count(ClientDevice.id)).where(ClientDevice.user_id == keep)) == 1
         # One audit event per deleted user.
         events = db.session.scalars(select(AuditEvent).where(AuditEvent.action == "user.delete")
@@ -151,3 +153,21 @@ def test_one_failure_does_not_stop_the_others(app, monkeypatch):
             select(AuditEvent).where(AuditEvent.action == "user.delete"))] == ["ann", "cy"]
         failed_item = db.session.scalars(select(JobItem).where(JobItem.outcome == "failed")).one()
         assert failed_item.login_id == "bob" and "disk on fire" in failed_item.message
+
+
+def test_deleted_users_clients_are_told_to_redeploy(app):
+    """The installed app of a deleted user gets 401 redeploy_required at its next status check."""
+    with app.app_context():
+        ann, cy = add_user("ann"), add_user("cy")
+        ann_key, cy_key = give_client(ann)["client_key"], give_client(cy)["client_key"]
+        ann_id = ann.id
+    client = app.test_client()
+
+    def status(key):
+        return client.get("/client/v1/status", headers={"Authorization": f"Bearer {key}"})
+
+    assert status(ann_key).status_code == 200
+    run_delete(app, {"ids": [ann_id]})
+    resp = status(ann_key)
+    assert resp.status_code == 401 and resp.get_json()["error"] == "redeploy_required"
+    assert status(cy_key).status_code == 200

@@ -196,3 +196,35 @@ def test_cli_export(app, people, tmp_path):
     with app.app_context():
         events = db.session.scalars(db.select(AuditEvent).where(AuditEvent.action == "users.export")).all()
         assert [e.actor for e in events] == ["cli", "cli"]
+
+
+def test_export_edit_reimport_round_trip(admin_client, app):
+    """The seed's workflow: export, edit in a spreadsheet, re-import with "allow overwrite"."""
+    from cds.imports.csv_import import CsvOptions, commit_import, plan_import
+    with app.app_context():
+        ann = add_user("ann", first_name="=Ann", number="+44 20 7946 0000", pbx_number="-2001")
+        bob = add_user("bob", first_name="Bob")
+        ann_id, bob_id = ann.id, bob.id
+    body = admin_client.get("/users/export.csv?all_matching=1").get_data()
+    with app.app_context():
+        # Unedited, the file changes nothing (neutralised cells come back as stored).
+        plan = plan_import(body, CsvOptions(overwrite=True))
+        assert plan.error_count == 0 and plan.unknown_columns == []
+        assert plan.count("unchanged") == 2 and plan.count("update") == 0
+    rows = parse(body)
+    header = rows[0] + ["Voicemail PIN"]
+    edited = [header]
+    for row in rows[1:]:
+        cells = dict(zip(rows[0], row))
+        if cells["Login ID"] == "bob":
+            cells["Firstname"] = "Robert"
+        edited.append([cells[h] for h in rows[0]] + ["5511" if cells["Login ID"] == "bob" else ""])
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerows(edited)
+    with app.app_context():
+        result = commit_import(out.getvalue().encode("utf-8-sig"), CsvOptions(overwrite=True), actor="alice")
+        assert (result.created, result.updated) == (0, 1)
+        bob, ann = db.session.get(User, bob_id), db.session.get(User, ann_id)
+        assert bob.first_name == "Robert" and bob.get_secret("voicemail_pin") == "5511"
+        assert (ann.first_name, ann.number, ann.pbx_number) == ("=Ann", "+44 20 7946 0000", "-2001")
+        assert not ann.has_secret("voicemail_pin")

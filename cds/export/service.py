@@ -10,6 +10,7 @@ import csv
 import io
 import re
 from datetime import datetime
+from itertools import islice
 from typing import Iterable, Iterator
 
 from sqlalchemy import select
@@ -68,8 +69,16 @@ def neutralise(cell: str) -> str:
     return cell
 
 
+_RISKY_FIRST = frozenset("=@\t\r+-")
+
+
+def neutralise_row(row: list[str]) -> list[str]:
+    # Most cells start with a letter or digit: only the others need the full check.
+    return [neutralise(c) if c and c[0] in _RISKY_FIRST else c for c in row]
+
+
 def iso_utc(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else ""
+    return value.isoformat(timespec="seconds") + "Z" if value else ""
 
 
 def _source_labels() -> dict:
@@ -87,8 +96,10 @@ def export_rows(selection: dict, batch_size: int | None = None) -> Iterator[list
     columns = [col for _, col in EXPORT_COLUMNS] + [User.connection_id]
     base = selection_query(selection).with_only_columns(*columns)
     last_id = 0
+    # Plain Core rows (no ORM objects): nothing accumulates in the session.
+    connection = db.session.connection()
     while True:
-        batch = db.session.execute(
+        batch = connection.execute(
             base.where(User.id > last_id).order_by(User.id).limit(batch_size)).all()
         if not batch:
             return
@@ -115,18 +126,14 @@ def csv_chunks(header: list[str], rows: Iterable[list[str]], rows_per_chunk: int
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(header)
     yield BOM + buffer.getvalue()
-    buffer.seek(0)
-    buffer.truncate()
-    pending = 0
-    for row in rows:
-        writer.writerow([neutralise(cell) for cell in row])
-        pending += 1
-        if pending >= rows_per_chunk:
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
-            pending = 0
-    if pending:
+    rows = iter(rows)
+    while True:
+        batch = list(islice(rows, rows_per_chunk))
+        if not batch:
+            return
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerows(map(neutralise_row, batch))
         yield buffer.getvalue()
 
 
