@@ -61,6 +61,7 @@ class Defaults:
     LOGIN_LIMIT_PER_ADDRESS = "20/minute;100/hour"
     LOGIN_LIMIT_PER_ACCOUNT = "5/minute;30/hour"
     CLIENT_LIMIT_PER_ADDRESS = "60/minute"
+    API_RATE_LIMIT = "600/minute"  # per API token
 
     # Scheduler: None = start it only when serving requests (make run).
     SCHEDULER_ENABLED = None

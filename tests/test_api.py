@@ -166,3 +166,21 @@ def test_openapi_document_is_served(client):
     doc = client.get("/api/v1/openapi.json").get_json()
     assert doc["openapi"].startswith("3.1")
     assert "/users/actions/{action}" in doc["paths"]
+
+
+def test_settings_page_creates_shows_once_and_revokes_tokens(app, admin_client, readonly_client):
+    page = admin_client.get("/settings/api-tokens")
+    assert page.status_code == 200 and "No API tokens yet" in page.get_data(as_text=True)
+    created = admin_client.post("/settings/api-tokens", data={"name": "nightly", "role": "read-only",
+                                                              "expires_days": "30"})
+    body = created.get_data(as_text=True)
+    import re
+    token = re.search(r'<code class="token">(cds_[^<]+)</code>', body).group(1)
+    assert ApiClient(admin_client, token).get("/api/v1/jobs").status_code == 200
+    assert token not in admin_client.get("/settings/api-tokens").get_data(as_text=True)
+    assert admin_client.post("/settings/api-tokens", data={"name": ""}).status_code == 422
+    assert readonly_client.post("/settings/api-tokens", data={"name": "x"}).status_code == 403
+    with app.app_context():
+        token_id = db.session.scalar(db.select(ApiToken.id))
+    admin_client.post(f"/settings/api-tokens/{token_id}/revoke")
+    assert ApiClient(admin_client, token).get("/api/v1/jobs").status_code == 401

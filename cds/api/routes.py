@@ -61,7 +61,7 @@ def _http_error(exc: HTTPException):
 
 
 def _api_limit() -> str:
-    return current_app.config.get("API_RATE_LIMIT", "600/minute")
+    return current_app.config["API_RATE_LIMIT"]
 
 
 def _api_key() -> str:
