@@ -1,0 +1,181 @@
+"""Client activations and config downloads per second under waitress, beside a bare
+JSON endpoint of the same app in the same run.
+
+    .venv/bin/python bench/activate.py [--users 3000] [--concurrency 8] [--db postgresql://…]
+
+The app is served by waitress (as `flask cds serve` does) in this process; the load
+comes from a separate process with keep-alive connections, so it does not share this
+process's interpreter lock. Phases: the bare endpoint (a view returning {"ok": true}
+through the same app, its before/after-request hooks included), POST
+/client/v1/activate once per token, GET /client/v1/config and /client/v1/status once
+per client key.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+# --- the load generator (runs in its own process) ---------------------------------
+
+def load(port: int, mode: str, items: list[str], concurrency: int) -> tuple[float, list[str], dict]:
+    lock = threading.Lock()
+    queue = list(reversed(items))
+    keys: list[str] = []
+    codes: dict[int, int] = {}
+
+    def worker():
+        conn = http.client.HTTPConnection("127.0.0.1", port)
+        while True:
+            with lock:
+                if not queue:
+                    break
+                item = queue.pop()
+            if mode in ("bare", "bare-limited"):
+                conn.request("GET", f"/bench/{mode}")
+            elif mode == "activate":
+                body = json.dumps({"token": item, "device": {"id": "bench", "platform": "android",
+                                                             "app_version": "1.0"}})
+                conn.request("POST", "/client/v1/activate", body=body,
+                             headers={"Content-Type": "application/json"})
+            else:
+                conn.request("GET", f"/client/v1/{mode}", headers={"Authorization": f"Bearer {item}"})
+            resp = conn.getresponse()
+            data = resp.read()
+            with lock:
+                codes[resp.status] = codes.get(resp.status, 0) + 1
+                if mode == "activate" and resp.status == 200:
+                    keys.append(json.loads(data)["client_key"])
+        conn.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0, keys, codes
+
+
+def client_main(argv) -> None:
+    port, mode, concurrency = int(argv[0]), argv[1], int(argv[2])
+    items = json.load(sys.stdin)
+    seconds, keys, codes = load(port, mode, items, concurrency)
+    json.dump({"seconds": seconds, "keys": keys, "codes": codes}, sys.stdout)
+
+
+def run_client(port: int, mode: str, items: list[str], concurrency: int) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--client", str(port), mode, str(concurrency)],
+                          input=json.dumps(items), capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout)
+
+
+# --- the server side ------------------------------------------------------------------
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--users", type=int, default=3000)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--db", default=None)
+    args = ap.parse_args()
+
+    import logging
+    import waitress
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    from flask import Blueprint, jsonify
+
+    from cds import create_app, web
+    from cds.extensions import db
+
+    tmp = tempfile.mkdtemp(prefix="cds-bench-activate-")
+    app = create_app({"DATABASE_URL": args.db or f"sqlite:///{tmp}/cds.sqlite3", "SCHEDULER_ENABLED": False,
+                      "LOG_LEVEL": "WARNING", "CLIENT_LIMIT_PER_ADDRESS": "10000000/minute", "RATELIMIT_ENABLED": os.environ.get("BENCH_LIMITER", "1") == "1",
+                      "PUBLIC_URL": "https://cds.example.com"}, instance_path=tmp)
+    from flask import current_app
+    from cds.extensions import limiter
+    bare = Blueprint("bench", __name__)
+    bare.add_url_rule("/bench/bare", "bare", lambda: jsonify(ok=True))
+    # The same endpoint behind the same per-address limit as the client endpoints.
+    bare.add_url_rule("/bench/bare-limited", "bare_limited", limiter.limit(
+        lambda: current_app.config["CLIENT_LIMIT_PER_ADDRESS"])(lambda: jsonify(ok=True)))
+    app.register_blueprint(bare)
+    web.PUBLIC_BLUEPRINTS.add("bench")
+
+    with app.app_context():
+        from sqlalchemy import insert, select
+        from cds.cli import upgrade_database
+        from cds.deploy.service import issue_deployments
+        from cds.models import User
+        from cds.profiles.service import default_profile
+        from cds.security import encrypt
+        upgrade_database()
+        for table in reversed(db.metadata.sorted_tables):
+            if table.name not in ("deployment_profile", "alembic_version"):
+                db.session.execute(table.delete())
+        db.session.commit()
+        profile = default_profile()
+        enc = {k: encrypt(v) for k, v in (("mcs", "Mcs-1"), ("pbx", "Pbx-2"), ("tw", "Tw-3"), ("pin", "1234"))}
+        db.session.execute(insert(User), [
+            {"login_id": f"user{i:05d}", "profile_id": profile.id, "first_name": "Bench", "last_name": f"{i}",
+             "email": f"user{i:05d}@example.com", "mcs_password_enc": enc["mcs"], "pbx_sip_password_enc": enc["pbx"],
+             "teleworker_sip_password_enc": enc["tw"], "voicemail_pin_enc": enc["pin"]} for i in range(args.users)])
+        db.session.commit()
+        users = list(db.session.scalars(select(User).order_by(User.id)))
+        tokens = [t for _, _, t in issue_deployments(users, actor="bench")]
+        db.session.commit()
+
+    port = int(os.environ.get("BENCH_PORT", "0")) or _free_port()
+    server = waitress.create_server(app, host="127.0.0.1", port=port, threads=8)
+    threading.Thread(target=server.run, daemon=True).start()
+
+    n, c = args.users, args.concurrency
+    run_client(port, "bare", ["x"] * 300, c)  # warm-up
+    results = {}
+    results["bare JSON endpoint"] = run_client(port, "bare", ["x"] * n, c)
+    results["bare, rate limited"] = run_client(port, "bare-limited", ["x"] * n, c)
+    act = run_client(port, "activate", tokens, c)
+    results["activate"] = act
+    keys = act["keys"]
+    results["config download"] = run_client(port, "config", keys, c)
+    results["status"] = run_client(port, "status", keys, c)
+    results["bare JSON endpoint (again)"] = run_client(port, "bare", ["x"] * n, c)
+    results["bare, rate limited (again)"] = run_client(port, "bare-limited", ["x"] * n, c)
+    server.close()
+
+    def rate(name):
+        return n / results[name]["seconds"]
+
+    bare_rate = (rate("bare JSON endpoint") + rate("bare JSON endpoint (again)")) / 2
+    limited_rate = (rate("bare, rate limited") + rate("bare, rate limited (again)")) / 2
+    print(f"{n} users, {c} concurrent keep-alive clients, waitress 8 threads, "
+          f"{'PostgreSQL' if args.db else 'SQLite'}")
+    for name, r in results.items():
+        count = sum(r["codes"].values())
+        per_s = count / r["seconds"]
+        print(f"  {name:28s} {per_s:7.0f} req/s   ({count} requests, status {r['codes']})"
+              + ("" if "bare" in name else
+                 f"   {per_s / bare_rate:.0%} of bare, {per_s / limited_rate:.0%} of bare rate-limited"))
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--client":
+        client_main(sys.argv[2:])
+    else:
+        main()
