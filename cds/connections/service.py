@@ -403,15 +403,24 @@ def sync_users(job: Job, users: list[User]) -> list[Outcome]:
     counts = dict.fromkeys(SUMMARY_KEYS, 0)
     conns = {c.id: c for c in db.session.scalars(select(Connection).where(Connection.id.in_(
         {u.connection_id for u in users if u.source == SOURCE_CONNECTION and u.connection_id})))}
-    states = {cid: _source_state(job, conn) for cid, conn in conns.items()}
     fields_of = {cid: provided_fields(conn) for cid, conn in conns.items()}
+    names = {cid: conn.name for cid, conn in conns.items()}
+    fresh = any(cid not in _job_sources.get(job.id, {}) for cid in conns)
+    ids = [u.id for u in users]
+    states = {cid: _source_state(job, conn) for cid, conn in conns.items()}
+    if fresh:
+        # Reading a source commits, which expires the batch: reload it in one query.
+        users = list(db.session.scalars(select(User).where(User.id.in_(ids)).order_by(User.id)
+                                        .execution_options(populate_existing=True)))
     keys = [u.source_key for u in users if u.connection_id in conns and states[u.connection_id] is None]
-    records: dict[tuple[int, str], SourceRecord] = {}
+    records: dict[tuple[int, str], dict] = {}
+    columns = [SourceRecord.connection_id, SourceRecord.source_key] + \
+        [getattr(SourceRecord, f) for f in RECORD_FIELDS]
     for start in range(0, len(keys), 900):
-        for rec in db.session.scalars(select(SourceRecord).where(
+        for row in db.session.execute(select(*columns).where(
                 SourceRecord.connection_id.in_(list(conns)),
                 SourceRecord.source_key.in_(keys[start:start + 900]))):
-            records[(rec.connection_id, rec.source_key)] = rec
+            records[(row[0], row[1])] = dict(zip(RECORD_FIELDS, row[2:]))
     # Login ids that change in this batch, to refuse two users landing on the same id.
     claimed: set[str] = set()
     outcomes = []
@@ -421,25 +430,25 @@ def sync_users(job: Job, users: list[User]) -> list[Outcome]:
             what = {SOURCE_MANUAL: "manual user", SOURCE_CSV: "imported from a CSV file"}
             outcomes.append(Outcome(user, "skipped", f"Nothing to sync ({what.get(user.source, user.source)})."))
             continue
-        conn = conns.get(user.connection_id)
-        if conn is None:
+        conn_id = user.connection_id if user.connection_id in conns else None
+        if conn_id is None:
             counts["nothing_to_sync"] += 1
             outcomes.append(Outcome(user, "skipped", "Nothing to sync (its connection was deleted)."))
             continue
-        if states[conn.id]:
+        if states[conn_id]:
             counts["failed"] += 1
-            outcomes.append(Outcome(user, "failed", states[conn.id]))
+            outcomes.append(Outcome(user, "failed", states[conn_id]))
             continue
-        rec = records.get((conn.id, user.source_key))
+        rec = records.get((conn_id, user.source_key))
         if rec is None:
             counts["not_in_source"] += 1
             if not user.not_in_source:
                 user.not_in_source = True
             outcomes.append(Outcome(user, "skipped",
-                                    f"Not in source: {conn.name} no longer has this user "
+                                    f"Not in source: {names[conn_id]} no longer has this user "
                                     f"(flagged, not deleted)."))
             continue
-        result, outcome = _apply_record(user, rec, fields_of[conn.id], claimed)
+        result, outcome = _apply_record(user, rec, fields_of[conn_id], claimed)
         counts[result] += 1
         outcomes.append(outcome)
     summary = dict(job.summary or {})
@@ -449,13 +458,13 @@ def sync_users(job: Job, users: list[User]) -> list[Outcome]:
     return outcomes
 
 
-def _apply_record(user: User, rec: SourceRecord, fields: tuple[str, ...], claimed: set[str]
+def _apply_record(user: User, rec: dict, fields: tuple[str, ...], claimed: set[str]
                   ) -> tuple[str, Outcome]:
     """Bring one imported user in line with its source record: (summary key, outcome)."""
     from cds.users.service import (USER_FIELD_LABELS, apply_login_id_change, login_id_taken,
                                    validate_user_fields)
 
-    changes = {f: getattr(rec, f) for f in fields if getattr(rec, f) != getattr(user, f)}
+    changes = {f: rec[f] for f in fields if rec[f] != getattr(user, f)}
     if not changes and not user.not_in_source:
         return "unchanged", Outcome(user, "ok", "Unchanged.")
     errors = validate_user_fields(changes)

@@ -13,9 +13,10 @@ import io
 import re
 from dataclasses import dataclass, field
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, select, update
 
 from cds.extensions import db
+from cds.imports.service import insert_users
 from cds.models import (SOURCE_CONNECTION, SOURCE_CSV, USER_SECRETS, DeploymentProfile, User,
                         utcnow)
 from cds.security import encrypt
@@ -414,8 +415,7 @@ def commit_import(data: bytes, options: CsvOptions, *, actor: str | None = None,
             for key in USER_SECRETS:
                 row[f"{key}_enc"] = encrypt(p.secrets[key]) if key in p.secrets else None
             rows.append(row)
-        for start in range(0, len(rows), 2000):
-            db.session.execute(insert(User.__table__), rows[start:start + 2000])
+        insert_users(rows)
 
         # A login id change runs the ID-change flow (devices revoked, redeploy required).
         # Parking the old ids first lets a file swap two users' login ids.

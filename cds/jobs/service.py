@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Callable
 
 from flask import current_app, g, has_request_context
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, update
 
 from cds.extensions import db
 from cds.models import (JOB_CANCELLED, JOB_DONE, JOB_FAILED, JOB_QUEUED, JOB_RUNNING,
@@ -214,10 +214,16 @@ def run_job(job_id: int) -> Job | None:
 
 def _record(job: Job, outcomes: list[Outcome]) -> None:
     counts = {"ok": 0, "skipped": 0, "failed": 0}
+    now = utcnow()
+    items = []
     for o in outcomes:
         counts[o.outcome] += 1
-        db.session.add(JobItem(job_id=job.id, user_id=o.user.id, login_id=o.user.login_id,
-                               outcome=o.outcome, message=o.message[:1000]))
+        items.append({"job_id": job.id, "user_id": o.user.id, "login_id": o.user.login_id,
+                      "outcome": o.outcome, "message": o.message[:1000], "at": now})
+    if items:
+        # One executemany per batch, not one ORM object per user: a job over 100,000
+        # users records 100,000 items.
+        db.session.execute(insert(JobItem.__table__), items)
     db.session.execute(update(Job).where(Job.id == job.id).values(
         done=Job.done + len(outcomes), succeeded=Job.succeeded + counts["ok"],
         skipped=Job.skipped + counts["skipped"], failed=Job.failed + counts["failed"],

@@ -84,6 +84,19 @@
     }
   });
 
+  // Connection form: the LDAP settings only show for that kind.
+  function showKindFields() {
+    var kind = document.querySelector("select[name=kind]");
+    if (!kind) return;
+    document.querySelectorAll("[data-ldap-only]").forEach(function (el) {
+      el.hidden = kind.value !== "ldap";
+    });
+  }
+  document.addEventListener("change", function (ev) {
+    if (ev.target.name === "kind") showKindFields();
+  });
+
+  document.addEventListener("DOMContentLoaded", showKindFields);
   document.addEventListener("DOMContentLoaded", refresh);
   document.addEventListener("htmx:afterSettle", refresh);
 })();

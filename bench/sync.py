@@ -1,0 +1,180 @@
+"""Sync and CSV import at 100,000 users.
+
+    .venv/bin/python bench/sync.py [--users 100000] [--url postgresql://…]
+
+1. A Users and Services source (tests/fixtures/source_server.py, real HTTP on
+   loopback) holds N users; they are read and imported. Then 10% of them change
+   at the source and a Sync data job over all imported users is timed: the one
+   read of the source, the record refresh, and the per-user comparison and
+   updates. Budget: under 10 s.
+2. A CSV file of N rows is previewed (plan_import) and imported (commit_import,
+   which plans again and writes) into an empty database. Budget: under 20 s.
+
+SQLite in a temporary instance by default; --url runs on that PostgreSQL server
+(a scratch database is created and dropped).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import sys
+import tempfile
+import time
+import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def make_app(url: str | None, instance: str):
+    from cds import create_app
+    from cds.cli import upgrade_database
+
+    app = create_app({"DATABASE_URL": url or f"sqlite:///{instance}/bench.sqlite3",
+                      "SCHEDULER_ENABLED": False, "JOB_EXECUTION": "inline", "LOG_LEVEL": "WARNING"},
+                     instance_path=instance)
+    with app.app_context():
+        upgrade_database()
+    return app
+
+
+def scratch_postgres(url: str):
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    base = make_url(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    name = f"cds_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop():
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+    return base.set(database=name).render_as_string(hide_password=False), drop
+
+
+class Timer:
+    """Wall time (the budget) and this process's CPU time (what the machine's other load
+    cannot inflate as much), for one phase."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = time.process_time() - self.cpu
+
+    def __str__(self):
+        return f"{self.wall:7.2f}   (CPU {self.cpu:.2f})"
+
+
+def bench_sync(app, n: int) -> dict:
+    from sqlalchemy import func, select
+
+    from cds.connections.service import (ConnectionSettings, create_connection,
+                                         refresh_source_records, sync_selection)
+    from cds.extensions import db
+    from cds.imports.service import import_records
+    from cds.models import Job, User
+    from tests.fixtures.source_server import PASSWORD, USERNAME, SourceServer, usa_user
+
+    server = SourceServer([usa_user(i) for i in range(1, n + 1)]).start()
+    server.page_limit = 5000
+    try:
+        with app.app_context():
+            with Timer() as read_s:
+                conn = create_connection(ConnectionSettings(
+                    name="Bench", kind="usa", url=server.url, username=USERNAME,
+                    options={"timeout": 60, "page_size": 5000}), PASSWORD)
+                refresh_source_records(conn)
+            with Timer() as import_s:
+                result = import_records({"filter": {}})
+            assert result.created == n, result.describe()
+            # 10% change at the source: names, numbers, e-mail; 100 of them change login id.
+            for i in range(0, n, 10):
+                u = server.users[i]
+                u["lastName"] += "-x"
+                u["primaryDn"] = str(900000 + i)
+                u["email"] = f"changed{i}@example.org"
+                if i % 1000 == 0:
+                    u["loginId"] += "-renamed"
+            server.user_requests = 0
+            with Timer() as sync_s:
+                job = sync_selection({"filter": {"source": f"c{conn.id}"}})
+            job = db.session.get(Job, job.id)
+            summary = job.summary
+            assert summary["updated"] == n // 10 and summary["unchanged"] == n - n // 10, summary
+            renamed = db.session.scalar(select(func.count(User.id)).where(User.redeploy_required))
+            return {"read and store records": read_s, "import (Import Users)": import_s,
+                    "sync job": sync_s, "pages read by the sync": server.user_requests,
+                    "updated": summary["updated"], "login id changes": renamed}
+    finally:
+        server.stop()
+
+
+def make_csv(n: int) -> bytes:
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\r\n")
+    w.writerow(["Login ID", "Profile", "Firstname", "Lastname", "Number", "PBX Number",
+                "MBG SIP User name", "MiCollab Client Service Account", "Email address",
+                "Voicemail PIN"])
+    for i in range(1, n + 1):
+        w.writerow([f"csv{i}", "Default", f"First{i}", f"Last, {i}", f"+44 20 {i:07d}", "1",
+                    f"mbg{i}", f"acct{i}", f"csv{i}@example.org", f"{i % 10000:04d}" if i % 4 == 0 else ""])
+    return out.getvalue().encode()
+
+
+def bench_csv(app, n: int) -> dict:
+    from cds.imports.csv_import import CsvOptions, commit_import, plan_import
+
+    data = make_csv(n)
+    with app.app_context():
+        options = CsvOptions()
+        with Timer() as preview_s:
+            plan = plan_import(data, options)
+        assert plan.count("create") == n and not plan.error_count
+        with Timer() as commit_s:
+            result = commit_import(data, options, file_name="bench.csv")
+        assert result.created == n
+    total = Timer()
+    total.wall, total.cpu = preview_s.wall + commit_s.wall, preview_s.cpu + commit_s.cpu
+    return {"file size (MB)": round(len(data) / 2**20, 1), "preview": preview_s,
+            "import (plans again, writes)": commit_s, "preview + import": total}
+
+
+def show(title: str, figures: dict) -> None:
+    print(title)
+    for k, v in figures.items():
+        print(f"  {k:30} {v}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--url", help="PostgreSQL server URL (a scratch database is created)")
+    args = parser.parse_args()
+    for part in ("sync", "csv"):
+        with tempfile.TemporaryDirectory() as instance:
+            drop = None
+            url = None
+            if args.url:
+                url, drop = scratch_postgres(args.url)
+            try:
+                app = make_app(url, instance)
+                if part == "sync":
+                    show(f"Sync of {args.users:,} users, 10% changed (seconds):", bench_sync(app, args.users))
+                else:
+                    show(f"CSV of {args.users:,} rows (seconds):", bench_csv(app, args.users))
+                with app.app_context():
+                    from cds.extensions import db
+                    db.engine.dispose()
+            finally:
+                if drop:
+                    drop()
+
+
+if __name__ == "__main__":
+    main()
