@@ -44,8 +44,27 @@ def upgrade_database() -> None:
 
     from cds.profiles.service import ensure_builtin_profiles
 
-    upgrade(directory=current_app.extensions["migrate"].directory, revision="heads")
-    ensure_builtin_profiles()
+    from sqlalchemy import text
+
+    from cds.extensions import db
+
+    if db.engine.dialect.name != "postgresql":
+        upgrade(directory=current_app.extensions["migrate"].directory, revision="heads")
+        ensure_builtin_profiles()
+        return
+    # Several nodes starting at once on one database: one migrates, the others wait for it.
+    with db.engine.connect() as lock:
+        lock.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+        lock.commit()
+        try:
+            upgrade(directory=current_app.extensions["migrate"].directory, revision="heads")
+            ensure_builtin_profiles()
+        finally:
+            lock.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
+            lock.commit()
+
+
+MIGRATION_LOCK_KEY = 0x0CD5_0001
 
 
 @cds_cli.command("upgrade")

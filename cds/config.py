@@ -210,6 +210,10 @@ def _derive_flask_settings(app) -> None:
         WTF_CSRF_TIME_LIMIT=None,  # tied to the session instead
         WTF_CSRF_HEADERS=["X-CSRFToken"],
         RATELIMIT_HEADERS_ENABLED=True,
+        # A rate-limit store (Redis) that is down must not take sign-in down with it:
+        # each process falls back to counting in memory until it is back.
+        RATELIMIT_SWALLOW_ERRORS=True,
+        RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
         MAIL_SUPPRESS_SEND=False,
         SQLALCHEMY_ENGINE_OPTIONS=_engine_options(url),
     )
