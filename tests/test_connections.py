@@ -32,8 +32,9 @@ def create_form(server, **changes) -> dict:
 def add_connection(client, server, **changes) -> int:
     resp = client.post("/connections/new", data=create_form(server, **changes))
     assert resp.status_code == 302, resp.get_data(as_text=True)
+    name = create_form(server, **changes)["name"]
     with client.application.app_context():
-        return db.session.scalar(select(Connection.id).where(Connection.name == create_form(server, **changes)["name"]))
+        return db.session.scalar(select(Connection.id).where(Connection.name == name))
 
 
 def test_primary_admin_creates_a_connection_and_sees_it_listed(admin_client, source, app):

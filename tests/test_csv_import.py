@@ -8,7 +8,6 @@ import os
 import re
 from pathlib import Path
 
-import pytest
 from sqlalchemy import func, select
 
 from cds.extensions import db
@@ -175,7 +174,8 @@ def test_ten_thousand_rows_three_bad_all_or_nothing(admin_client, app):
     assert "Lastname is required" in lines[2][1]
     assert "Fix the errors first" in page and "All or nothing" in page
     resp = admin_client.post("/import/csv/commit")
-    assert resp.status_code == 422 and "3 rows have errors; nothing was imported" in resp.get_data(as_text=True)
+    assert resp.status_code == 422
+    assert "3 rows have errors; nothing was imported" in resp.get_data(as_text=True)
     assert count_users(app) == 0
 
 
@@ -291,7 +291,8 @@ def test_overwrite_rules(admin_client, app):
         db.session.commit()
     header = ["ID"] + HEADER
     # Without overwrite an existing ID is refused.
-    page = preview(admin_client, make_csv([[str(ids["p1"])] + person(1)], header=header)).get_data(as_text=True)
+    page = preview(admin_client, make_csv([[str(ids["p1"])] + person(1)],
+                                          header=header)).get_data(as_text=True)
     assert "tick &#34;allow overwrite&#34;" in page or "allow overwrite" in page
     # With overwrite an unknown ID is refused.
     page = preview(admin_client, make_csv([["999999"] + person(9)], header=header),

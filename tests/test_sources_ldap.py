@@ -65,7 +65,8 @@ def test_custom_filter_and_mapping(ctx, directory):
     assert set(recs) == {"john.doe@example.org", "bjoern.mueller@example.org"}
     john = recs["john.doe@example.org"]
     # Fields not named keep their default attribute (givenName); an empty one is not imported.
-    assert (john.last_name, john.number, john.mcs_account, john.first_name) == ("John Doe", "", "jdoe", "John")
+    assert (john.last_name, john.number, john.mcs_account, john.first_name) == \
+        ("John Doe", "", "jdoe", "John")
 
 
 def test_wrong_password_untrusted_certificate_and_bad_base_dn(ctx, directory):

@@ -102,6 +102,15 @@ def form_data(conn) -> dict:
     return data
 
 
+def create_defaults() -> dict:
+    """A new connection's form: the usual interval and transport, the default mapping."""
+    data = {"sync_interval_minutes": 60, "enabled": True, "timeout": 30, "page_size": 500,
+            "verify_tls": True}
+    for f in MAPPABLE_FIELDS:
+        data[f"map_{f}"] = DEFAULT_MAPPING.get(f, "")
+    return data
+
+
 def ldap_defaults() -> dict:
     """Placeholders that tell the administrator what an empty field means."""
     return {"search_filter": DEFAULT_FILTER, "key_attribute": DEFAULT_KEY_ATTRIBUTE,

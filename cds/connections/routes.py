@@ -1,8 +1,8 @@
 """Configuration >> Connections: the sources users are imported from and synced with."""
 from flask import Blueprint, abort, g, redirect, render_template, request, url_for
 
-from cds.connections.forms import (AuthorizeForm, ConnectionCreateForm, ConnectionEditForm,
-                                   MAPPING_LABELS, form_data, ldap_defaults)
+from cds.connections.forms import (MAPPING_LABELS, AuthorizeForm, ConnectionCreateForm,
+                                   ConnectionEditForm, create_defaults, form_data, ldap_defaults)
 from cds.connections.service import (ConnectionNotFound, ConnectionProblem, ConnectionSettings,
                                      create_connection, delete_connection, get_connection,
                                      host_of, imported_counts, list_connections, reauthorize,
@@ -44,7 +44,7 @@ def _render_form(template: str, form, conn=None, status: int = 200, **extra):
 @primary_required
 def new():
     if request.method == "GET":
-        defaults = form_data_defaults()
+        defaults = create_defaults()
         if request.args.get("kind") in CONNECTION_KINDS:
             defaults["kind"] = request.args["kind"]
         return _render_form("connections/form.html", ConnectionCreateForm(data=defaults))
@@ -69,15 +69,6 @@ def new():
             toast(f"{message} Reading its users failed: {exc}", "warning")
         return redirect(url_for("connections.index"))
     return _render_form("connections/form.html", form, status=422)
-
-
-def form_data_defaults() -> dict:
-    from cds.sources.ldap import DEFAULT_MAPPING, MAPPABLE_FIELDS
-    data = {"sync_interval_minutes": 60, "enabled": True, "timeout": 30, "page_size": 500,
-            "verify_tls": True}
-    for f in MAPPABLE_FIELDS:
-        data[f"map_{f}"] = DEFAULT_MAPPING.get(f, "")
-    return data
 
 
 @bp.route("/<int:connection_id>", methods=["GET", "POST"])

@@ -189,7 +189,8 @@ def update_connection(conn: Connection, settings: ConnectionSettings, *,
     if errors:
         raise ConnectionProblem("Check the highlighted fields.", errors)
     conn.name = settings.name.strip()
-    if conn.sync_interval_minutes != settings.sync_interval_minutes or (settings.enabled and not conn.enabled):
+    if conn.sync_interval_minutes != settings.sync_interval_minutes or \
+            (settings.enabled and not conn.enabled):
         conn.next_sync_at = utcnow() + timedelta(minutes=settings.sync_interval_minutes)
     conn.sync_interval_minutes = settings.sync_interval_minutes
     conn.enabled = settings.enabled
@@ -369,14 +370,12 @@ def _source_state(job: Job, conn: Connection) -> str | None:
         states = _job_sources.setdefault(job.id, {})
         if conn.id in states:
             return states[conn.id]
-    if not conn.enabled:
-        state = f"The connection {conn.name} is disabled."
-    else:
-        try:
-            refresh_source_records(conn)
-            state = None
-        except SourceError as exc:
-            state = f"{conn.name}: {exc}"
+    # "Enabled" governs the periodic sync only: an explicit Sync data still reads the source.
+    try:
+        refresh_source_records(conn)
+        state = None
+    except SourceError as exc:
+        state = f"{conn.name}: {exc}"
     with _job_sources_lock:
         _job_sources.setdefault(job.id, {})[conn.id] = state
     return state
@@ -427,8 +426,9 @@ def sync_users(job: Job, users: list[User]) -> list[Outcome]:
     for user in users:
         if user.source != SOURCE_CONNECTION:
             counts["nothing_to_sync"] += 1
-            what = {SOURCE_MANUAL: "manual user", SOURCE_CSV: "imported from a CSV file"}
-            outcomes.append(Outcome(user, "skipped", f"Nothing to sync ({what.get(user.source, user.source)})."))
+            what = {SOURCE_MANUAL: "manual user", SOURCE_CSV: "imported from a CSV file"}.get(
+                user.source, user.source)
+            outcomes.append(Outcome(user, "skipped", f"Nothing to sync ({what})."))
             continue
         conn_id = user.connection_id if user.connection_id in conns else None
         if conn_id is None:

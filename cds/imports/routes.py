@@ -47,8 +47,7 @@ def index():
 @write_required
 def import_selected():
     form = request.form
-    back = {k: v for k, v in RecordFilter.from_mapping(form).to_dict().items()} \
-        if _filter_ok(form) else {}
+    back = _filter_args(form)
     try:
         selection = parse_record_selection(form)
         deploy = form.get("deploy") == "1"
@@ -71,12 +70,12 @@ def import_selected():
     return redirect(url_for("imports.index", **back))
 
 
-def _filter_ok(form) -> bool:
+def _filter_args(form) -> dict:
+    """The filter the page showed, to return to it after the import."""
     try:
-        RecordFilter.from_mapping(form)
-        return True
+        return RecordFilter.from_mapping(form).to_dict()
     except ImportProblem:
-        return False
+        return {}
 
 
 # --- CSV -------------------------------------------------------------------------------
