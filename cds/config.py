@@ -196,6 +196,8 @@ def _derive_flask_settings(app) -> None:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
     cfg["SQLALCHEMY_DATABASE_URI"] = url
+    # Without its own setting the redirect server is this CDS (whatever its URL becomes).
+    cfg["REDIRECT_URL_EXPLICIT"] = bool(cfg["REDIRECT_URL"])
     cfg["REDIRECT_URL"] = (cfg["REDIRECT_URL"] or cfg["PUBLIC_URL"]).rstrip("/")
     cfg["PUBLIC_URL"] = cfg["PUBLIC_URL"].rstrip("/")
     https = cfg["PUBLIC_URL"].startswith("https://")

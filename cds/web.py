@@ -18,6 +18,9 @@ from cds.models import ROLE_LABELS, AdminAccount
 # Reachable without an administrator session (each has its own protection).
 PUBLIC_BLUEPRINTS = {"redirect", "client", "landing", "api", "health"}
 PUBLIC_ENDPOINTS = {"auth.login", "static"}
+# The same, for requests no route matched (a wrong method or path under a public area):
+# they get that area's 404/405, not a sign-in page.
+PUBLIC_PREFIXES = ("/api/", "/client/", "/r/", "/r-api/", "/deploy/", "/healthz")
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'self'; "
@@ -112,7 +115,7 @@ def init_app(app) -> None:
             else:
                 session.clear()
         if request.blueprint in PUBLIC_BLUEPRINTS or request.endpoint in PUBLIC_ENDPOINTS \
-                or request.path.startswith("/api/"):
+                or request.path.startswith(PUBLIC_PREFIXES):
             return None
         if g.admin is None:
             if request.htmx:
@@ -163,6 +166,13 @@ def init_app(app) -> None:
             return api_error(exc)
         if request.blueprint in ("client", "redirect"):
             return exc  # those blueprints answer JSON themselves
+        if request.path.startswith(("/client/", "/r-api/")):
+            from flask import jsonify
+            code = exc.code or 500
+            resp = jsonify(error={404: "not_found", 405: "method_not_allowed"}.get(code, "error"),
+                           message=exc.description)
+            resp.status_code = code
+            return resp
         message = exc.description if exc.description and not exc.description.startswith(
             ("The server", "The requested", "You don't", "The browser")) else None
         return _error_response(exc.code or 500, message or DEFAULT_ERRORS.get(exc.code, exc.name))

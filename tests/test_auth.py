@@ -115,3 +115,10 @@ def test_create_admin_cli_reads_password_from_stdin(app, runner, client):
     assert sign_in(client, "carol", "a long enough password").status_code == 302
     short = runner.invoke(args=["cds", "create-admin", "dave"], input="short\n")
     assert short.exit_code == 1 and "at least 10 characters" in short.output
+
+
+def test_public_areas_answer_404_and_405_not_a_sign_in_page(client):
+    resp = client.get("/client/v1/activate")
+    assert resp.status_code == 405 and resp.get_json()["error"] == "method_not_allowed"
+    assert client.get("/client/v1/nope").status_code == 404
+    assert client.post("/healthz").status_code == 405

@@ -1,7 +1,6 @@
 """Migrations, secrets at rest, and the single scheduler."""
-import sqlite3
 
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import inspect, text
 
 from cds import create_app
 from cds.extensions import db

@@ -232,3 +232,21 @@ def test_readonly_may_change_their_own_password(readonly_client, app):
                                                           "repeat": NEW_PASSWORD})
     assert resp.status_code == 302
     assert sign_in(app.test_client(), "rita", NEW_PASSWORD).status_code == 302
+
+
+def test_public_url_changed_in_settings_reaches_new_links(ctx):
+    """Links and redirect entries use the URLs saved in Settings, not the start-up values."""
+    from datetime import timedelta
+
+    from cds.deploy.service import link_for
+    from cds.models import RedirectEntry, utcnow
+    from cds.redirect.service import register_link
+    from cds.settings.service import save_settings
+
+    save_settings({"PUBLIC_URL": "https://cds.example.org"})
+    assert link_for("tok") == "https://cds.example.org/r/tok"  # no separate redirect server
+    register_link("h" * 64, utcnow() + timedelta(hours=1))
+    db.session.commit()
+    assert db.session.get(RedirectEntry, "h" * 64).cds_url == "https://cds.example.org"
+    save_settings({"REDIRECT_URL": "https://go.example.org"})
+    assert link_for("tok") == "https://go.example.org/r/tok"

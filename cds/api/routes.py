@@ -5,7 +5,6 @@ by its `Authorization: Bearer cds_…` header alone.
 """
 from __future__ import annotations
 
-from functools import wraps
 
 from flask import Blueprint, current_app, g, jsonify, request, url_for
 from werkzeug.exceptions import HTTPException

@@ -60,9 +60,8 @@ def recipient_for(user: User) -> str:
 
 
 def link_for(token: str) -> str:
-    from cds.settings.service import get_setting
-    base = (get_setting("REDIRECT_URL") or current_app.config["REDIRECT_URL"]).rstrip("/")
-    return f"{base}/r/{token}"
+    from cds.settings.service import redirect_url
+    return f"{redirect_url()}/r/{token}"
 
 
 def supersede_open_links(user_ids: list[int], now: datetime) -> int:
@@ -294,8 +293,9 @@ def _deploy_users(job: Job, users: list[User]) -> list[Outcome]:
 
 
 def _profiles_with_template_problems(run: MailRun, users: list[User]) -> dict[int, str]:
+    from cds.settings.service import redirect_url
     problems = {}
-    base = current_app.config["REDIRECT_URL"]
+    base = redirect_url()
     for profile in {u.profile_id: u.profile for u in users}.values():
         try:
             run.templates.render(sample_context(base, profile.link_validity_hours), profile)

@@ -14,7 +14,7 @@ import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import qrcode
 from PIL import Image

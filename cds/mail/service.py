@@ -1,13 +1,13 @@
 """E-mail settings and templates, as the Settings pages change them."""
 from __future__ import annotations
 
-from flask import current_app
 from flask_mail import Message
 
 from cds.audit.service import record_event
 from cds.mail.compose import MailTemplates, TemplateProblem, qr_data_uri, sample_context
 from cds.mail.qr import qr_png
 from cds.mail.transport import SENT, Delivery, MailSettings, MailTransport
+from cds.settings.service import public_url, redirect_url
 from cds.models import utcnow
 from cds.settings.service import get_setting, save_settings
 
@@ -32,7 +32,7 @@ def send_test_mail(to: str, actor: str) -> Delivery:
     settings = MailSettings.load()
     transport = MailTransport(settings)
     message = Message(subject="CDS test e-mail", recipients=[to], sender=settings.sender,
-                      body=f"This is a test e-mail from the CDS at {current_app.config['PUBLIC_URL']}.\n"
+                      body=f"This is a test e-mail from the CDS at {public_url()}.\n"
                            f"Sent by {actor} at {utcnow():%Y-%m-%d %H:%M} UTC.\n\n"
                            "If you can read this, deployment e-mails can be delivered.\n")
     try:
@@ -66,7 +66,7 @@ def effective_templates(draft: dict | None = None) -> MailTemplates:
 def preview(draft: dict, *, qr_src: str | None = None):
     """Render a draft with example values. Raises TemplateProblem with a clear message."""
     templates = MailTemplates.load({k: draft.get(k, "") for k in TEMPLATE_KEYS})
-    context = sample_context(get_setting("REDIRECT_URL") or current_app.config["REDIRECT_URL"])
+    context = sample_context(redirect_url())
     src = qr_src or qr_data_uri(qr_png(context["link"]))
     return templates.render(context, qr_src=src)
 

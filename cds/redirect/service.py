@@ -21,6 +21,7 @@ from sqlalchemy import delete, func, select, update
 from cds.extensions import db
 from cds.models import RedirectEntry, RedirectOutbox, utcnow
 from cds.scheduler import tick_task
+from cds.settings.service import public_url, redirect_url
 
 log = logging.getLogger("cds.redirect")
 
@@ -35,7 +36,7 @@ def register_link(token_hash: str, expires_at: datetime) -> None:
         db.session.add(RedirectOutbox(op="put", token_hash=token_hash, expires_at=expires_at))
     else:
         # A new random token's hash is never already stored: a plain insert will do.
-        db.session.add(RedirectEntry(token_hash=token_hash, cds_url=current_app.config["PUBLIC_URL"],
+        db.session.add(RedirectEntry(token_hash=token_hash, cds_url=public_url(),
                                      expires_at=expires_at))
 
 
@@ -156,7 +157,7 @@ def push_outbox(limit: int = 20 * PUSH_BATCH) -> int:
 
 def _post_ops(rows: list[RedirectOutbox]) -> None:
     cfg = current_app.config
-    cds_url = cfg["PUBLIC_URL"]
+    cds_url = public_url()
     ops = []
     for r in rows:
         if r.op == "put":
@@ -166,7 +167,7 @@ def _post_ops(rows: list[RedirectOutbox]) -> None:
             ops.append({"op": "delete", "hash": r.token_hash})
     body = json.dumps({"ops": ops}).encode()
     req = urllib.request.Request(
-        cfg["REDIRECT_URL"].rstrip("/") + "/r-api/v1/links", data=body, method="POST",
+        redirect_url() + "/r-api/v1/links", data=body, method="POST",
         headers={"Content-Type": "application/json",
                  "Authorization": f"Bearer {cfg['REDIRECT_API_SECRET']}"})
     try:

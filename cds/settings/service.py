@@ -173,3 +173,19 @@ def save_general(values: dict, actor: str | None = None) -> list[str]:
             key: {"from": before[key], "to": values[key]} for key in changed})
     db.session.commit()
     return changed
+
+
+def public_url() -> str:
+    """Where administrators and client apps reach this CDS (Settings over config)."""
+    return (get_setting("PUBLIC_URL") or current_app.config["PUBLIC_URL"]).rstrip("/")
+
+
+def redirect_url() -> str:
+    """Base of the links in deployment e-mails: the redirect server's URL if one is set
+    (Settings or config), else this CDS's own public URL."""
+    row = db.session.get(Setting, "REDIRECT_URL")
+    if row is not None and row.value:
+        return row.value.rstrip("/")
+    if current_app.config.get("REDIRECT_URL_EXPLICIT"):
+        return current_app.config["REDIRECT_URL"].rstrip("/")
+    return public_url()
