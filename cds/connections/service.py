@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlsplit
 
-from sqlalchemy import bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 
 from cds.extensions import db
 from cds.jobs.service import Outcome, action, create_job, run_job, submit
@@ -411,15 +411,15 @@ def sync_users(job: Job, users: list[User]) -> list[Outcome]:
         # Reading a source commits, which expires the batch: reload it in one query.
         users = list(db.session.scalars(select(User).where(User.id.in_(ids)).order_by(User.id)
                                         .execution_options(populate_existing=True)))
-    keys = [u.source_key for u in users if u.connection_id in conns and states[u.connection_id] is None]
-    records: dict[tuple[int, str], dict] = {}
-    columns = [SourceRecord.connection_id, SourceRecord.source_key] + \
-        [getattr(SourceRecord, f) for f in RECORD_FIELDS]
-    for start in range(0, len(keys), 900):
-        for row in db.session.execute(select(*columns).where(
-                SourceRecord.connection_id.in_(list(conns)),
-                SourceRecord.source_key.in_(keys[start:start + 900]))):
-            records[(row[0], row[1])] = dict(zip(RECORD_FIELDS, row[2:]))
+    # Each user's record, found through the user (primary key, then the record's
+    # unique (connection, key) index): one query per batch.
+    wanted = [u.id for u in users if u.connection_id in conns and states[u.connection_id] is None]
+    records: dict[int, dict] = {}
+    if wanted:
+        query = select(User.id, *(getattr(SourceRecord, f) for f in RECORD_FIELDS)).join(
+            SourceRecord, and_(SourceRecord.connection_id == User.connection_id,
+                               SourceRecord.source_key == User.source_key)).where(User.id.in_(wanted))
+        records = {row[0]: dict(zip(RECORD_FIELDS, row[1:])) for row in db.session.execute(query)}
     # Login ids that change in this batch, to refuse two users landing on the same id.
     claimed: set[str] = set()
     outcomes = []
@@ -439,7 +439,7 @@ def sync_users(job: Job, users: list[User]) -> list[Outcome]:
             counts["failed"] += 1
             outcomes.append(Outcome(user, "failed", states[conn_id]))
             continue
-        rec = records.get((conn_id, user.source_key))
+        rec = records.get(user.id)
         if rec is None:
             counts["not_in_source"] += 1
             if not user.not_in_source:
