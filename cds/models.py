@@ -285,16 +285,20 @@ class Deployment(db.Model):
     user: Mapped[User] = relationship()
 
     def status(self, now: datetime | None = None) -> str:
-        now = now or utcnow()
-        if self.used_at:
-            return "used"
-        if self.revoked_at:
-            return "revoked"
-        if self.superseded_at:
-            return "superseded"
-        if self.expires_at <= now:
-            return "expired"
-        return "valid"
+        return link_state(self, now or utcnow())
+
+
+def link_state(link, now: datetime) -> str:
+    """A deployment link's state, from a Deployment or a row with the same columns."""
+    if link.used_at:
+        return "used"
+    if link.revoked_at:
+        return "revoked"
+    if link.superseded_at:
+        return "superseded"
+    if link.expires_at <= now:
+        return "expired"
+    return "valid"
 
 
 class ClientDevice(db.Model):

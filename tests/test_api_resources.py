@@ -9,17 +9,7 @@ from cds.extensions import db
 from cds.models import AuditEvent, Connection, DeploymentProfile, User
 from tests.api_support import ApiClient
 from tests.fixtures.source_server import PASSWORD, USERNAME, SourceServer, usa_user
-from tests.test_api import make_token
-
-
-@pytest.fixture
-def api(app, client):
-    return ApiClient(client, make_token(app))
-
-
-@pytest.fixture
-def ro_api(app, client):
-    return ApiClient(client, make_token(app, "read-only", "reader"))
+from tests.test_api import api, make_token, ro_api  # noqa: F401  (fixtures)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 from sqlalchemy import bindparam, insert, select, update
 
 from cds.extensions import db
-from cds.models import AuditEvent, ClientDevice, Deployment, DeploymentProfile, User, utcnow
+from cds.models import AuditEvent, ClientDevice, Deployment, DeploymentProfile, User, link_state, utcnow
 from cds.security import SecretUnreadable, decrypt, new_token, token_hash
 
 log = logging.getLogger("cds.client")
@@ -142,7 +142,7 @@ def activate(token, device, ip: str | None) -> tuple[dict, str]:
     r = db.session.connection().execute(_BY_TOKEN, {"h": token_hash(token)}).first()
     if r is None:
         raise UNKNOWN_LINK
-    state = _state(r, now)
+    state = link_state(r, now)
     if state != "valid":
         raise ClientError(410, *GONE_MESSAGES[state])
     document = _document(r, now)
@@ -165,18 +165,6 @@ def activate(token, device, ip: str | None) -> tuple[dict, str]:
         db.session.commit()
     log.info("user %s activated a %s client (deployment %s)", r.user_id, dev["platform"] or "?", r.deployment_id)
     return document, client_key
-
-
-def _state(row, now: datetime) -> str:
-    if row.used_at:
-        return "used"
-    if row.revoked_at:
-        return "revoked"
-    if row.superseded_at:
-        return "superseded"
-    if row.expires_at <= now:
-        return "expired"
-    return "valid"
 
 
 def authenticate(client_key: str | None, ip: str | None, now: datetime):
