@@ -154,3 +154,17 @@ def test_long_html_lines_are_broken_for_smtp():
     wrapped = _wrap_long_lines(html)
     assert max(len(line) for line in wrapped.splitlines()) < 900
     assert wrapped.replace("\n", "") == html
+
+
+def test_deployment_message_is_multipart_related_with_the_qr_inline(app):
+    """HTML that shows the QR by cid: sits with its image in multipart/related."""
+    import email
+    from email import policy
+
+    from cds.mail.compose import RenderedMail, build_message
+    with app.app_context():
+        msg = build_message(RenderedMail(subject="S", text="t", html='<img src="cid:qr-code@cds">'),
+                            "cds@example.com", "jane@example.com", b"\x89PNG fake")
+        parsed = email.message_from_bytes(msg.as_bytes(), policy=policy.default)
+    assert parsed.get_content_type() == "multipart/related"
+    assert [p.get_content_type() for p in parsed.iter_parts()] == ["multipart/alternative", "image/png"]

@@ -199,11 +199,23 @@ def qr_data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
+class DeploymentMessage(Message):
+    """Flask-Mail builds multipart/mixed; a body whose HTML shows an inline image by
+    cid: belongs in multipart/related (RFC 2387), which every mail client renders inline."""
+
+    def _message(self):
+        msg = super()._message()
+        if any(a.disposition == "inline" for a in self.attachments or []) and self.alts:
+            msg.set_type("multipart/related")
+            msg.set_param("type", "multipart/alternative")
+        return msg
+
+
 def build_message(rendered: RenderedMail, sender: str, recipient: str, qr_png: bytes | None) -> Message:
     """A Flask-Mail message: text and HTML alternatives, the QR code as an inline image."""
     attachments = []
     if qr_png is not None:
         attachments.append(Attachment(QR_FILENAME, "image/png", qr_png, "inline",
                                       {"Content-ID": f"<{QR_CID}>"}))
-    return Message(subject=rendered.subject, recipients=[recipient], body=rendered.text,
-                   html=rendered.html, sender=sender, attachments=attachments)
+    return DeploymentMessage(subject=rendered.subject, recipients=[recipient], body=rendered.text,
+                             html=rendered.html, sender=sender, attachments=attachments)
