@@ -154,7 +154,7 @@ def test_the_source_is_read_once_per_job(ctx):
         server.user_requests = 0
         job = sync_all(conn.id)
         assert job.done == 2500 and job.summary["unchanged"] == 2500
-        assert server.user_requests == 3  # one read: three pages of 1000, for three batches
+        assert server.user_requests == 3  # one read (three pages of 1000) for the whole job
     finally:
         server.stop()
 

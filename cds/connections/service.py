@@ -397,7 +397,7 @@ def _finish_sync(job: Job) -> None:
     job.summary = {**summary, "source_errors": errors}
 
 
-@action("sync", "Sync data", finish=_finish_sync, batch_size=1000)
+@action("sync", "Sync data", finish=_finish_sync, batch_size=2000)
 def sync_users(job: Job, users: list[User]) -> list[Outcome]:
     counts = dict.fromkeys(SUMMARY_KEYS, 0)
     conns = {c.id: c for c in db.session.scalars(select(Connection).where(Connection.id.in_(
