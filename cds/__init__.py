@@ -31,12 +31,11 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
     from cds import logs
     logs.init_app(app)
 
-    from cds.extensions import csrf, db, htmx, limiter, mail, migrate
+    from cds.extensions import csrf, db, htmx, limiter, mail
     from cds.security import make_cipher
 
     app.extensions["cds_cipher"] = make_cipher(app.config["ENCRYPTION_KEY"])
     db.init_app(app)
-    migrate.init_app(app, db, directory=os.path.join(ROOT, "migrations"))
     mail.init_app(app)
     csrf.init_app(app)
     htmx.init_app(app)

@@ -1,6 +1,7 @@
 """`flask --app app cds …`: the commands an administrator runs from the shell."""
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -11,7 +12,8 @@ from flask.cli import AppGroup
 @click.pass_context
 def cds_cli(ctx):
     """Client Deployment Service administration."""
-    if ctx.invoked_subcommand not in (None, "upgrade") and "--help" not in sys.argv:
+    # serve migrates by itself (then leaves Alembic behind, see serve_command).
+    if ctx.invoked_subcommand not in (None, "upgrade", "serve") and "--help" not in sys.argv:
         from flask.cli import ScriptInfo
         app = ctx.ensure_object(ScriptInfo).load_app()
         with app.app_context():
@@ -25,7 +27,8 @@ def pending_migrations() -> bool:
     from alembic.script import ScriptDirectory
 
     from cds.extensions import db
-    migrate_ext = current_app.extensions["migrate"]
+    from cds.extensions import migrations
+    migrate_ext = migrations(current_app)
     script = ScriptDirectory.from_config(migrate_ext.migrate.get_config(migrate_ext.directory))
     with db.engine.connect() as conn:
         current = set(MigrationContext.configure(conn).get_current_heads())
@@ -46,10 +49,10 @@ def upgrade_database() -> None:
 
     from sqlalchemy import text
 
-    from cds.extensions import db
+    from cds.extensions import db, migrations
 
     if db.engine.dialect.name != "postgresql":
-        upgrade(directory=current_app.extensions["migrate"].directory, revision="heads")
+        upgrade(directory=migrations(current_app).directory, revision="heads")
         ensure_builtin_profiles()
         return
     # Several nodes starting at once on one database: one migrates, the others wait for it.
@@ -57,7 +60,7 @@ def upgrade_database() -> None:
         lock.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
         lock.commit()
         try:
-            upgrade(directory=current_app.extensions["migrate"].directory, revision="heads")
+            upgrade(directory=migrations(current_app).directory, revision="heads")
             ensure_builtin_profiles()
         finally:
             lock.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
@@ -104,15 +107,22 @@ def serve_command(host, port):
     from cds.auth.service import ensure_first_admin
 
     app = current_app._get_current_object()
-    upgrade_database()
-    password = ensure_first_admin()
-    if password:
-        click.echo("=" * 64)
-        click.echo("First start: created the primary administrator.")
-        click.echo("  user name: admin")
-        click.echo(f"  password:  {password}")
-        click.echo("This password is shown once. Sign in and change it in Settings.")
-        click.echo("=" * 64)
+    if os.environ.get(_MIGRATED) != "1":
+        upgrade_database()
+        password = ensure_first_admin()
+        if password:
+            click.echo("=" * 64)
+            click.echo("First start: created the primary administrator.")
+            click.echo("  user name: admin")
+            click.echo(f"  password:  {password}")
+            click.echo("This password is shown once. Sign in and change it in Settings.")
+            click.echo("=" * 64)
+        # Serve from a fresh interpreter (same process id): Alembic, loaded to migrate,
+        # would otherwise stay in the console's memory for good.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.environ[_MIGRATED] = "1"
+        os.execv(sys.executable, [sys.executable, "-m", "flask", *sys.argv[1:]])
     if app.config["SCHEDULER_ENABLED"] is not False:
         app.extensions["cds_scheduler"].start()
     host = host or app.config["HOST"]
@@ -134,6 +144,9 @@ def _with_app_context(command: click.Command) -> None:
         _with_app_context(sub)
 
 
+_MIGRATED = "CDS_SERVE_MIGRATED"
+
+
 def register_cli(app) -> None:
     import importlib
     import importlib.util
@@ -146,3 +159,8 @@ def register_cli(app) -> None:
                     _with_app_context(command)
                     cds_cli.add_command(command)
     app.cli.add_command(cds_cli)
+    # `flask db …` (Flask-Migrate, for writing migrations) is set up only when asked for:
+    # the serving process never loads Alembic.
+    if "db" in sys.argv[1:]:
+        from cds.extensions import migrations
+        migrations(app)

@@ -2,7 +2,6 @@
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_mail import Mail
-from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
 from htmx_flask import Htmx
@@ -18,8 +17,18 @@ NAMING = {
 }
 
 db = SQLAlchemy(metadata=MetaData(naming_convention=NAMING))
-migrate = Migrate()
 mail = Mail()
 csrf = CSRFProtect()
 htmx = Htmx()
 limiter = Limiter(key_func=get_remote_address, default_limits=[])
+
+
+def migrations(app):
+    """Flask-Migrate (Alembic), set up on first use: the serving process never needs it,
+    and Alembic alone would add a tenth to the console's idle memory."""
+    if "migrate" not in app.extensions:
+        import os
+
+        from flask_migrate import Migrate
+        Migrate(app, db, directory=os.path.join(os.path.dirname(app.root_path), "migrations"))
+    return app.extensions["migrate"]

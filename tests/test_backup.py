@@ -419,7 +419,8 @@ def test_an_archive_from_an_older_schema_is_migrated_after_loading(app, empty_in
     archive = tmp_path / "older.tar.gz"
     with app.app_context():
         backup.create_backup(archive)
-        real = app.extensions["migrate"].directory
+        from cds.extensions import migrations
+        real = migrations(app).directory
     heads = tuple(ScriptDirectory(real).get_heads())
     newer_code = tmp_path / "migrations"
     shutil.copytree(real, newer_code, ignore=shutil.ignore_patterns("__pycache__"))
@@ -443,7 +444,8 @@ def downgrade():
     op.drop_table("restore_probe")
 ''')
     target, url, folder = empty_instance()
-    target.extensions["migrate"].directory = str(newer_code)
+    from cds.extensions import migrations
+    migrations(target).directory = str(newer_code)
     with target.app_context():
         result = backup.restore_backup(archive)
         assert result.from_revisions == sorted(heads)

@@ -24,7 +24,8 @@ def test_upgrade_keeps_existing_data(tmp_path):
     from flask_migrate import upgrade
     app = create_app({"SCHEDULER_ENABLED": False}, instance_path=str(tmp_path))
     with app.app_context():
-        directory = app.extensions["migrate"].directory
+        from cds.extensions import migrations
+        directory = migrations(app).directory
         upgrade(directory=directory, revision="0001_initial")
         db.session.execute(text(
             "INSERT INTO deployment_profile (name, description, client_types, mbg_sip_host, mbg_sip_port,"

@@ -473,7 +473,8 @@ def _extract(tarball: Path, into: Path) -> dict:
 
 def _script_directory():
     from alembic.script import ScriptDirectory
-    return ScriptDirectory(current_app.extensions["migrate"].directory)
+    from cds.extensions import migrations
+    return ScriptDirectory(migrations(current_app).directory)
 
 
 def _check_revisions(revisions: list[str]) -> None:

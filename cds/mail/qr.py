@@ -16,10 +16,6 @@ from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
 from typing import Iterator
 
-import qrcode
-from PIL import Image
-from qrcode.constants import ERROR_CORRECT_M
-
 log = logging.getLogger("cds.mail")
 
 MASK_PATTERN = 2
@@ -27,8 +23,12 @@ MODULE_PIXELS = 6
 BORDER_MODULES = 4
 
 
+# qrcode and Pillow are imported on first use: the console's idle memory stays small.
+
 @lru_cache(maxsize=32)
 def _version_for_length(length: int) -> int:
+    import qrcode
+    from qrcode.constants import ERROR_CORRECT_M
     probe = qrcode.QRCode(error_correction=ERROR_CORRECT_M, border=BORDER_MODULES)
     probe.add_data("x" * length, optimize=0)
     return probe.best_fit()
@@ -36,6 +36,8 @@ def _version_for_length(length: int) -> int:
 
 def qr_matrix(text: str) -> list[list[bool]]:
     """The modules of the code, border included (True = dark)."""
+    import qrcode
+    from qrcode.constants import ERROR_CORRECT_M
     data = text.encode("utf-8")
     code = qrcode.QRCode(version=_version_for_length(len(data)), error_correction=ERROR_CORRECT_M,
                          mask_pattern=MASK_PATTERN, border=BORDER_MODULES)
@@ -47,6 +49,7 @@ def qr_matrix(text: str) -> list[list[bool]]:
 
 def qr_png(text: str, module_pixels: int = MODULE_PIXELS) -> bytes:
     """A black-on-white PNG of the QR code of ``text``."""
+    from PIL import Image
     matrix = qr_matrix(text)
     size = len(matrix)
     pixels = b"".join(bytes(0 if dark else 255 for dark in row) for row in matrix)
@@ -75,7 +78,7 @@ class QrMaker:
                 # forkserver: a clean process to fork from, never a copy of this
                 # multi-threaded server with its open database connections.
                 ctx = multiprocessing.get_context("forkserver")
-                ctx.set_forkserver_preload(["cds.mail.qr"])
+                ctx.set_forkserver_preload(["qrcode", "PIL.Image", "cds.mail.qr"])
                 workers = max(1, min(3, (os.cpu_count() or 2) - 1))
                 self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
             except (OSError, ValueError) as exc:
