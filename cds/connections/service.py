@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlsplit
 
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 
 from cds.extensions import db
 from cds.jobs.service import Outcome, action, create_job, run_job, submit
@@ -397,7 +397,7 @@ def _finish_sync(job: Job) -> None:
     job.summary = {**summary, "source_errors": errors}
 
 
-@action("sync", "Sync data", finish=_finish_sync, batch_size=2000)
+@action("sync", "Sync data", finish=_finish_sync, batch_size=3000)
 def sync_users(job: Job, users: list[User]) -> list[Outcome]:
     counts = dict.fromkeys(SUMMARY_KEYS, 0)
     conns = {c.id: c for c in db.session.scalars(select(Connection).where(Connection.id.in_(
@@ -411,15 +411,18 @@ def sync_users(job: Job, users: list[User]) -> list[Outcome]:
         # Reading a source commits, which expires the batch: reload it in one query.
         users = list(db.session.scalars(select(User).where(User.id.in_(ids)).order_by(User.id)
                                         .execution_options(populate_existing=True)))
-    # Each user's record, found through the user (primary key, then the record's
-    # unique (connection, key) index): one query per batch.
-    wanted = [u.id for u in users if u.connection_id in conns and states[u.connection_id] is None]
+    # Each user's record: one query per connection and batch.
+    keys_by_conn: dict[int, dict[str, int]] = {}
+    for u in users:
+        if u.connection_id in conns and states[u.connection_id] is None and u.source_key is not None:
+            keys_by_conn.setdefault(u.connection_id, {})[u.source_key] = u.id
     records: dict[int, dict] = {}
-    if wanted:
-        query = select(User.id, *(getattr(SourceRecord, f) for f in RECORD_FIELDS)).join(
-            SourceRecord, and_(SourceRecord.connection_id == User.connection_id,
-                               SourceRecord.source_key == User.source_key)).where(User.id.in_(wanted))
-        records = {row[0]: dict(zip(RECORD_FIELDS, row[1:])) for row in db.session.execute(query)}
+    for cid, keys in keys_by_conn.items():
+        # By the record's unique (connection, key) index: a few thousand probes, never a scan.
+        query = select(SourceRecord.source_key, *(getattr(SourceRecord, f) for f in RECORD_FIELDS)).where(
+            SourceRecord.connection_id == cid, SourceRecord.source_key.in_(list(keys)))
+        for row in db.session.execute(query):
+            records[keys[row[0]]] = dict(zip(RECORD_FIELDS, row[1:]))
     # Login ids that change in this batch, to refuse two users landing on the same id.
     claimed: set[str] = set()
     outcomes = []
