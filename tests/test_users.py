@@ -550,3 +550,25 @@ def test_export_button_carries_the_selection_to_the_export(app, admin_client):
     html = admin_client.get("/users").get_data(as_text=True)
     assert 'data-export-url="/users/export.csv"' in html
     assert "data-unavailable" not in html
+
+
+def test_user_page_deploys_that_one_user(app, admin_client):
+    """The user page's Deploy button runs the same Deploy action for this user only."""
+    from cds.extensions import db
+    from cds.models import Job, User
+    from cds.profiles.service import default_profile
+    with app.app_context():
+        users = [User(login_id=f"one{i}", last_name="One", email=f"one{i}@example.com",
+                      profile_id=default_profile().id) for i in range(2)]
+        db.session.add_all(users)
+        db.session.commit()
+        uid = users[0].id
+    page = admin_client.get(f"/users/{uid}").get_data(as_text=True)
+    assert "Set Force Config" in page and ">Deploy<" in page
+    resp = admin_client.post("/users/actions/deploy", data={"ids": str(uid)}, headers={"HX-Request": "true"})
+    assert resp.status_code == 200
+    with app.app_context():
+        job = db.session.scalar(db.select(Job))
+        assert job.total == 1 and job.succeeded == 1
+        assert db.session.get(User, uid).deployed_at is not None
+        assert db.session.scalar(db.select(User).where(User.login_id == "one1")).deployed_at is None
