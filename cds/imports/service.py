@@ -143,16 +143,11 @@ def parse_record_selection(data) -> dict:
     """From the form: {"ids": [...]} or {"filter": {...}} when "all matching" is ticked."""
     if str(data.get("all_matching", "")) in ("1", "true", "on"):
         return {"filter": RecordFilter.from_mapping(data).to_dict()}
-    raw = data.getlist("ids") if hasattr(data, "getlist") else data.get("ids", [])
-    ids = []
-    for value in raw or []:
-        try:
-            ids.append(int(value))
-        except (TypeError, ValueError):
-            raise ImportProblem(f"{value!r} is not a record id.") from None
-    if not ids:
-        raise ImportProblem("No records are selected.")
-    return {"ids": sorted(set(ids))}
+    from cds.users.service import parse_ids
+    try:
+        return {"ids": parse_ids(data, "record")}
+    except ValueError as exc:
+        raise ImportProblem(str(exc)) from None
 
 
 def record_selection_query(selection: dict) -> Select:

@@ -279,18 +279,28 @@ def parse_selection(data) -> dict:
     """From a form or JSON: {"ids": [...]} or {"filter": {...}} (select all matching)."""
     if data.get("all_matching") in ("1", "true", True, 1):
         return {"filter": UserFilter.from_mapping(data).to_dict()}
+    try:
+        return {"ids": parse_ids(data, "user")}
+    except ValueError as exc:
+        raise InvalidQuery(str(exc)) from None
+
+
+def parse_ids(data, noun: str) -> list[int]:
+    """The "ids" of a form or JSON object: sorted, unique, each a valid row id.
+    Raises ValueError with the message for the administrator."""
     raw = data.getlist("ids") if hasattr(data, "getlist") else data.get("ids", [])
     ids = []
     for value in raw or []:
         try:
-            ids.append(int(value))
+            number = int(value)
         except (TypeError, ValueError):
-            raise InvalidQuery(f"{value!r} is not a user id.") from None
-        if not 1 <= ids[-1] <= 2**31 - 1:
-            raise InvalidQuery(f"{value!r} is not a user id.")
+            raise ValueError(f"{value!r} is not a {noun} id.") from None
+        if not 1 <= number <= 2**31 - 1:
+            raise ValueError(f"{value!r} is not a {noun} id.")
+        ids.append(number)
     if not ids:
-        raise InvalidQuery("No users are selected.")
-    return {"ids": sorted(set(ids))}
+        raise ValueError(f"No {noun}s are selected.")
+    return sorted(set(ids))
 
 
 def selection_query(selection: dict) -> Select:
