@@ -234,3 +234,12 @@ def days_from_now(value: datetime | None) -> str:
     if days < 0:
         return "expired"
     return f"{int(days)} days"
+
+
+def csv_download(chunks, filename: str):
+    """A CSV file streamed as it is produced (constant memory), offered as a download."""
+    from flask import Response, stream_with_context
+    response = Response(stream_with_context(chunks), mimetype="text/csv")
+    response.headers["Content-Type"] = "text/csv; charset=utf-8"
+    response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response

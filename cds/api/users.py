@@ -1,7 +1,7 @@
 """/api/v1/users, /api/v1/users/export.csv: the Users table without a browser."""
 from __future__ import annotations
 
-from flask import Response, g, request, stream_with_context
+from flask import Response, g, request
 
 from cds.api.routes import ApiError, bp, body_json, iso, paginated
 from cds.extensions import db
@@ -161,12 +161,10 @@ def export_users():
     """The Export (CSV) of the console: same columns, never a secret. Filter by query."""
     from cds.export.service import export_filename, start_export
     from cds.models import utcnow
+    from cds.web import csv_download
     try:
         filt = users.UserFilter.from_mapping(request.args)
     except users.InvalidQuery as exc:
         raise ApiError(400, "bad_request", str(exc)) from None
     _, chunks = start_export({"filter": filt.to_dict()}, actor=g.actor, via="api")
-    response = Response(stream_with_context(chunks), mimetype="text/csv")
-    response.headers["Content-Type"] = "text/csv; charset=utf-8"
-    response.headers["Content-Disposition"] = f'attachment; filename="{export_filename(utcnow())}"'
-    return response
+    return csv_download(chunks, export_filename(utcnow()))

@@ -1,9 +1,10 @@
 """The Audit log tab: search and filter the trail, page through it, export it as CSV."""
-from flask import Blueprint, Response, abort, render_template, request, stream_with_context
+from flask import Blueprint, abort, render_template, request
 
 from cds.audit.service import (AuditFilter, InvalidAuditQuery, action_names, actor_names,
                                audit_csv, detail_text, list_events, record_event)
 from cds.models import utcnow
+from cds.web import csv_download
 
 bp = Blueprint("audit", __name__, url_prefix="/audit")
 
@@ -40,11 +41,7 @@ def export_csv():
     except InvalidAuditQuery as exc:
         abort(400, str(exc))
     record_event("audit.export", detail={"filter": filt.to_dict()})
-    response = Response(stream_with_context(audit_csv(filt)), mimetype="text/csv")
-    response.headers["Content-Type"] = "text/csv; charset=utf-8"
-    response.headers["Content-Disposition"] = \
-        f'attachment; filename="cds-audit-{utcnow().strftime("%Y%m%d-%H%M%S")}.csv"'
-    return response
+    return csv_download(audit_csv(filt), f'cds-audit-{utcnow().strftime("%Y%m%d-%H%M%S")}.csv')
 
 
 @bp.app_template_filter("truncate_action")

@@ -1,9 +1,10 @@
 """GET /users/export.csv: the Users tab's Export (CSV) button, streamed."""
-from flask import Blueprint, Response, abort, request, stream_with_context
+from flask import Blueprint, abort, request
 
 from cds.export.service import export_filename, start_export
 from cds.models import utcnow
 from cds.users.service import InvalidQuery, parse_selection
+from cds.web import csv_download
 
 bp = Blueprint("export", __name__)
 
@@ -16,7 +17,4 @@ def users_csv():
     except InvalidQuery as exc:
         abort(400, str(exc))
     _, chunks = start_export(selection)
-    response = Response(stream_with_context(chunks), mimetype="text/csv")
-    response.headers["Content-Type"] = "text/csv; charset=utf-8"
-    response.headers["Content-Disposition"] = f'attachment; filename="{export_filename(utcnow())}"'
-    return response
+    return csv_download(chunks, export_filename(utcnow()))
