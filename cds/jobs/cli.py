@@ -15,23 +15,19 @@ def jobs_group():
     """Bulk-action jobs: running, scheduled and finished."""
 
 
-def _job_dict(job: Job) -> dict:
-    from cds.api.resources import job_json
-    return job_json(job)
-
-
 @jobs_group.command("list")
 @click.option("--state", type=click.Choice(["scheduled", "queued", "running", "done", "failed", "cancelled"]))
 @click.option("--limit", type=int, default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_command(state, limit, as_json):
     """List jobs, newest first."""
+    from cds.api.resources import job_json
     query = select(Job).order_by(Job.id.desc()).limit(limit)
     if state:
         query = query.where(Job.state == state)
     rows = list(db.session.scalars(query))
     if as_json:
-        click.echo(json.dumps([_job_dict(j) for j in rows], indent=2))
+        click.echo(json.dumps([job_json(j) for j in rows], indent=2))
         return
     for j in rows:
         when = j.run_at or j.created_at
