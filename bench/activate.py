@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from statistics import median
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -86,6 +87,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--users", type=int, default=3000)
     ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=8, help="waitress threads (THREADS; 8 by default)")
     ap.add_argument("--db", default=None)
     args = ap.parse_args()
 
@@ -99,17 +102,18 @@ def main() -> None:
 
     tmp = tempfile.mkdtemp(prefix="cds-bench-activate-")
     app = create_app({"DATABASE_URL": args.db or f"sqlite:///{tmp}/cds.sqlite3", "SCHEDULER_ENABLED": False,
-                      "LOG_LEVEL": "WARNING", "CLIENT_LIMIT_PER_ADDRESS": "10000000/minute", "RATELIMIT_ENABLED": os.environ.get("BENCH_LIMITER", "1") == "1",
+                      "LOG_LEVEL": "WARNING", "CLIENT_LIMIT_PER_ADDRESS": "10000000/minute",
                       "PUBLIC_URL": "https://cds.example.com"}, instance_path=tmp)
-    from flask import current_app
-    from cds.extensions import limiter
+    from cds.client.routes import per_address_limit
     bare = Blueprint("bench", __name__)
     bare.add_url_rule("/bench/bare", "bare", lambda: jsonify(ok=True))
-    # The same endpoint behind the same per-address limit as the client endpoints.
-    bare.add_url_rule("/bench/bare-limited", "bare_limited", limiter.limit(
-        lambda: current_app.config["CLIENT_LIMIT_PER_ADDRESS"])(lambda: jsonify(ok=True)))
     app.register_blueprint(bare)
-    web.PUBLIC_BLUEPRINTS.add("bench")
+    # The same endpoint behind the same per-address limit as the client endpoints.
+    limited = Blueprint("bench_limited", __name__)
+    limited.before_request(per_address_limit)
+    limited.add_url_rule("/bench/bare-limited", "bare_limited", lambda: jsonify(ok=True))
+    app.register_blueprint(limited)
+    web.PUBLIC_BLUEPRINTS.update(("bench", "bench_limited"))
 
     with app.app_context():
         from sqlalchemy import insert, select
@@ -135,36 +139,45 @@ def main() -> None:
         db.session.commit()
 
     port = int(os.environ.get("BENCH_PORT", "0")) or _free_port()
-    server = waitress.create_server(app, host="127.0.0.1", port=port, threads=8)
+    threads = args.threads
+    server = waitress.create_server(app, host="127.0.0.1", port=port, threads=args.threads)
     threading.Thread(target=server.run, daemon=True).start()
 
-    n, c = args.users, args.concurrency
+    # Rounds: each measures every phase on its own slice of the tokens, so a machine
+    # that slows down or speeds up mid-run shifts all phases of a round alike; the
+    # figures are the medians over the rounds.
+    n, c, rounds = args.users, args.concurrency, args.rounds
     run_client(port, "bare", ["x"] * 300, c)  # warm-up
-    results = {}
-    results["bare JSON endpoint"] = run_client(port, "bare", ["x"] * n, c)
-    results["bare, rate limited"] = run_client(port, "bare-limited", ["x"] * n, c)
-    act = run_client(port, "activate", tokens, c)
-    results["activate"] = act
-    keys = act["keys"]
-    results["config download"] = run_client(port, "config", keys, c)
-    results["status"] = run_client(port, "status", keys, c)
-    results["bare JSON endpoint (again)"] = run_client(port, "bare", ["x"] * n, c)
-    results["bare, rate limited (again)"] = run_client(port, "bare-limited", ["x"] * n, c)
+    phases = ("bare JSON endpoint", "bare, rate limited", "activate", "config download", "status")
+    rates: dict[str, list[float]] = {name: [] for name in phases}
+    codes: dict[str, dict] = {name: {} for name in phases}
+    size = n // rounds
+    for i in range(rounds):
+        batch = tokens[i * size:(i + 1) * size]
+        got = {"bare JSON endpoint": run_client(port, "bare", ["x"] * size, c),
+               "bare, rate limited": run_client(port, "bare-limited", ["x"] * size, c),
+               "activate": run_client(port, "activate", batch, c)}
+        keys = got["activate"]["keys"]
+        got["config download"] = run_client(port, "config", keys, c)
+        got["status"] = run_client(port, "status", keys, c)
+        for name, r in got.items():
+            count = sum(r["codes"].values())
+            rates[name].append(count / r["seconds"])
+            for code, k in r["codes"].items():
+                codes[name][code] = codes[name].get(code, 0) + k
     server.close()
 
-    def rate(name):
-        return n / results[name]["seconds"]
-
-    bare_rate = (rate("bare JSON endpoint") + rate("bare JSON endpoint (again)")) / 2
-    limited_rate = (rate("bare, rate limited") + rate("bare, rate limited (again)")) / 2
-    print(f"{n} users, {c} concurrent keep-alive clients, waitress 8 threads, "
-          f"{'PostgreSQL' if args.db else 'SQLite'}")
-    for name, r in results.items():
-        count = sum(r["codes"].values())
-        per_s = count / r["seconds"]
-        print(f"  {name:28s} {per_s:7.0f} req/s   ({count} requests, status {r['codes']})"
-              + ("" if "bare" in name else
-                 f"   {per_s / bare_rate:.0%} of bare, {per_s / limited_rate:.0%} of bare rate-limited"))
+    bare = rates["bare JSON endpoint"]
+    limited = rates["bare, rate limited"]
+    print(f"{n} users in {rounds} rounds, {c} concurrent keep-alive clients, waitress "
+          f"{threads} threads, {'PostgreSQL' if args.db else 'SQLite'}; medians over the rounds")
+    for name in phases:
+        line = f"  {name:20s} {median(rates[name]):6.0f} req/s   (status {codes[name]})"
+        if "bare" not in name:
+            of_bare = median(r / b for r, b in zip(rates[name], bare))
+            of_limited = median(r / b for r, b in zip(rates[name], limited))
+            line += f"   {of_bare:.0%} of bare, {of_limited:.0%} of bare rate-limited"
+        print(line)
 
 
 def _free_port() -> int:

@@ -31,7 +31,7 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
     from cds import logs
     logs.init_app(app)
 
-    from cds.extensions import csrf, db, htmx, limiter, mail
+    from cds.extensions import csrf, db, htmx, limiter, limiter_storage_uri, mail
     from cds.security import make_cipher
 
     app.extensions["cds_cipher"] = make_cipher(app.config["ENCRYPTION_KEY"])
@@ -39,7 +39,12 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
     mail.init_app(app)
     csrf.init_app(app)
     htmx.init_app(app)
+    # memory:// is served by CDS's in-process storage (see InProcessLimitStorage); the
+    # setting keeps the value the administrator gave.
+    storage_uri = app.config["RATELIMIT_STORAGE_URI"]
+    app.config["RATELIMIT_STORAGE_URI"] = limiter_storage_uri(storage_uri)
     limiter.init_app(app)
+    app.config["RATELIMIT_STORAGE_URI"] = storage_uri
 
     from cds import web
     web.init_app(app)

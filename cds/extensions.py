@@ -1,6 +1,9 @@
 """Extensions, created once here and bound to the app in ``create_app``."""
+import time
+
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
+from limits.storage import MemoryStorage as _LimitsMemoryStorage
 from flask_mail import Mail
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
@@ -21,6 +24,32 @@ mail = Mail()
 csrf = CSRFProtect()
 htmx = Htmx()
 limiter = Limiter(key_func=get_remote_address, default_limits=[])
+
+
+class InProcessLimitStorage(_LimitsMemoryStorage):
+    """Rate-limit counters in this process (``RATELIMIT_STORAGE_URI=memory://``).
+
+    limits' own memory storage starts a timer thread for every counter update that
+    finds none running: under load, a hundred short-lived threads a second. Counters
+    already expire when read; this sweeps the stale ones inline, once a second.
+    """
+    STORAGE_SCHEME = ["cds+memory"]
+    SWEEP_SECONDS = 1.0
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._next_sweep = 0.0
+
+    def _MemoryStorage__schedule_expiry(self) -> None:  # replaces the timer thread
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + self.SWEEP_SECONDS
+            self._MemoryStorage__expire_events()
+
+
+def limiter_storage_uri(uri: str) -> str:
+    """The storage Flask-Limiter is given for the configured URI."""
+    return "cds+memory://" if uri.startswith("memory://") else uri
 
 
 def migrations(app):

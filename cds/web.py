@@ -18,6 +18,10 @@ from cds.models import ROLE_LABELS, AdminAccount
 # Reachable without an administrator session (each has its own protection).
 PUBLIC_BLUEPRINTS = {"redirect", "client", "landing", "api", "health"}
 PUBLIC_ENDPOINTS = {"auth.login", "static"}
+# Machine endpoints: an administrator's session cookie means nothing to them, so it
+# is never read there (nor decoded and verified on every device poll).
+SESSIONLESS_BLUEPRINTS = {"client", "redirect", "health"}
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 # The same, for requests no route matched (a wrong method or path under a public area):
 # they get that area's 404/405, not a sign-in page.
 PUBLIC_PREFIXES = ("/api/", "/client/", "/r/", "/r-api/", "/deploy/", "/healthz")
@@ -100,12 +104,15 @@ def init_app(app) -> None:
         # No text field of CDS may hold a NUL (PostgreSQL cannot store one); say so
         # plainly instead of failing deep in the database.
         if any("\x00" in v for v in request.args.values()) or \
-                (request.form and any("\x00" in v for v in request.form.values())):
+                (request.environ.get("CONTENT_TYPE", "").startswith(FORM_TYPES)
+                 and any("\x00" in v for v in request.form.values())):
             abort(400, "The request contains a NUL character, which no field accepts.")
 
     @app.before_request
     def _load_admin():
         g.admin = None
+        if request.blueprint in SESSIONLESS_BLUEPRINTS:
+            return None
         admin_id = session.get("admin_id")
         if admin_id is not None:
             admin = db.session.get(AdminAccount, admin_id)

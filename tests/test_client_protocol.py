@@ -181,6 +181,7 @@ def test_rate_limited_per_address(make_app, app):
                  for _ in range(4)]
     assert [r.status_code for r in responses] == [404, 404, 404, 429]
     assert responses[-1].get_json()["error"] == "rate_limited"
+    assert 1 <= int(responses[-1].headers["Retry-After"]) <= 60
     # Each endpoint has its own budget: polling status does not use up activation.
     codes = [c.get("/client/v1/status", environ_base={"REMOTE_ADDR": "192.0.2.7"}).status_code for _ in range(4)]
     assert codes == [401, 401, 401, 429]
@@ -191,3 +192,57 @@ def test_rate_limited_per_address(make_app, app):
 def test_no_csrf_or_session_needed(app, user_id):
     c = app.test_client()
     assert activate(c, issue(app, user_id)).status_code == 200
+
+
+def test_simultaneous_activations_of_many_users_each_written_once(app, user_id):
+    """Writes of simultaneous requests are committed together; each lands exactly once."""
+    uids = make_users(app, 12, profile_name="Berlin", prefix="many")
+    tokens = [issue(app, uid) for uid in uids]
+    barrier = threading.Barrier(len(tokens))
+    results = {}
+
+    def attempt(token):
+        c = app.test_client()
+        barrier.wait()
+        resp = activate(c, token)
+        results[token] = (resp.status_code, resp.get_json())
+
+    threads = [threading.Thread(target=attempt, args=(t,)) for t in tokens]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert {code for code, _ in results.values()} == {200}
+    with app.app_context():
+        devices = db.session.scalars(select(ClientDevice)).all()
+        assert sorted(d.user_id for d in devices) == sorted(uids)
+        events = db.session.scalars(select(AuditEvent).where(AuditEvent.action == "client.activate")).all()
+        assert sorted(e.user_id for e in events) == sorted(uids)
+        assert all(u.downloaded_at is not None for u in db.session.scalars(select(User).where(User.id.in_(uids))))
+        logins = {u.login_id for u in db.session.scalars(select(User).where(User.id.in_(uids)))}
+    # Each answer carries its own user's configuration.
+    assert sorted(doc["user"]["login_id"] for _, doc in results.values()) == sorted(logins)
+
+
+def test_a_failing_write_does_not_take_its_batch_down(app, user_id):
+    from cds.client.service import _NEW_DEVICE, _USER_DOWNLOADED
+    from cds.client.statements import GroupCommit, Write
+
+    def device(key_hash):
+        return (_NEW_DEVICE, {"user_id": user_id, "deployment_id": None, "key_hash": key_hash, "device_id": "d",
+                              "platform": "ios", "app_version": "1", "activated_at": utcnow(),
+                              "last_seen_at": None, "last_ip": None})
+    with app.app_context():
+        now = utcnow()
+        good = Write([device("a" * 64), (_USER_DOWNLOADED, {"u_id": user_id, "now": now})])
+        duplicate = Write([device("a" * 64)])  # the same key again: a unique constraint fails
+        unknown = Write([(_USER_DOWNLOADED, {"u_id": user_id, "now": now})],
+                        guard=(_USER_DOWNLOADED, {"u_id": 987654, "now": now}))  # changes no row
+        GroupCommit()._commit([good, duplicate, unknown])
+        assert good.outcome() is True
+        assert unknown.outcome() is False
+        with pytest.raises(Exception, match="(?i)unique"):
+            duplicate.outcome()
+        assert all(w.done.is_set() for w in (good, duplicate, unknown))
+        assert [d.key_hash for d in db.session.scalars(select(ClientDevice))] == ["a" * 64]
+        assert db.session.get(User, user_id).downloaded_at == now

@@ -2,16 +2,58 @@
 deployment token or the client key, rate limited per address, JSON errors."""
 from __future__ import annotations
 
+import logging
+import math
+import time
+from functools import lru_cache
+
 from flask import Blueprint, current_app, jsonify, request
+from limits import parse_many
 from werkzeug.exceptions import HTTPException
 
 from cds.client import service
 from cds.client.service import ClientError
 from cds.extensions import csrf, limiter
 
+log = logging.getLogger("cds.client")
+
 bp = Blueprint("client", __name__, url_prefix="/client/v1")
 csrf.exempt(bp)
-limiter.limit(lambda: current_app.config["CLIENT_LIMIT_PER_ADDRESS"])(bp)
+# The per-address limit is checked below with the `limits` strategy and storage that
+# Flask-Limiter is configured with (memory, or Redis shared by every process);
+# Flask-Limiter's own per-request route resolution would cost more than a status check.
+limiter.exempt(bp)
+
+RATE_LIMITED = "Too many requests from this address; wait a minute and try again."
+
+
+@lru_cache(maxsize=8)
+def _limits(setting: str):
+    return parse_many(setting)
+
+
+def per_address_limit():
+    """Each endpoint has its own budget per client address (docs/client-protocol.md §5)."""
+    if not limiter.enabled:
+        return None
+    strategy = limiter.limiter
+    keys = ("client", request.endpoint, request.remote_addr or "-")
+    items = _limits(current_app.config["CLIENT_LIMIT_PER_ADDRESS"])
+    try:
+        over = [item for item in items if not strategy.hit(item, *keys)]
+        if not over:
+            return None
+        reset = max(strategy.get_window_stats(item, *keys).reset_time for item in over)
+    except Exception:
+        # A shared store (Redis) that is down must not take the client endpoints down.
+        log.warning("client rate limit not checked: the rate-limit store is unreachable")
+        return None
+    resp = _json({"error": "rate_limited", "message": RATE_LIMITED}, 429)
+    resp.headers["Retry-After"] = str(max(1, math.ceil(reset - time.time())))
+    return resp
+
+
+bp.before_request(per_address_limit)
 
 
 def _json(payload: dict, status: int = 200):
@@ -33,8 +75,7 @@ def _client_error(exc: ClientError):
 def _http_error(exc: HTTPException):
     codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large",
              429: "rate_limited"}
-    message = ("Too many requests from this address; wait a minute and try again."
-               if exc.code == 429 else exc.description)
+    message = RATE_LIMITED if exc.code == 429 else exc.description
     return _json({"error": codes.get(exc.code, "error"), "message": message}, exc.code or 500)
 
 

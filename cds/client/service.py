@@ -7,14 +7,11 @@ UPDATE, so of two concurrent activations exactly one wins.
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import datetime, timedelta
-
-from types import SimpleNamespace
 
 from sqlalchemy import bindparam, insert, select, update
 
-from cds.extensions import db
+from cds.client.statements import DriverStatement, GroupCommit, Write, driver_cursor
 from cds.models import AuditEvent, ClientDevice, Deployment, DeploymentProfile, User, link_state, utcnow
 from cds.security import SecretUnreadable, decrypt, new_token, token_hash
 
@@ -62,34 +59,10 @@ def _clean_device(device) -> dict:
     return out
 
 
-class _SqliteWriteTurn:
-    """On SQLite, writers of this process take turns on a lock: a waiting thread is
-    woken the moment the previous commit ends, where SQLite's own busy handler would
-    sleep for milliseconds. PostgreSQL needs no such thing (row locks)."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._sqlite: bool | None = None
-
-    def __enter__(self):
-        if self._sqlite is None:
-            self._sqlite = db.engine.dialect.name == "sqlite"
-        if self._sqlite:
-            self._lock.acquire()
-        return self
-
-    def __exit__(self, *exc):
-        if self._sqlite:
-            self._lock.release()
-        return False
+writes = GroupCommit()
 
 
-write_turn = _SqliteWriteTurn()
-
-
-# The hot path uses prepared Core statements: activation and status checks come in
-# bursts from thousands of devices, and the ORM's per-object bookkeeping would cost
-# several times the work itself.
+# The hot path: Core statements run on the driver's cursor (cds.client.statements).
 _USER_COLUMNS = (
     User.id.label("user_id"), User.login_id, User.first_name, User.last_name, User.number, User.email,
     User.pbx_number, User.pbx_sip_username, User.mbg_sip_username, User.mcs_account,
@@ -100,36 +73,46 @@ _USER_COLUMNS = (
     DeploymentProfile.mbg_sip_host, DeploymentProfile.mbg_sip_port, DeploymentProfile.mbg_sip_transport,
     DeploymentProfile.mcs_host, DeploymentProfile.mcs_port, DeploymentProfile.voicemail_number,
 )
-_BY_TOKEN = (select(Deployment.id.label("deployment_id"), Deployment.used_at, Deployment.revoked_at,
-                    Deployment.superseded_at, Deployment.expires_at, *_USER_COLUMNS)
-             .join_from(Deployment, User, Deployment.user_id == User.id)
-             .join(DeploymentProfile, DeploymentProfile.id == User.profile_id)
-             .where(Deployment.token_hash == bindparam("h")))
-_BY_KEY = (select(ClientDevice.id.label("device_pk"), ClientDevice.device_id, ClientDevice.revoked_at.label(
-                  "device_revoked_at"), ClientDevice.last_seen_at, ClientDevice.last_ip, *_USER_COLUMNS)
-           .join_from(ClientDevice, User, ClientDevice.user_id == User.id)
-           .join(DeploymentProfile, DeploymentProfile.id == User.profile_id)
-           .where(ClientDevice.key_hash == bindparam("h")))
-_CONSUME = (update(Deployment)
-            .where(Deployment.id == bindparam("d_id"), Deployment.used_at.is_(None),
-                   Deployment.revoked_at.is_(None), Deployment.superseded_at.is_(None),
-                   Deployment.expires_at > bindparam("now"))
-            .values(used_at=bindparam("now"), used_device_id=bindparam("dev"), used_ip=bindparam("ip")))
-_NEW_DEVICE = insert(ClientDevice)
-_USER_DOWNLOADED = (update(User).where(User.id == bindparam("u_id"))
-                    .values(downloaded_at=bindparam("now"), force_config=False))
-_USER_ACTIVATED = (update(User).where(User.id == bindparam("u_id"))
-                   .values(downloaded_at=bindparam("now"), force_config=False, redeploy_required=False))
-_DEVICE_SEEN = (update(ClientDevice).where(ClientDevice.id == bindparam("d_pk"))
-                .values(last_seen_at=bindparam("now"), last_ip=bindparam("ip")))
-_AUDIT = insert(AuditEvent)
+_BY_TOKEN = DriverStatement(
+    select(Deployment.id.label("deployment_id"), Deployment.used_at, Deployment.revoked_at,
+           Deployment.superseded_at, Deployment.expires_at, *_USER_COLUMNS)
+    .join_from(Deployment, User, Deployment.user_id == User.id)
+    .join(DeploymentProfile, DeploymentProfile.id == User.profile_id)
+    .where(Deployment.token_hash == bindparam("h")))
+_BY_KEY = DriverStatement(
+    select(ClientDevice.id.label("device_pk"), ClientDevice.device_id,
+           ClientDevice.revoked_at.label("device_revoked_at"), ClientDevice.last_seen_at, ClientDevice.last_ip,
+           *_USER_COLUMNS)
+    .join_from(ClientDevice, User, ClientDevice.user_id == User.id)
+    .join(DeploymentProfile, DeploymentProfile.id == User.profile_id)
+    .where(ClientDevice.key_hash == bindparam("h")))
+_CONSUME = DriverStatement(
+    update(Deployment)
+    .where(Deployment.id == bindparam("d_id"), Deployment.used_at.is_(None), Deployment.revoked_at.is_(None),
+           Deployment.superseded_at.is_(None), Deployment.expires_at > bindparam("now"))
+    .values(used_at=bindparam("now"), used_device_id=bindparam("dev"), used_ip=bindparam("ip")))
+_NEW_DEVICE = DriverStatement(insert(ClientDevice).values(
+    {c: bindparam(c) for c in ("user_id", "deployment_id", "key_hash", "device_id", "platform", "app_version",
+                               "activated_at", "last_seen_at", "last_ip")}))
+_USER_DOWNLOADED = DriverStatement(
+    update(User).where(User.id == bindparam("u_id")).values(downloaded_at=bindparam("now"), force_config=False,
+                                                             updated_at=bindparam("now")))
+_USER_ACTIVATED = DriverStatement(
+    update(User).where(User.id == bindparam("u_id"))
+    .values(downloaded_at=bindparam("now"), force_config=False, redeploy_required=False,
+            updated_at=bindparam("now")))
+_DEVICE_SEEN = DriverStatement(
+    update(ClientDevice).where(ClientDevice.id == bindparam("d_pk"))
+    .values(last_seen_at=bindparam("now"), last_ip=bindparam("ip")))
+_AUDIT = DriverStatement(insert(AuditEvent).values(
+    {c: bindparam(c) for c in ("at", "actor", "actor_type", "action", "user_id", "login_id", "count", "detail",
+                               "ip")}))
 
 
-def _audit(action: str, r, now: datetime, ip: str | None, detail: dict) -> None:
-    """The same audit row as ``record_event`` writes, inside this request's transaction."""
-    db.session.connection().execute(_AUDIT, {"at": now, "actor": f"client:{r.login_id}"[:64], "actor_type": "client",
-                                "action": action, "user_id": r.user_id, "login_id": r.login_id,
-                                "count": None, "detail": detail, "ip": ip})
+def _audit(action: str, r, now: datetime, ip: str | None, detail: dict) -> tuple[DriverStatement, dict]:
+    """The same audit row as ``record_event`` writes, inside the request's transaction."""
+    return _AUDIT, {"at": now, "actor": f"client:{r.login_id}"[:64], "actor_type": "client", "action": action,
+                    "user_id": r.user_id, "login_id": r.login_id, "count": None, "detail": detail, "ip": ip}
 
 
 def activate(token, device, ip: str | None) -> tuple[dict, str]:
@@ -138,8 +121,9 @@ def activate(token, device, ip: str | None) -> tuple[dict, str]:
         raise ClientError(400, "bad_request", '"token" (the deployment token) is required.')
     dev = _clean_device(device)
     now = utcnow()
-    # Unknown and unusable links cost the same: one indexed lookup.
-    r = db.session.connection().execute(_BY_TOKEN, {"h": token_hash(token)}).first()
+    with driver_cursor() as (cur, _):
+        # Unknown and unusable links cost the same: one indexed lookup.
+        r = _BY_TOKEN.first(cur, {"h": token_hash(token)})
     if r is None:
         raise UNKNOWN_LINK
     state = link_state(r, now)
@@ -147,83 +131,61 @@ def activate(token, device, ip: str | None) -> tuple[dict, str]:
         raise ClientError(410, *GONE_MESSAGES[state])
     document = _document(r, now)
     client_key = new_token()
-    with write_turn:
-        # Single use: only the request whose UPDATE changes the row wins.
-        conn = db.session.connection()
-        won = conn.execute(_CONSUME, {"d_id": r.deployment_id, "now": now, "dev": dev["id"] or None,
-                                            "ip": ip}).rowcount
-        if won != 1:
-            db.session.rollback()
-            raise ClientError(410, *GONE_MESSAGES["used"])
-        conn.execute(_NEW_DEVICE, {
-            "user_id": r.user_id, "deployment_id": r.deployment_id, "key_hash": token_hash(client_key),
-            "device_id": dev["id"], "platform": dev["platform"], "app_version": dev["app_version"],
-            "activated_at": now, "last_seen_at": now, "last_ip": ip})
-        conn.execute(_USER_ACTIVATED, {"u_id": r.user_id, "now": now})
+    # Single use: the writes happen only if this request's UPDATE consumes the link.
+    consumed = writes.apply(Write(guard=(_CONSUME, {"d_id": r.deployment_id, "now": now,
+                                                    "dev": dev["id"] or None, "ip": ip}), statements=[
+        (_NEW_DEVICE, {"user_id": r.user_id, "deployment_id": r.deployment_id,
+                       "key_hash": token_hash(client_key), "device_id": dev["id"], "platform": dev["platform"],
+                       "app_version": dev["app_version"], "activated_at": now, "last_seen_at": now,
+                       "last_ip": ip}),
+        (_USER_ACTIVATED, {"u_id": r.user_id, "now": now}),
         _audit("client.activate", r, now, ip, {"deployment": r.deployment_id, "platform": dev["platform"],
-                                               "app_version": dev["app_version"], "device": dev["id"]})
-        db.session.commit()
+                                               "app_version": dev["app_version"], "device": dev["id"]}),
+    ]))
+    if not consumed:
+        raise ClientError(410, *GONE_MESSAGES["used"])
     log.info("user %s activated a %s client (deployment %s)", r.user_id, dev["platform"] or "?", r.deployment_id)
     return document, client_key
 
 
-def authenticate(client_key: str | None, ip: str | None, now: datetime):
+def authenticate(client_key: str | None):
     """The device and user behind a client key; 401 redeploy_required if it no longer works."""
     if not client_key or len(client_key) > 128:
         raise ClientError(401, "unauthorized", "Send the client key as: Authorization: Bearer <client_key>.")
-    r = db.session.connection().execute(_BY_KEY, {"h": token_hash(client_key)}).first()
+    with driver_cursor() as (cur, _):
+        r = _BY_KEY.first(cur, {"h": token_hash(client_key)})
     # Unknown (the user was deleted), revoked (ID change, lost phone): the app must be redeployed.
     if r is None or r.device_revoked_at is not None or r.redeploy_required:
         raise REDEPLOY
     return r
 
 
-def _seen(r, ip: str | None, now: datetime) -> bool:
-    """Record the device's last contact, at most once a minute (status is polled)."""
+def _seen(r, ip: str | None, now: datetime) -> list[tuple[DriverStatement, dict]]:
+    """The device's last contact, written at most once a minute (status is polled)."""
     if r.last_seen_at is None or now - r.last_seen_at >= SEEN_RESOLUTION or r.last_ip != ip:
-        db.session.connection().execute(_DEVICE_SEEN, {"d_pk": r.device_pk, "now": now, "ip": ip})
-        return True
-    return False
+        return [(_DEVICE_SEEN, {"d_pk": r.device_pk, "now": now, "ip": ip})]
+    return []
 
 
 def status(client_key: str | None, ip: str | None) -> dict:
     now = utcnow()
-    r = authenticate(client_key, ip, now)
-    result = {"force_config": bool(r.force_config), "config_version": r.config_version}
-    if r.last_seen_at is None or now - r.last_seen_at >= SEEN_RESOLUTION or r.last_ip != ip:
-        with write_turn:
-            _seen(r, ip, now)
-            db.session.commit()
-    return result
+    r = authenticate(client_key)
+    if seen := _seen(r, ip, now):
+        writes.apply(Write(seen))
+    return {"force_config": bool(r.force_config), "config_version": r.config_version}
 
 
 def download_config(client_key: str | None, ip: str | None) -> dict:
     """The configuration document; clears force-config and updates Downloaded."""
     now = utcnow()
-    r = authenticate(client_key, ip, now)
+    r = authenticate(client_key)
     document = _document(r, now)
-    with write_turn:
-        db.session.connection().execute(_USER_DOWNLOADED, {"u_id": r.user_id, "now": now})
-        _seen(r, ip, now)
-        _audit("client.config_download", r, now, ip, {"device": r.device_id, "config_version": r.config_version})
-        db.session.commit()
+    writes.apply(Write([
+        (_USER_DOWNLOADED, {"u_id": r.user_id, "now": now}),
+        *_seen(r, ip, now),
+        _audit("client.config_download", r, now, ip, {"device": r.device_id, "config_version": r.config_version}),
+    ]))
     return document
-
-
-def config_document(user: User, now: datetime) -> dict:
-    """`cds-client-config/1` of a user (for callers holding the ORM object)."""
-    p = user.profile
-    row = SimpleNamespace(
-        login_id=user.login_id, first_name=user.first_name, last_name=user.last_name, number=user.number,
-        email=user.email, pbx_number=user.pbx_number, pbx_sip_username=user.pbx_sip_username,
-        mbg_sip_username=user.mbg_sip_username, mcs_account=user.mcs_account,
-        mcs_password_enc=user.mcs_password_enc, pbx_sip_password_enc=user.pbx_sip_password_enc,
-        teleworker_sip_password_enc=user.teleworker_sip_password_enc, voicemail_pin_enc=user.voicemail_pin_enc,
-        config_version=user.config_version, profile_name=p.name, client_types=p.client_types,
-        pbx_sip_host=p.pbx_sip_host, pbx_sip_port=p.pbx_sip_port, pbx_sip_transport=p.pbx_sip_transport,
-        mbg_sip_host=p.mbg_sip_host, mbg_sip_port=p.mbg_sip_port, mbg_sip_transport=p.mbg_sip_transport,
-        mcs_host=p.mcs_host, mcs_port=p.mcs_port, voicemail_number=p.voicemail_number)
-    return _document(row, now)
 
 
 def _document(r, now: datetime) -> dict:
