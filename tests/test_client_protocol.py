@@ -224,25 +224,31 @@ def test_simultaneous_activations_of_many_users_each_written_once(app, user_id):
     assert sorted(doc["user"]["login_id"] for _, doc in results.values()) == sorted(logins)
 
 
-def test_a_failing_write_does_not_take_its_batch_down(app, user_id):
-    from cds.client.service import _NEW_DEVICE, _USER_DOWNLOADED
-    from cds.client.statements import GroupCommit, Write
+def test_one_failing_unit_does_not_take_its_batch_down(app, user_id):
+    """Units of one batch share a transaction; a refusal or a failure in one leaves the others."""
+    from cds.client.service import _NEW_DEVICE, _USER_DOWNLOADED, ClientError
+    from cds.client.statements import GroupCommit, _Unit
 
-    def device(key_hash):
-        return (_NEW_DEVICE, {"user_id": user_id, "deployment_id": None, "key_hash": key_hash, "device_id": "d",
-                              "platform": "ios", "app_version": "1", "activated_at": utcnow(),
-                              "last_seen_at": None, "last_ip": None})
+    now = utcnow()
+
+    def add_device(key_hash):
+        def work(cur):
+            _NEW_DEVICE.execute(cur, {"user_id": user_id, "deployment_id": None, "key_hash": key_hash,
+                                      "device_id": "d", "platform": "ios", "app_version": "1",
+                                      "activated_at": now, "last_seen_at": None, "last_ip": None})
+            _USER_DOWNLOADED.execute(cur, {"u_id": user_id, "now": now})
+            return key_hash
+        return work
+
+    def refuse(cur):
+        raise ClientError(410, "link_used", "used")
+
     with app.app_context():
-        now = utcnow()
-        good = Write([device("a" * 64), (_USER_DOWNLOADED, {"u_id": user_id, "now": now})])
-        duplicate = Write([device("a" * 64)])  # the same key again: a unique constraint fails
-        unknown = Write([(_USER_DOWNLOADED, {"u_id": user_id, "now": now})],
-                        guard=(_USER_DOWNLOADED, {"u_id": 987654, "now": now}))  # changes no row
-        GroupCommit()._commit([good, duplicate, unknown])
-        assert good.outcome() is True
-        assert unknown.outcome() is False
-        with pytest.raises(Exception, match="(?i)unique"):
-            duplicate.outcome()
-        assert all(w.done.is_set() for w in (good, duplicate, unknown))
+        good, duplicate, refused = _Unit(add_device("a" * 64)), _Unit(add_device("a" * 64)), _Unit(refuse)
+        GroupCommit(refusals=(ClientError,))._commit([good, duplicate, refused])
+        assert all(u.done.is_set() for u in (good, duplicate, refused))
+        assert good.result == "a" * 64 and good.error is None
+        assert "unique" in str(duplicate.error).lower()  # the same key twice
+        assert isinstance(refused.error, ClientError)
         assert [d.key_hash for d in db.session.scalars(select(ClientDevice))] == ["a" * 64]
         assert db.session.get(User, user_id).downloaded_at == now

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, insert, select, update
 
-from cds.client.statements import DriverStatement, GroupCommit, Write, driver_cursor
+from cds.client.statements import DriverStatement, GroupCommit
 from cds.models import AuditEvent, ClientDevice, Deployment, DeploymentProfile, User, link_state, utcnow
 from cds.security import SecretUnreadable, decrypt, new_token, token_hash
 
@@ -59,7 +59,7 @@ def _clean_device(device) -> dict:
     return out
 
 
-writes = GroupCommit()
+batches = GroupCommit(refusals=(ClientError,))
 
 
 # The hot path: Core statements run on the driver's cursor (cds.client.statements).
@@ -109,10 +109,11 @@ _AUDIT = DriverStatement(insert(AuditEvent).values(
                                "ip")}))
 
 
-def _audit(action: str, r, now: datetime, ip: str | None, detail: dict) -> tuple[DriverStatement, dict]:
+def _audit(cur, action: str, r, now: datetime, ip: str | None, detail: dict) -> None:
     """The same audit row as ``record_event`` writes, inside the request's transaction."""
-    return _AUDIT, {"at": now, "actor": f"client:{r.login_id}"[:64], "actor_type": "client", "action": action,
-                    "user_id": r.user_id, "login_id": r.login_id, "count": None, "detail": detail, "ip": ip}
+    _AUDIT.execute(cur, {"at": now, "actor": f"client:{r.login_id}"[:64], "actor_type": "client",
+                         "action": action, "user_id": r.user_id, "login_id": r.login_id, "count": None,
+                         "detail": detail, "ip": ip})
 
 
 def activate(token, device, ip: str | None) -> tuple[dict, str]:
@@ -121,71 +122,78 @@ def activate(token, device, ip: str | None) -> tuple[dict, str]:
         raise ClientError(400, "bad_request", '"token" (the deployment token) is required.')
     dev = _clean_device(device)
     now = utcnow()
-    with driver_cursor() as (cur, _):
+    client_key = new_token()
+
+    def consume(cur):
         # Unknown and unusable links cost the same: one indexed lookup.
         r = _BY_TOKEN.first(cur, {"h": token_hash(token)})
-    if r is None:
-        raise UNKNOWN_LINK
-    state = link_state(r, now)
-    if state != "valid":
-        raise ClientError(410, *GONE_MESSAGES[state])
-    document = _document(r, now)
-    client_key = new_token()
-    # Single use: the writes happen only if this request's UPDATE consumes the link.
-    consumed = writes.apply(Write(guard=(_CONSUME, {"d_id": r.deployment_id, "now": now,
-                                                    "dev": dev["id"] or None, "ip": ip}), statements=[
-        (_NEW_DEVICE, {"user_id": r.user_id, "deployment_id": r.deployment_id,
-                       "key_hash": token_hash(client_key), "device_id": dev["id"], "platform": dev["platform"],
-                       "app_version": dev["app_version"], "activated_at": now, "last_seen_at": now,
-                       "last_ip": ip}),
-        (_USER_ACTIVATED, {"u_id": r.user_id, "now": now}),
-        _audit("client.activate", r, now, ip, {"deployment": r.deployment_id, "platform": dev["platform"],
-                                               "app_version": dev["app_version"], "device": dev["id"]}),
-    ]))
-    if not consumed:
-        raise ClientError(410, *GONE_MESSAGES["used"])
+        if r is None:
+            raise UNKNOWN_LINK
+        state = link_state(r, now)
+        if state != "valid":
+            raise ClientError(410, *GONE_MESSAGES[state])
+        document = _document(r, now)  # before anything is written: a secret may be unreadable
+        # Single use: only the request whose UPDATE changes the row goes on.
+        if _CONSUME.execute(cur, {"d_id": r.deployment_id, "now": now, "dev": dev["id"] or None,
+                                  "ip": ip}) != 1:
+            raise ClientError(410, *GONE_MESSAGES["used"])
+        _NEW_DEVICE.execute(cur, {
+            "user_id": r.user_id, "deployment_id": r.deployment_id, "key_hash": token_hash(client_key),
+            "device_id": dev["id"], "platform": dev["platform"], "app_version": dev["app_version"],
+            "activated_at": now, "last_seen_at": now, "last_ip": ip})
+        _USER_ACTIVATED.execute(cur, {"u_id": r.user_id, "now": now})
+        _audit(cur, "client.activate", r, now, ip, {
+            "deployment": r.deployment_id, "platform": dev["platform"], "app_version": dev["app_version"],
+            "device": dev["id"]})
+        return r, document
+
+    r, document = batches.run(consume)
     log.info("user %s activated a %s client (deployment %s)", r.user_id, dev["platform"] or "?", r.deployment_id)
     return document, client_key
 
 
-def authenticate(client_key: str | None):
+def _authenticate(cur, client_key: str | None):
     """The device and user behind a client key; 401 redeploy_required if it no longer works."""
     if not client_key or len(client_key) > 128:
         raise ClientError(401, "unauthorized", "Send the client key as: Authorization: Bearer <client_key>.")
-    with driver_cursor() as (cur, _):
-        r = _BY_KEY.first(cur, {"h": token_hash(client_key)})
+    r = _BY_KEY.first(cur, {"h": token_hash(client_key)})
     # Unknown (the user was deleted), revoked (ID change, lost phone): the app must be redeployed.
     if r is None or r.device_revoked_at is not None or r.redeploy_required:
         raise REDEPLOY
     return r
 
 
-def _seen(r, ip: str | None, now: datetime) -> list[tuple[DriverStatement, dict]]:
-    """The device's last contact, written at most once a minute (status is polled)."""
+def _seen(cur, r, ip: str | None, now: datetime) -> None:
+    """Record the device's last contact, at most once a minute (status is polled)."""
     if r.last_seen_at is None or now - r.last_seen_at >= SEEN_RESOLUTION or r.last_ip != ip:
-        return [(_DEVICE_SEEN, {"d_pk": r.device_pk, "now": now, "ip": ip})]
-    return []
+        _DEVICE_SEEN.execute(cur, {"d_pk": r.device_pk, "now": now, "ip": ip})
 
 
 def status(client_key: str | None, ip: str | None) -> dict:
     now = utcnow()
-    r = authenticate(client_key)
-    if seen := _seen(r, ip, now):
-        writes.apply(Write(seen))
-    return {"force_config": bool(r.force_config), "config_version": r.config_version}
+
+    def check(cur):
+        r = _authenticate(cur, client_key)
+        _seen(cur, r, ip, now)
+        return {"force_config": bool(r.force_config), "config_version": r.config_version}
+
+    return batches.run(check)
 
 
 def download_config(client_key: str | None, ip: str | None) -> dict:
     """The configuration document; clears force-config and updates Downloaded."""
     now = utcnow()
-    r = authenticate(client_key)
-    document = _document(r, now)
-    writes.apply(Write([
-        (_USER_DOWNLOADED, {"u_id": r.user_id, "now": now}),
-        *_seen(r, ip, now),
-        _audit("client.config_download", r, now, ip, {"device": r.device_id, "config_version": r.config_version}),
-    ]))
-    return document
+
+    def download(cur):
+        r = _authenticate(cur, client_key)
+        document = _document(r, now)
+        _USER_DOWNLOADED.execute(cur, {"u_id": r.user_id, "now": now})
+        _seen(cur, r, ip, now)
+        _audit(cur, "client.config_download", r, now, ip,
+               {"device": r.device_id, "config_version": r.config_version})
+        return document
+
+    return batches.run(download)
 
 
 def _document(r, now: datetime) -> dict:

@@ -69,10 +69,6 @@ class DriverStatement:
         cursor.execute(c.sql, c.parameters(values))
         return cursor.rowcount
 
-    def execute_many(self, cursor, rows: list[dict]) -> None:
-        c = self._compiled(cursor.dialect)
-        cursor.executemany(c.sql, [c.parameters(values) for values in rows])
-
     def first(self, cursor, values: dict):
         """The first row (attributes named as the selected columns), or None."""
         c = self._compiled(cursor.dialect)
@@ -97,9 +93,6 @@ class _Cursor:
     def execute(self, sql, parameters):
         self.cursor.execute(sql, parameters)
 
-    def executemany(self, sql, parameters):
-        self.cursor.executemany(sql, parameters)
-
     def fetchone(self):
         return self.cursor.fetchone()
 
@@ -120,93 +113,88 @@ def driver_cursor():
         connection.close()
 
 
-class Write:
-    """One request's writes: an optional guard, a statement that must change exactly
-    one row for the rest to happen (consuming a single-use link), then the statements."""
-    __slots__ = ("guard", "statements", "applied", "error", "promoted", "done")
+class _Unit:
+    __slots__ = ("work", "result", "error", "promoted", "done")
 
-    def __init__(self, statements: list[tuple[DriverStatement, dict]],
-                 guard: tuple[DriverStatement, dict] | None = None):
-        self.guard, self.statements = guard, statements
-        self.applied = False
+    def __init__(self, work):
+        self.work = work
+        self.result = None
         self.error: BaseException | None = None
         self.promoted = False
         self.done = threading.Event()
 
-    def outcome(self) -> bool:
-        """True when written, False when the guard changed nothing; raises what failed."""
-        if self.error is not None:
-            raise self.error
-        return self.applied
-
 
 class GroupCommit:
-    """Group commit for the client protocol's writes.
+    """Group commit for the client protocol.
 
-    Devices activate and download in bursts, and each of their writes is small. A
-    request hands its writes here; one request at a time leads, writing everything
-    queued in one transaction with one commit, and the others wait for that commit.
-    On SQLite this is also the turn-taking its single writer needs: a waiting thread
-    is woken the moment the batch commits, instead of sleeping in SQLite's busy
-    handler. A batch that fails is retried one write per transaction, so one bad
-    write never takes others down with it; nothing is ever half-written.
+    Devices activate, poll and download in bursts, and each request's database work
+    is small: an indexed read or two and a few one-row writes. A request hands its
+    work here as a function of a cursor; one request at a time leads, running every
+    queued unit on one connection in one transaction with one commit, while the
+    others wait for that commit. That saves a connection checkout, a transaction and
+    a commit per request, and on SQLite it is also the turn-taking its single writer
+    needs: a waiting request is woken the moment the batch commits, instead of
+    sleeping in SQLite's busy handler.
+
+    A unit reads and checks first and writes last. It may refuse (raise one of
+    ``refusals``) only before it has written anything, so a refusal leaves the rest
+    of the batch alone. Any other failure rolls the batch back, and its units are
+    run again one per transaction, so one bad unit never takes the others down with
+    it. Nothing is ever half-written.
     """
 
-    def __init__(self):
+    def __init__(self, refusals: tuple[type[BaseException], ...] = ()):
+        self.refusals = refusals
         self._mutex = threading.Lock()
-        self._queue: list[Write] = []
+        self._queue: list[_Unit] = []
         self._leading = False
 
-    def apply(self, write: Write) -> bool:
+    def run(self, work):
+        """Run ``work(cursor)`` in the next batch's transaction; what it returns (or raises)."""
+        unit = _Unit(work)
         with self._mutex:
-            self._queue.append(write)
+            self._queue.append(unit)
             lead = not self._leading
             self._leading = True
         if not lead:
-            write.done.wait()
-            if not write.promoted:
-                return write.outcome()
-        with self._mutex:
-            batch, self._queue = self._queue, []
-        try:
-            self._commit(batch)
-        finally:
-            # Hand the lead to the oldest waiting request, so nobody waits behind
-            # more than one batch of others.
+            unit.done.wait()
+        if lead or unit.promoted:
             with self._mutex:
-                if self._queue:
-                    self._queue[0].promoted = True
-                    self._queue[0].done.set()
-                else:
-                    self._leading = False
-        return write.outcome()
+                batch, self._queue = self._queue, []
+            try:
+                self._commit(batch)
+            finally:
+                # Hand the lead to the oldest waiting request, so nobody waits behind
+                # more than one batch of others.
+                with self._mutex:
+                    if self._queue:
+                        self._queue[0].promoted = True
+                        self._queue[0].done.set()
+                    else:
+                        self._leading = False
+        if unit.error is not None:
+            raise unit.error
+        return unit.result
 
-    def _commit(self, batch: list[Write]) -> None:
+    def _commit(self, batch: list[_Unit]) -> None:
         try:
             with driver_cursor() as (cur, connection):
-                _run(cur, batch)
+                for unit in batch:
+                    try:
+                        unit.result, unit.error = unit.work(cur), None
+                    except self.refusals as refusal:
+                        unit.result, unit.error = None, refusal
                 connection.commit()
         except Exception as exc:
             if len(batch) > 1:
-                for write in batch:
-                    self._commit([write])
+                for unit in batch:
+                    self._commit([unit])
                 return
-            batch[0].applied, batch[0].error = False, exc
+            batch[0].result, batch[0].error = None, exc
         except BaseException as exc:
-            for write in batch:
-                write.applied, write.error = False, exc
-                write.done.set()
+            for unit in batch:
+                unit.error = exc
+                unit.done.set()
             raise
-        for write in batch:
-            write.done.set()
-
-
-def _run(cur, batch: list[Write]) -> None:
-    by_statement: dict[DriverStatement, list[dict]] = {}
-    for write in batch:
-        write.applied = write.guard is None or write.guard[0].execute(cur, write.guard[1]) == 1
-        if write.applied:
-            for stmt, values in write.statements:
-                by_statement.setdefault(stmt, []).append(values)
-    for stmt, rows in by_statement.items():
-        stmt.execute_many(cur, rows)
+        for unit in batch:
+            unit.done.set()
