@@ -121,18 +121,18 @@ def main() -> None:
         from cds.deploy.service import issue_deployments
         from cds.models import User
         from cds.profiles.service import default_profile
-        from cds.security import encrypt
+        from cds.security import encrypt_secrets
         upgrade_database()
         for table in reversed(db.metadata.sorted_tables):
             if table.name not in ("deployment_profile", "alembic_version"):
                 db.session.execute(table.delete())
         db.session.commit()
         profile = default_profile()
-        enc = {k: encrypt(v) for k, v in (("mcs", "Mcs-1"), ("pbx", "Pbx-2"), ("tw", "Tw-3"), ("pin", "1234"))}
+        secrets = encrypt_secrets({"mcs_password": "Mcs-1", "pbx_sip_password": "Pbx-2",
+                                   "teleworker_sip_password": "Tw-3", "voicemail_pin": "1234"})
         db.session.execute(insert(User), [
             {"login_id": f"user{i:05d}", "profile_id": profile.id, "first_name": "Bench", "last_name": f"{i}",
-             "email": f"user{i:05d}@example.com", "mcs_password_enc": enc["mcs"], "pbx_sip_password_enc": enc["pbx"],
-             "teleworker_sip_password_enc": enc["tw"], "voicemail_pin_enc": enc["pin"]} for i in range(args.users)])
+             "email": f"user{i:05d}@example.com", "secrets_enc": secrets} for i in range(args.users)])
         db.session.commit()
         users = list(db.session.scalars(select(User).order_by(User.id)))
         tokens = [t for _, _, t in issue_deployments(users, actor="bench")]

@@ -42,6 +42,8 @@ def make_app(url: str, folder: Path):
 def seed(app) -> None:
     from cds.cli import upgrade_database
     from cds.profiles.service import default_profile
+    from cds.models import USER_SECRETS
+    from cds.security import encrypt_secrets
     with app.app_context():
         upgrade_database()
         profile_id = default_profile().id
@@ -56,8 +58,8 @@ def seed(app) -> None:
                    "deployed_at": now if i % 2 else None, "created_at": now, "updated_at": now,
                    "force_config": False, "redeploy_required": False, "not_in_source": False,
                    "config_version": 1}
-            for name in ("mcs_password", "pbx_sip_password", "teleworker_sip_password", "voicemail_pin"):
-                row[f"{name}_enc"] = cipher.encrypt(f"{name}-{i}".encode()).decode() if i % 4 == 0 else None
+            row["secrets_enc"] = encrypt_secrets({name: f"{name}-{i}" for name in USER_SECRETS}, cipher) \
+                if i % 4 == 0 else None
             rows.append(row)
             if i % 2:
                 digest = token_hash(f"bench-token-{i}")

@@ -60,12 +60,12 @@ def main() -> None:
         db.session.commit()
         save_settings({"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": port})
         profile = default_profile()
-        from cds.security import encrypt
-        secret = encrypt("Secret-123")
+        from cds.security import encrypt_secrets
+        secret = encrypt_secrets({"mcs_password": "Secret-123"})
         db.session.execute(insert(User), [
             {"login_id": f"user{i:05d}", "profile_id": profile.id, "first_name": "Bench",
              "last_name": f"User {i:05d}", "email": f"user{i:05d}@example.com", "number": f"{2000 + i}",
-             "mcs_password_enc": secret} for i in range(args.users)])
+             "secrets_enc": secret} for i in range(args.users)])
         db.session.commit()
 
         job = create_job("deploy", {"filter": {}}, actor="bench")

@@ -30,9 +30,9 @@ def seed(app, n: int) -> None:
     from sqlalchemy import insert
 
     from cds.extensions import db
-    from cds.models import DeploymentProfile, User, utcnow
+    from cds.models import USER_SECRETS, DeploymentProfile, User, utcnow
     from cds.profiles.service import ensure_builtin_profiles
-    from cds.security import encrypt
+    from cds.security import encrypt_secrets
 
     ensure_builtin_profiles()
     for name in ("Sales", "Support", "Engineering"):
@@ -40,7 +40,7 @@ def seed(app, n: int) -> None:
     db.session.commit()
     profiles = [p.id for p in db.session.scalars(db.select(DeploymentProfile))]
     # Every user carries the four secrets (one ciphertext reused: the export never reads them).
-    secret = encrypt("bench-secret-1234")
+    secret = encrypt_secrets({name: "bench-secret-1234" for name in USER_SECRETS})
     rnd = random.Random(7)
     now = utcnow()
     rows = []
@@ -54,8 +54,7 @@ def seed(app, n: int) -> None:
             pbx_sip_username=str(200000 + i), mbg_sip_username=f"mbg{100000 + i}",
             mcs_account=f"{first.lower()}{i}@mcs.example.com", email=f"{first.lower()}{i}@example.com",
             source="manual", deployed_at=deployed, downloaded_at=deployed if rnd.random() < 0.5 else None,
-            mcs_password_enc=secret, pbx_sip_password_enc=secret, teleworker_sip_password_enc=secret,
-            voicemail_pin_enc=secret, config_version=1, created_at=now, updated_at=now))
+            secrets_enc=secret, config_version=1, created_at=now, updated_at=now))
         if len(rows) == 5000:
             db.session.execute(insert(User), rows)
             rows.clear()

@@ -7,7 +7,7 @@ from sqlalchemy import JSON, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from cds.extensions import db
-from cds.security import decrypt, encrypt
+from cds.security import decrypt, decrypt_secrets, encrypt, encrypt_secrets
 
 
 def utcnow() -> datetime:
@@ -130,10 +130,9 @@ class User(db.Model):
     mcs_account: Mapped[str] = mapped_column(String(128), default="")
     email: Mapped[str] = mapped_column(String(254), default="")
 
-    mcs_password_enc: Mapped[str | None] = mapped_column(Text)
-    pbx_sip_password_enc: Mapped[str | None] = mapped_column(Text)
-    teleworker_sip_password_enc: Mapped[str | None] = mapped_column(Text)
-    voicemail_pin_enc: Mapped[str | None] = mapped_column(Text)
+    # The four USER_SECRETS, encrypted together as one JSON object (security.encrypt_secrets):
+    # a client's configuration download decrypts once, not four times.
+    secrets_enc: Mapped[str | None] = mapped_column(Text)
 
     source: Mapped[str] = mapped_column(String(16), default=SOURCE_MANUAL)
     connection_id: Mapped[int | None] = mapped_column(
@@ -169,18 +168,23 @@ class User(db.Model):
         Index("ix_user_profile_sort", "profile_id", "id"),
     )
 
+    def secrets(self) -> dict[str, str]:
+        """The secrets that are set, decrypted."""
+        return decrypt_secrets(self.secrets_enc)
+
     def set_secret(self, name: str, value: str | None) -> None:
+        """Replace one secret (None or "" clears it)."""
         if name not in USER_SECRETS:
             raise KeyError(name)
-        setattr(self, f"{name}_enc", encrypt(value))
+        self.secrets_enc = encrypt_secrets({**self.secrets(), name: value})
 
     def get_secret(self, name: str) -> str | None:
         if name not in USER_SECRETS:
             raise KeyError(name)
-        return decrypt(getattr(self, f"{name}_enc"))
+        return self.secrets().get(name)
 
     def has_secret(self, name: str) -> bool:
-        return bool(getattr(self, f"{name}_enc"))
+        return self.get_secret(name) is not None
 
     @property
     def is_imported(self) -> bool:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -64,6 +65,28 @@ def decrypt(ciphertext: str | None) -> str | None:
         return _cipher().decrypt(ciphertext.encode()).decode()
     except InvalidToken:
         raise SecretUnreadable("a stored secret cannot be decrypted with this instance's key") from None
+
+
+def encrypt_secrets(values: dict[str, str | None], cipher: MultiFernet | None = None) -> str | None:
+    """A user's secrets as one encrypted JSON object (only those set), or None if none is."""
+    present = {name: value for name, value in values.items() if value}
+    if not present:
+        return None
+    plain = json.dumps(present, sort_keys=True, separators=(",", ":")).encode()
+    return (cipher or _cipher()).encrypt(plain).decode()
+
+
+def decrypt_secrets(ciphertext: str | None, cipher: MultiFernet | None = None) -> dict[str, str]:
+    """The secrets in an ``encrypt_secrets`` value ({} for None)."""
+    if not ciphertext:
+        return {}
+    try:
+        values = json.loads((cipher or _cipher()).decrypt(ciphertext.encode()))
+    except (InvalidToken, ValueError):
+        raise SecretUnreadable("the stored secrets cannot be decrypted with this instance's key") from None
+    if not isinstance(values, dict):
+        raise SecretUnreadable("the stored secrets are not in the expected form")
+    return values
 
 
 # --- tokens ------------------------------------------------------------------

@@ -460,6 +460,41 @@ def downgrade():
         assert db.session.scalar(select(func.count()).select_from(Deployment)) == 1
 
 
+def test_an_archive_from_before_the_secrets_migration_keeps_every_secret(make_app, empty_instance, tmp_path):
+    """An archive taken at 0002 (four secret columns) restored into an instance with
+    another key: 0003 re-encrypts the secrets with the archive's key."""
+    from flask_migrate import upgrade
+
+    from cds.extensions import migrations
+    from cds.security import encrypt
+    source, _, _ = empty_instance()
+    archive = tmp_path / "at-0002.tar.gz"
+    with source.app_context():
+        upgrade(directory=migrations(source).directory, revision="0002_users")
+        db.session.execute(text(
+            "INSERT INTO deployment_profile (name, description, client_types, mbg_sip_host, mbg_sip_port,"
+            " mbg_sip_transport, pbx_sip_host, pbx_sip_port, pbx_sip_transport, mcs_host, mcs_port,"
+            " voicemail_number, link_validity_hours, central_email, email_subject, email_body,"
+            " is_do_not_deploy, is_default, created_at, updated_at) VALUES ('Sales', '', 'mobile', '', 5061,"
+            " 'TLS', '', 5060, 'UDP', '', 443, '', 96, '', '', '', false, true, '2026-01-01', '2026-01-01')"))
+        db.session.execute(text(
+            'INSERT INTO "user" (login_id, profile_id, first_name, last_name, number, pbx_number,'
+            " pbx_sip_username, mbg_sip_username, mcs_account, email, source, force_config,"
+            " redeploy_required, not_in_source, config_version, created_at, updated_at,"
+            " mcs_password_enc, voicemail_pin_enc) VALUES ('old', (SELECT id FROM deployment_profile),"
+            " 'Old', 'Timer', '', '', '', '', '', 'old@example.test', 'manual', false, false, false, 1,"
+            " '2026-01-01', '2026-01-01', :mcs, :pin)"), {"mcs": encrypt("mcs-old-1"), "pin": encrypt("7390")})
+        db.session.commit()
+        backup.create_backup(archive)
+    target, _, _ = empty_instance()
+    assert target.config["ENCRYPTION_KEY"] != source.config["ENCRYPTION_KEY"]
+    with target.app_context():
+        result = backup.restore_backup(archive)
+        assert result.from_revisions == ["0002_users"]
+        user = db.session.scalar(select(User).where(User.login_id == "old"))
+        assert user.secrets() == {"mcs_password": "mcs-old-1", "voicemail_pin": "7390"}
+
+
 # --- the Settings page ------------------------------------------------------------------
 
 def test_backup_page_downloads_an_archive_for_the_primary_administrator(app, admin_client, tmp_path):

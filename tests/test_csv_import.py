@@ -254,6 +254,8 @@ def test_overwrite_by_id_with_both_empty_cell_policies_and_secrets(admin_client,
     admin_client.post("/import/csv/commit")
     with app.app_context():
         ids = dict(db.session.execute(select(User.login_id, User.id)).all())
+        db.session.get(User, ids["p1"]).set_secret("mcs_password", "mcs-kept-7")
+        db.session.commit()
     header = ["ID", "Login ID", "Firstname", "Lastname", "Number", "Email address", "Voicemail PIN",
               "PBX SIP password"]
     rows = [[str(ids["p1"]), "p1", "", "Changed", "", "p1@example.org", "4321", "sip-secret-1"],
@@ -267,8 +269,9 @@ def test_overwrite_by_id_with_both_empty_cell_policies_and_secrets(admin_client,
     with app.app_context():
         u1 = db.session.get(User, ids["p1"])
         assert (u1.first_name, u1.last_name, u1.number) == ("First1", "Changed", "1001")
-        assert u1.get_secret("voicemail_pin") == "4321" and "4321" not in u1.voicemail_pin_enc
+        assert u1.get_secret("voicemail_pin") == "4321" and "4321" not in u1.secrets_enc
         assert u1.get_secret("pbx_sip_password") == "sip-secret-1"
+        assert u1.get_secret("mcs_password") == "mcs-kept-7"  # not in the file: kept
         assert db.session.get(User, ids["p2"]).config_version == 1  # unchanged row
     rows[0][6] = ""
     rows[0][7] = ""

@@ -21,7 +21,9 @@ def test_migrations_build_the_schema_on_an_empty_database(tmp_path):
 
 def test_upgrade_keeps_existing_data(tmp_path):
     """A database at the first revision, with data in it, upgrades to the newest without loss."""
-    from flask_migrate import upgrade
+    from flask_migrate import downgrade, upgrade
+
+    from cds.security import decrypt, encrypt
     app = create_app({"SCHEDULER_ENABLED": False}, instance_path=str(tmp_path))
     with app.app_context():
         from cds.extensions import migrations
@@ -36,14 +38,26 @@ def test_upgrade_keeps_existing_data(tmp_path):
         db.session.execute(text(
             "INSERT INTO user (login_id, profile_id, first_name, last_name, number, pbx_number,"
             " pbx_sip_username, mbg_sip_username, mcs_account, email, source, force_config,"
-            " redeploy_required, not_in_source, config_version, created_at, updated_at)"
+            " redeploy_required, not_in_source, config_version, created_at, updated_at,"
+            " voicemail_pin_enc, pbx_sip_password_enc)"
             " VALUES ('jdoe', 1, 'Jane', 'Doe', '2001', '', '', '', '', 'jane@example.com', 'manual',"
-            " 0, 0, 0, 1, '2026-01-01', '2026-01-01')"))
+            " 0, 0, 0, 1, '2026-01-01', '2026-01-01', :pin, :sip)"),
+            {"pin": encrypt("482913"), "sip": encrypt("Sup3r-Secret-SIP")})
         db.session.commit()
         from cds.cli import upgrade_database
         upgrade_database()
         user = db.session.scalar(db.select(User).where(User.login_id == "jdoe"))
         assert user.last_name == "Doe" and user.profile.name == "Sales"
+        # 0003 moved the four secret columns into one encrypted value, keeping every secret.
+        assert user.secrets() == {"voicemail_pin": "482913", "pbx_sip_password": "Sup3r-Secret-SIP"}
+        triggers = db.session.scalars(text("SELECT name FROM sqlite_master WHERE type = 'trigger'")).all()
+        assert {"user_search_ai", "user_search_ad", "user_search_au"} <= set(triggers)
+        # And back: the downgrade splits them into their columns again.
+        db.session.remove()
+        downgrade(directory=directory, revision="0002_users")
+        pin, sip, mcs = db.session.execute(text(
+            "SELECT voicemail_pin_enc, pbx_sip_password_enc, mcs_password_enc FROM user")).one()
+        assert (decrypt(pin), decrypt(sip), mcs) == ("482913", "Sup3r-Secret-SIP", None)
 
 
 def test_models_and_migrations_agree(ctx):
@@ -65,8 +79,8 @@ def test_secrets_are_encrypted_at_rest(ctx):
     db.session.add(user)
     db.session.commit()
     raw = db.session.execute(text(
-        "SELECT voicemail_pin_enc, pbx_sip_password_enc FROM \"user\" WHERE login_id = 'jdoe'")).one()
-    assert "482913" not in raw[0] and "Sup3r-Secret-SIP" not in raw[1]
+        "SELECT secrets_enc FROM \"user\" WHERE login_id = 'jdoe'")).scalar_one()
+    assert raw and "482913" not in raw and "Sup3r-Secret-SIP" not in raw
     db.session.expire_all()
     again = db.session.scalar(db.select(User).where(User.login_id == "jdoe"))
     assert again.get_secret("voicemail_pin") == "482913"

@@ -108,7 +108,7 @@ def test_export_never_contains_the_four_secrets(admin_client, app):
         assert header not in text.splitlines()[0]
     # Nor the encrypted form of them.
     with app.app_context():
-        stored = db.session.scalars(db.select(User.voicemail_pin_enc)).all()
+        stored = db.session.scalars(db.select(User.secrets_enc)).all()
         details = " ".join(str(e.detail) for e in db.session.scalars(db.select(AuditEvent)))
     assert all(s and s not in text for s in stored)
     # The export's audit event carries none of them either.

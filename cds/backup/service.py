@@ -495,14 +495,16 @@ def _check_revisions(revisions: list[str]) -> None:
 
 # --- restoring -------------------------------------------------------------------
 
-def _migrate(conn: Connection, destination: str) -> None:
-    """Run this code's migrations on ``conn`` up to ``destination`` (a revision or "heads")."""
+def _migrate(conn: Connection, destination: str, cipher=None) -> None:
+    """Run this code's migrations on ``conn`` up to ``destination`` (a revision or "heads").
+    ``cipher``: the archive's key, for migrations that re-encrypt secrets."""
     from alembic.config import Config
     from alembic.runtime.environment import EnvironmentContext
 
     script = _script_directory()
     config = Config()
     config.set_main_option("script_location", script.dir)
+    config.attributes["cds_cipher"] = cipher
 
     def upgrade(rev, context):
         return script._upgrade_revs(destination, rev)
@@ -550,11 +552,12 @@ def _load_rows(conn: Connection, manifest: dict, data_dir: Path) -> dict[str, in
     return counts
 
 
-def _build(conn: Connection, manifest: dict, data_dir: Path) -> tuple[dict, list[str]]:
+def _build(conn: Connection, manifest: dict, data_dir: Path, key_files: _KeyFiles) -> tuple[dict, list[str]]:
+    from cds.security import make_cipher
     for revision in manifest["schema_revisions"]:
         _migrate(conn, revision)
     counts = _load_rows(conn, manifest, data_dir)
-    _migrate(conn, "heads")
+    _migrate(conn, "heads", make_cipher(key_files.keys["encryption.key"]))
     revisions = sorted(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
     return counts, revisions
 
@@ -718,7 +721,7 @@ def _restore_sqlite(manifest: dict, data_dir: Path, key_files: _KeyFiles,
     try:
         try:
             with engine.begin() as conn:
-                counts, revisions = _build(conn, manifest, data_dir)
+                counts, revisions = _build(conn, manifest, data_dir, key_files)
         finally:
             engine.dispose()
         os.chmod(aside, 0o600)
@@ -760,7 +763,7 @@ def _restore_postgresql(manifest: dict, data_dir: Path, key_files: _KeyFiles) ->
             existing.reflect(bind=conn)
             doomed = [t for t in existing.sorted_tables if t.name != "apscheduler_jobs"]
             existing.drop_all(bind=conn, tables=doomed)
-            counts, revisions = _build(conn, manifest, data_dir)
+            counts, revisions = _build(conn, manifest, data_dir, key_files)
             _reset_sequences(conn)
             key_files.install()
         except BaseException:

@@ -13,7 +13,7 @@ from sqlalchemy import bindparam, insert, select, update
 
 from cds.client.statements import DriverStatement, GroupCommit
 from cds.models import AuditEvent, ClientDevice, Deployment, DeploymentProfile, User, link_state, utcnow
-from cds.security import SecretUnreadable, decrypt, new_token, token_hash
+from cds.security import SecretUnreadable, decrypt_secrets, new_token, token_hash
 
 log = logging.getLogger("cds.client")
 
@@ -66,7 +66,7 @@ batches = GroupCommit(refusals=(ClientError,))
 _USER_COLUMNS = (
     User.id.label("user_id"), User.login_id, User.first_name, User.last_name, User.number, User.email,
     User.pbx_number, User.pbx_sip_username, User.mbg_sip_username, User.mcs_account,
-    User.mcs_password_enc, User.pbx_sip_password_enc, User.teleworker_sip_password_enc, User.voicemail_pin_enc,
+    User.secrets_enc,
     User.config_version, User.force_config, User.redeploy_required,
     DeploymentProfile.name.label("profile_name"), DeploymentProfile.client_types,
     DeploymentProfile.pbx_sip_host, DeploymentProfile.pbx_sip_port, DeploymentProfile.pbx_sip_transport,
@@ -200,8 +200,7 @@ def _document(r, now: datetime) -> dict:
     """`cds-client-config/1`: everything the client needs, secrets decrypted. The only
     place the four secrets ever leave the CDS."""
     try:
-        secrets = {name: decrypt(getattr(r, f"{name}_enc")) or "" for name in
-                   ("mcs_password", "pbx_sip_password", "teleworker_sip_password", "voicemail_pin")}
+        secrets = decrypt_secrets(r.secrets_enc)
     except SecretUnreadable:
         raise ClientError(503, "config_unavailable", "The configuration cannot be read right now; "
                                                      "try again later or contact your administrator.") from None
@@ -218,7 +217,7 @@ def _document(r, now: datetime) -> dict:
         },
         "pbx_sip": {
             "username": r.pbx_sip_username,
-            "password": secrets["pbx_sip_password"],
+            "password": secrets.get("pbx_sip_password", ""),
             "pbx_number": r.pbx_number,
             "host": r.pbx_sip_host,
             "port": r.pbx_sip_port,
@@ -226,7 +225,7 @@ def _document(r, now: datetime) -> dict:
         },
         "mbg_sip": {
             "username": r.mbg_sip_username,
-            "password": secrets["teleworker_sip_password"],
+            "password": secrets.get("teleworker_sip_password", ""),
             "host": r.mbg_sip_host,
             "port": r.mbg_sip_port,
             "transport": r.mbg_sip_transport,
@@ -235,11 +234,11 @@ def _document(r, now: datetime) -> dict:
             "host": r.mcs_host,
             "port": r.mcs_port,
             "account": r.mcs_account,
-            "password": secrets["mcs_password"],
+            "password": secrets.get("mcs_password", ""),
         },
         "voicemail": {
             "number": r.voicemail_number,
-            "pin": secrets["voicemail_pin"],
+            "pin": secrets.get("voicemail_pin", ""),
         },
         "profile": {
             "name": r.profile_name,

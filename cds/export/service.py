@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from cds.audit.service import record_event
 from cds.extensions import db
-from cds.models import USER_SECRETS, Connection, DeploymentProfile, User
+from cds.models import Connection, DeploymentProfile, User
 from cds.users.service import count_selection, describe_selection, selection_query
 
 BATCH_SIZE = 2000
@@ -44,9 +44,9 @@ HEADER = [name for name, _ in EXPORT_COLUMNS]
 
 # The seed: an export never carries the MiCollab Client password, PBX SIP password,
 # Teleworker SIP password or Voicemail PIN. Rows are built only from the columns
-# above (the encrypted secret columns are never even read), and this check keeps
+# above (the encrypted secrets are never even read), and this check keeps
 # anyone from adding one of them to the list.
-_SECRET_COLUMNS = {f"{name}_enc" for name in USER_SECRETS}
+_SECRET_COLUMNS = {"secrets_enc"}
 assert not _SECRET_COLUMNS & {col.key for _, col in EXPORT_COLUMNS}, "export must not carry secrets"
 
 # A phone number (or any plain number) is safe as it is; other text starting with

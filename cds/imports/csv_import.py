@@ -19,7 +19,7 @@ from cds.extensions import db
 from cds.imports.service import insert_users
 from cds.models import (SOURCE_CONNECTION, SOURCE_CSV, USER_SECRETS, DeploymentProfile, User,
                         utcnow)
-from cds.security import encrypt
+from cds.security import decrypt_secrets, encrypt_secrets
 
 # The CSV format shared by import, export and the template: header -> key.
 COLUMNS = (
@@ -341,6 +341,15 @@ def _load_users(ids: list[int]) -> dict[int, dict]:
     return out
 
 
+def _stored_secrets(ids: list[int]) -> dict[int, str | None]:
+    """The encrypted secrets of these users, by id."""
+    out = {}
+    for start in range(0, len(ids), 900):
+        out.update(db.session.execute(select(User.id, User.secrets_enc).where(
+            User.id.in_(ids[start:start + 900]))).tuples().all())
+    return out
+
+
 def _check_login_ids(plans: list[RowPlan], existing: dict[int, dict]) -> None:
     """A login id may appear once in the file and must not belong to another user
     (unless that user is given a new login id by this same file)."""
@@ -412,8 +421,7 @@ def commit_import(data: bytes, options: CsvOptions, *, actor: str | None = None,
         for p in creates:
             row = {**p.values, "profile_id": p.profile_id, "source": SOURCE_CSV,
                    "created_at": now, "updated_at": now}
-            for key in USER_SECRETS:
-                row[f"{key}_enc"] = encrypt(p.secrets[key]) if key in p.secrets else None
+            row["secrets_enc"] = encrypt_secrets(p.secrets)
             rows.append(row)
         insert_users(rows)
 
@@ -428,6 +436,8 @@ def commit_import(data: bytes, options: CsvOptions, *, actor: str | None = None,
             login_changes.append(f"{p.old_login_id} → {p.values['login_id']}")
             apply_login_id_change(moving[p.user_id], p.values["login_id"])
         db.session.flush()
+        # Secrets given in the file replace those; the others a user has are kept.
+        stored = _stored_secrets([p.user_id for p in updates if p.secrets])
         # The other changes go in bulk, grouped by the set of columns they change.
         groups: dict[tuple, list[dict]] = {}
         for p in updates:
@@ -435,8 +445,8 @@ def commit_import(data: bytes, options: CsvOptions, *, actor: str | None = None,
             row = {**values, "updated_at": now}
             if p.profile_id is not None:
                 row["profile_id"] = p.profile_id
-            for key, secret in p.secrets.items():
-                row[f"{key}_enc"] = encrypt(secret)
+            if p.secrets:
+                row["secrets_enc"] = encrypt_secrets({**decrypt_secrets(stored.get(p.user_id)), **p.secrets})
             bump = any(f in CONFIG_FIELDS for f in values) or p.profile_id is not None
             row["config_bump"] = 1 if bump else 0
             groups.setdefault(tuple(sorted(row)), []).append({**row, "uid": p.user_id})
