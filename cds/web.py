@@ -8,6 +8,7 @@ from functools import wraps
 
 from flask import (abort, flash, g, get_flashed_messages, redirect, render_template, request,
                    session, url_for)
+from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError
 from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
@@ -19,8 +20,10 @@ from cds.models import ROLE_LABELS, AdminAccount
 PUBLIC_BLUEPRINTS = {"redirect", "client", "landing", "api", "health"}
 PUBLIC_ENDPOINTS = {"auth.login", "static"}
 # Machine endpoints: an administrator's session cookie means nothing to them, so it
-# is never read there (nor decoded and verified on every device poll).
+# is never read there (nor decoded and verified on every device poll). Under these
+# prefixes every answer, errors included, is JSON, so no page needs a session either.
 SESSIONLESS_BLUEPRINTS = {"client", "redirect", "health"}
+SESSIONLESS_PREFIXES = ("/client/", "/r-api/")
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 # The same, for requests no route matched (a wrong method or path under a public area):
 # they get that area's 404/405, not a sign-in page.
@@ -83,7 +86,17 @@ def toast(message: str, category: str = "info") -> None:
     flash(message, category)
 
 
+class AdminSessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie session, not opened at all on the machine endpoints."""
+
+    def open_session(self, app, request):
+        if request.path.startswith(SESSIONLESS_PREFIXES):
+            return self.null_session_class()
+        return super().open_session(app, request)
+
+
 def init_app(app) -> None:
+    app.session_interface = AdminSessionInterface()
     app.jinja_env.globals.update(
         current_admin=current_admin,
         ROLE_LABELS=ROLE_LABELS,

@@ -22,8 +22,9 @@ bp = Blueprint("client", __name__, url_prefix="/client/v1")
 csrf.exempt(bp)
 # The per-address limit is checked below with the `limits` strategy and storage that
 # Flask-Limiter is configured with (memory, or Redis shared by every process);
-# Flask-Limiter's own per-request route resolution would cost more than a status check.
-limiter.exempt(bp)
+# Flask-Limiter's own per-request route resolution would cost more than a status
+# check, so it lets these requests through at its first test.
+limiter.request_filter(lambda: request.blueprint == "client")
 
 RATE_LIMITED = "Too many requests from this address; wait a minute and try again."
 
