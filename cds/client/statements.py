@@ -33,8 +33,8 @@ class _Compiled:
         self.names = tuple(compiled.positiontup) if compiled.positional else None
         # Values written into the statement itself, e.g. .values(force_config=False).
         self.fixed = {name: param.value for name, param in compiled.binds.items() if not param.required}
-        self.bind = {name: proc for name, param in compiled.binds.items()
-                     if (proc := param.type.dialect_impl(dialect).bind_processor(dialect))}
+        self.bind = [(name, proc) for name, param in compiled.binds.items()
+                     if (proc := param.type.dialect_impl(dialect).bind_processor(dialect))]
         self.row = self.results = None
         if stmt.is_select:
             columns = list(stmt.selected_columns)
@@ -43,11 +43,12 @@ class _Compiled:
                             if (proc := c.type.dialect_impl(dialect).result_processor(dialect, None))]
 
     def parameters(self, values: dict):
-        if self.fixed:
+        """The driver's parameters for ``values`` (which stay as they are)."""
+        if self.fixed or self.bind:
             values = {**self.fixed, **values}
-        if self.bind:
-            values = {**values, **{k: p(values[k]) for k, p in self.bind.items()}}
-        return values if self.names is None else tuple(values[n] for n in self.names)
+            for name, process in self.bind:
+                values[name] = process(values[name])
+        return values if self.names is None else tuple([values[n] for n in self.names])
 
 
 class DriverStatement:
@@ -55,25 +56,24 @@ class DriverStatement:
 
     def __init__(self, stmt):
         self.stmt = stmt
-        self._by_dialect: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    def _compiled(self, dialect) -> _Compiled:
-        compiled = self._by_dialect.get(dialect)
+    def _compiled(self, cur: DriverCursor) -> _Compiled:
+        compiled = cur.compiled.get(self)
         if compiled is None:
-            compiled = self._by_dialect[dialect] = _Compiled(self.stmt, dialect)
+            compiled = cur.compiled[self] = _Compiled(self.stmt, cur.dialect)
         return compiled
 
-    def execute(self, cursor, values: dict) -> int:
+    def execute(self, cur: DriverCursor, values: dict) -> int:
         """Run the statement; the number of rows it changed."""
-        c = self._compiled(cursor.dialect)
-        cursor.execute(c.sql, c.parameters(values))
-        return cursor.rowcount
+        c = self._compiled(cur)
+        cur.raw.execute(c.sql, c.parameters(values))
+        return cur.raw.rowcount
 
-    def first(self, cursor, values: dict):
+    def first(self, cur: DriverCursor, values: dict):
         """The first row (attributes named as the selected columns), or None."""
-        c = self._compiled(cursor.dialect)
-        cursor.execute(c.sql, c.parameters(values))
-        row = cursor.fetchone()
+        c = self._compiled(cur)
+        cur.raw.execute(c.sql, c.parameters(values))
+        row = cur.raw.fetchone()
         if row is None:
             return None
         if c.results:
@@ -83,22 +83,19 @@ class DriverStatement:
         return c.row._make(row)
 
 
-class _Cursor:
-    """A driver cursor that knows its dialect."""
-    __slots__ = ("cursor", "dialect")
+# Compiled statements, per database dialect (one per engine).
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    def __init__(self, cursor, dialect):
-        self.cursor, self.dialect = cursor, dialect
 
-    def execute(self, sql, parameters):
-        self.cursor.execute(sql, parameters)
+class DriverCursor:
+    """A driver cursor, with its dialect and the statements compiled for it."""
+    __slots__ = ("raw", "dialect", "compiled")
 
-    def fetchone(self):
-        return self.cursor.fetchone()
-
-    @property
-    def rowcount(self) -> int:
-        return self.cursor.rowcount
+    def __init__(self, raw, dialect):
+        self.raw, self.dialect = raw, dialect
+        self.compiled = _COMPILED.get(dialect)
+        if self.compiled is None:
+            self.compiled = _COMPILED[dialect] = {}
 
 
 @contextmanager
@@ -108,7 +105,7 @@ def driver_cursor():
     engine = db.engine
     connection = engine.raw_connection()
     try:
-        yield _Cursor(connection.cursor(), engine.dialect), connection
+        yield DriverCursor(connection.cursor(), engine.dialect), connection
     finally:
         connection.close()
 
