@@ -1,7 +1,7 @@
 """Client activations and config downloads per second under waitress, beside a bare
 JSON endpoint of the same app in the same run.
 
-    .venv/bin/python bench/activate.py [--users 3000] [--concurrency 8] [--db postgresql://…]
+    .venv/bin/python bench/activate.py [--users 6000] [--rounds 10] [--concurrency 8] [--threads 8] [--db postgresql://…]
 
 The app is served by waitress (as `flask cds serve` does) in this process; the load
 comes from a separate process with keep-alive connections, so it does not share this
@@ -85,9 +85,9 @@ def run_client(port: int, mode: str, items: list[str], concurrency: int) -> dict
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--users", type=int, default=3000)
+    ap.add_argument("--users", type=int, default=6000)
     ap.add_argument("--concurrency", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--threads", type=int, default=8, help="waitress threads (THREADS; 8 by default)")
     ap.add_argument("--db", default=None)
     args = ap.parse_args()

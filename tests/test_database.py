@@ -101,3 +101,36 @@ def test_exactly_one_scheduler_when_the_app_is_created_twice(make_app, tmp_path)
 
 def test_scheduler_not_started_for_cli_or_tests(app):
     assert not app.extensions["cds_scheduler"].running
+
+
+def test_secrets_under_another_key_stop_the_upgrade_with_nothing_changed(tmp_path, capfd):
+    import pytest
+    from cryptography.fernet import Fernet
+    from flask_migrate import upgrade
+
+    from cds.extensions import migrations
+    app = create_app({"SCHEDULER_ENABLED": False}, instance_path=str(tmp_path))
+    with app.app_context():
+        directory = migrations(app).directory
+        upgrade(directory=directory, revision="0002_users")
+        foreign = Fernet(Fernet.generate_key()).encrypt(b"1234").decode()
+        db.session.execute(text(
+            "INSERT INTO deployment_profile (name, description, client_types, mbg_sip_host, mbg_sip_port,"
+            " mbg_sip_transport, pbx_sip_host, pbx_sip_port, pbx_sip_transport, mcs_host, mcs_port,"
+            " voicemail_number, link_validity_hours, central_email, email_subject, email_body,"
+            " is_do_not_deploy, is_default, created_at, updated_at) VALUES ('Sales', '', 'mobile', '', 5061,"
+            " 'TLS', '', 5060, 'UDP', '', 443, '', 96, '', '', '', 0, 1, '2026-01-01', '2026-01-01')"))
+        db.session.execute(text(
+            "INSERT INTO user (login_id, profile_id, first_name, last_name, number, pbx_number,"
+            " pbx_sip_username, mbg_sip_username, mcs_account, email, source, force_config,"
+            " redeploy_required, not_in_source, config_version, created_at, updated_at, voicemail_pin_enc)"
+            " VALUES ('jdoe', 1, 'Jane', 'Doe', '', '', '', '', '', '', 'manual', 0, 0, 0, 1,"
+            " '2026-01-01', '2026-01-01', :pin)"), {"pin": foreign})
+        db.session.commit()
+        with pytest.raises(SystemExit):  # Flask-Migrate logs the error and exits
+            upgrade(directory=directory, revision="heads")
+        shown = "".join(capfd.readouterr())
+        assert "The secrets of user 1 cannot be decrypted with this instance's encryption key" in shown
+        db.session.remove()
+        assert db.session.scalar(text("SELECT version_num FROM alembic_version")) == "0002_users"
+        assert db.session.scalar(text("SELECT voicemail_pin_enc FROM user")) == foreign

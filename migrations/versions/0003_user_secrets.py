@@ -38,29 +38,47 @@ def _user():
                     *(sa.column(f"{name}_enc", sa.Text) for name in NAMES))
 
 
-def _rewrite(names, convert, update_values) -> None:
-    """Read the named columns of every user with any of them set, write convert()'s values."""
-    conn = op.get_bind()
+def _read(names, convert) -> list[dict]:
+    """convert() of the named columns of every user with any of them set. Runs before
+    any change, so a secret that cannot be decrypted stops the migration with nothing done."""
+    from cryptography.fernet import InvalidToken
+
+    from cds.security import SecretUnreadable
+
     user = _user()
-    select_columns = [user.c[name] for name in names]
-    rows = conn.execute(sa.select(user.c.id, *select_columns).where(
-        sa.or_(*(c.is_not(None) for c in select_columns)))).all()
-    stmt = user.update().where(user.c.id == sa.bindparam("uid")).values(update_values)
+    columns = [user.c[name] for name in names]
+    out = []
+    for row in op.get_bind().execute(sa.select(user.c.id, *columns).where(
+            sa.or_(*(c.is_not(None) for c in columns)))):
+        try:
+            out.append({"uid": row[0], **convert(row[1:])})
+        except (InvalidToken, SecretUnreadable):
+            raise RuntimeError(
+                f"The secrets of user {row[0]} cannot be decrypted with this instance's encryption "
+                "key. Start CDS with the key they were encrypted with (CDS_ENCRYPTION_KEY or "
+                "instance/encryption.key) and upgrade again. Nothing was changed.") from None
+    return out
+
+
+def _write(rows: list[dict], values) -> None:
+    user = _user()
+    stmt = user.update().where(user.c.id == sa.bindparam("uid")).values(values)
     for start in range(0, len(rows), BATCH):
-        conn.execute(stmt, [{"uid": row[0], **convert(row[1:])} for row in rows[start:start + BATCH]])
+        op.get_bind().execute(stmt, rows[start:start + BATCH])
 
 
 def upgrade():
     from cds.security import encrypt_secrets
 
     cipher = _cipher()
-    op.add_column("user", sa.Column("secrets_enc", sa.Text(), nullable=True))
 
     def convert(values):
         plain = {name: cipher.decrypt(v.encode()).decode() for name, v in zip(NAMES, values) if v}
         return {"new": encrypt_secrets(plain, cipher)}
 
-    _rewrite([f"{name}_enc" for name in NAMES], convert, {"secrets_enc": sa.bindparam("new")})
+    rows = _read([f"{name}_enc" for name in NAMES], convert)
+    op.add_column("user", sa.Column("secrets_enc", sa.Text(), nullable=True))
+    _write(rows, {"secrets_enc": sa.bindparam("new")})
     for name in NAMES:
         op.drop_column("user", f"{name}_enc")
 
@@ -69,13 +87,14 @@ def downgrade():
     from cds.security import decrypt_secrets
 
     cipher = _cipher()
-    for name in NAMES:
-        op.add_column("user", sa.Column(f"{name}_enc", sa.Text(), nullable=True))
 
     def convert(values):
         plain = decrypt_secrets(values[0], cipher)
         return {f"v_{name}": cipher.encrypt(plain[name].encode()).decode() if plain.get(name) else None
                 for name in NAMES}
 
-    _rewrite(["secrets_enc"], convert, {f"{name}_enc": sa.bindparam(f"v_{name}") for name in NAMES})
+    rows = _read(["secrets_enc"], convert)
+    for name in NAMES:
+        op.add_column("user", sa.Column(f"{name}_enc", sa.Text(), nullable=True))
+    _write(rows, {f"{name}_enc": sa.bindparam(f"v_{name}") for name in NAMES})
     op.drop_column("user", "secrets_enc")
