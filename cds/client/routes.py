@@ -61,8 +61,10 @@ bp.before_request(per_address_limit)
 def _json(payload: dict, status: int = 200):
     # json.dumps straight into the response: the configuration document is the
     # largest answer the busiest endpoints give, and key order carries no meaning.
-    return current_app.response_class(json.dumps(payload, separators=(",", ":")), status,
-                                      {"Cache-Control": "no-store"}, mimetype="application/json")
+    resp = current_app.response_class(json.dumps(payload, separators=(",", ":")).encode(), status,
+                                      content_type="application/json")
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
 
 
 @bp.errorhandler(ClientError)
