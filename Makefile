@@ -18,7 +18,10 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $(VENV)/.installed $@
 
+# Byte-compiled up front: where PYTHONDONTWRITEBYTECODE is set, every start would
+# otherwise compile the whole package again (and `cds serve` starts Python twice).
 run: $(VENV)/.installed
+	@$(BIN)/python -m compileall -q app.py cds migrations >/dev/null
 	$(BIN)/flask --app app cds serve
 
 upgrade: $(VENV)/.installed
