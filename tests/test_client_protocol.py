@@ -252,3 +252,28 @@ def test_one_failing_unit_does_not_take_its_batch_down(app, user_id):
         assert isinstance(refused.error, ClientError)
         assert [d.key_hash for d in db.session.scalars(select(ClientDevice))] == ["a" * 64]
         assert db.session.get(User, user_id).downloaded_at == now
+
+
+def test_in_process_limit_storage_needs_no_timer_threads_and_forgets_old_counters(monkeypatch):
+    import time as time_module
+
+    from limits import parse
+    from limits.storage import storage_from_string
+    from limits.strategies import FixedWindowRateLimiter
+
+    from cds.extensions import InProcessLimitStorage, limiter_storage_uri
+
+    storage = storage_from_string(limiter_storage_uri("memory://"))
+    assert isinstance(storage, InProcessLimitStorage)
+    limiter_ = FixedWindowRateLimiter(storage)
+    one_second = parse("1000/second")
+    before = {t.ident for t in threading.enumerate()}
+    assert all(limiter_.hit(one_second, "client", str(i % 50)) for i in range(2000))
+    assert not {t for t in threading.enumerate() if t.ident not in before and t.is_alive()}
+    assert len(storage.storage) == 50
+    # Once their window has passed, the next update sweeps the stale counters away.
+    later = time_module.time() + 5
+    monkeypatch.setattr("limits.storage.memory.time.time", lambda: later)
+    storage._next_sweep = 0.0  # the sweep is due
+    limiter_.hit(one_second, "client", "fresh")
+    assert [key.split("/")[2] for key in storage.storage] == ["fresh"]
