@@ -467,16 +467,12 @@ def test_an_archive_from_before_the_secrets_migration_keeps_every_secret(make_ap
 
     from cds.extensions import migrations
     from cds.security import encrypt
+    from tests.test_database import insert_profile_sql
     source, _, _ = empty_instance()
     archive = tmp_path / "at-0002.tar.gz"
     with source.app_context():
         upgrade(directory=migrations(source).directory, revision="0002_users")
-        db.session.execute(text(
-            "INSERT INTO deployment_profile (name, description, client_types, mbg_sip_host, mbg_sip_port,"
-            " mbg_sip_transport, pbx_sip_host, pbx_sip_port, pbx_sip_transport, mcs_host, mcs_port,"
-            " voicemail_number, link_validity_hours, central_email, email_subject, email_body,"
-            " is_do_not_deploy, is_default, created_at, updated_at) VALUES ('Sales', '', 'mobile', '', 5061,"
-            " 'TLS', '', 5060, 'UDP', '', 443, '', 96, '', '', '', false, true, '2026-01-01', '2026-01-01')"))
+        insert_profile_sql()
         db.session.execute(text(
             'INSERT INTO "user" (login_id, profile_id, first_name, last_name, number, pbx_number,'
             " pbx_sip_username, mbg_sip_username, mcs_account, email, source, force_config,"

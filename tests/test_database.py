@@ -7,6 +7,17 @@ from cds.extensions import db
 from cds.models import DeploymentProfile, User, include_in_autogenerate
 
 
+def insert_profile_sql() -> None:
+    """A deployment profile written in SQL, for databases at an older schema revision."""
+    db.session.execute(text(
+        "INSERT INTO deployment_profile (name, description, client_types, mbg_sip_host, mbg_sip_port,"
+        " mbg_sip_transport, pbx_sip_host, pbx_sip_port, pbx_sip_transport, mcs_host, mcs_port,"
+        " voicemail_number, link_validity_hours, central_email, email_subject, email_body,"
+        " is_do_not_deploy, is_default, created_at, updated_at) VALUES ('Sales', '', 'mobile', '', 5061,"
+        " 'TLS', '', 5060, 'UDP', '', 443, '', 96, '', '', '', :no, :yes, '2026-01-01', '2026-01-01')"),
+        {"no": False, "yes": True})
+
+
 def test_migrations_build_the_schema_on_an_empty_database(tmp_path):
     app = create_app({"SCHEDULER_ENABLED": False}, instance_path=str(tmp_path))
     with app.app_context():
@@ -29,12 +40,7 @@ def test_upgrade_keeps_existing_data(tmp_path):
         from cds.extensions import migrations
         directory = migrations(app).directory
         upgrade(directory=directory, revision="0001_initial")
-        db.session.execute(text(
-            "INSERT INTO deployment_profile (name, description, client_types, mbg_sip_host, mbg_sip_port,"
-            " mbg_sip_transport, pbx_sip_host, pbx_sip_port, pbx_sip_transport, mcs_host, mcs_port,"
-            " voicemail_number, link_validity_hours, central_email, email_subject, email_body,"
-            " is_do_not_deploy, is_default, created_at, updated_at) VALUES ('Sales', '', 'mobile', '', 5061,"
-            " 'TLS', '', 5060, 'UDP', '', 443, '', 96, '', '', '', 0, 1, '2026-01-01', '2026-01-01')"))
+        insert_profile_sql()
         db.session.execute(text(
             "INSERT INTO user (login_id, profile_id, first_name, last_name, number, pbx_number,"
             " pbx_sip_username, mbg_sip_username, mcs_account, email, source, force_config,"
@@ -114,12 +120,7 @@ def test_secrets_under_another_key_stop_the_upgrade_with_nothing_changed(tmp_pat
         directory = migrations(app).directory
         upgrade(directory=directory, revision="0002_users")
         foreign = Fernet(Fernet.generate_key()).encrypt(b"1234").decode()
-        db.session.execute(text(
-            "INSERT INTO deployment_profile (name, description, client_types, mbg_sip_host, mbg_sip_port,"
-            " mbg_sip_transport, pbx_sip_host, pbx_sip_port, pbx_sip_transport, mcs_host, mcs_port,"
-            " voicemail_number, link_validity_hours, central_email, email_subject, email_body,"
-            " is_do_not_deploy, is_default, created_at, updated_at) VALUES ('Sales', '', 'mobile', '', 5061,"
-            " 'TLS', '', 5060, 'UDP', '', 443, '', 96, '', '', '', 0, 1, '2026-01-01', '2026-01-01')"))
+        insert_profile_sql()
         db.session.execute(text(
             "INSERT INTO user (login_id, profile_id, first_name, last_name, number, pbx_number,"
             " pbx_sip_username, mbg_sip_username, mcs_account, email, source, force_config,"
