@@ -8,7 +8,20 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-@click.group("cds", cls=AppGroup)
+class CdsGroup(AppGroup):
+    """`flask cds …`: a service's refusal (``cds.errors.CdsError``) ends any command the
+    same way — its message on stderr, exit code 1, nothing changed."""
+
+    def invoke(self, ctx):
+        from cds.errors import CdsError
+        try:
+            return super().invoke(ctx)
+        except CdsError as exc:
+            # The command's app context has ended by now, and its session with it (rolled back).
+            fail(exc.message)
+
+
+@click.group("cds", cls=CdsGroup)
 @click.pass_context
 def cds_cli(ctx):
     """Client Deployment Service administration."""

@@ -30,6 +30,18 @@ def scrub(detail):
     return detail
 
 
+# Actors that are not a person at the console: the shell, the scheduler, CDS itself.
+SYSTEM_ACTORS = ("cli", "scheduler", "system")
+
+
+def actor_type_of(actor: str | None) -> str:
+    """What kind of actor a name is: "api" for an API token (``api:<name>``), "system"
+    for the shell, the scheduler and CDS itself, otherwise an administrator."""
+    if not actor or actor in SYSTEM_ACTORS:
+        return "system"
+    return "api" if actor.startswith("api:") else "admin"
+
+
 def record_event(action: str, *, actor: str | None = None, actor_type: str | None = None,
                  user: User | None = None, count: int | None = None,
                  detail: dict | None = None, commit: bool = True) -> AuditEvent:

@@ -1,14 +1,17 @@
-"""`flask --app app cds deploy …` and `… force-config …`: the same jobs as the Users tab."""
+"""`flask --app app cds deploy …`, `… auto-deploy …` and `… force-config …`: the same
+bulk actions as the Users tab, started the same way (``start_action``)."""
 from __future__ import annotations
-
-from datetime import datetime, timezone
 
 import click
 from sqlalchemy import select
 
 from cds.cli import fail
 from cds.extensions import db
-from cds.models import User, utcnow
+from cds.jobs.actions import RUN_AT_HELP, start_action
+from cds.models import User
+from cds.users.service import parse_selection
+
+AT_HELP = f"Schedule for later: {RUN_AT_HELP}."
 
 
 def _selection(all_users: bool, login_ids: tuple[str, ...]) -> dict:
@@ -21,40 +24,18 @@ def _selection(all_users: bool, login_ids: tuple[str, ...]) -> dict:
     missing = [x for x in wanted if x not in rows]
     if missing:
         fail(f"no user with login id {', '.join(missing)}")
-    return {"ids": sorted(rows.values())}
-
-
-def _parse_at(at: str | None) -> datetime | None:
-    """ISO 8601; without an offset the time is this machine's local time. Stored as naive UTC."""
-    if not at:
-        return None
-    try:
-        when = datetime.fromisoformat(at.strip().replace("Z", "+00:00"))
-    except ValueError:
-        fail(f"--at must be an ISO 8601 time such as 2030-03-01T08:00 or 2030-03-01T08:00+01:00 (got {at!r})")
-    if when.tzinfo is None:
-        when = when.astimezone()  # local time of this machine
-    when = when.astimezone(timezone.utc).replace(tzinfo=None, microsecond=0)
-    if when <= utcnow():
-        fail(f"--at {at} is in the past")
-    return when
+    return parse_selection({"ids": sorted(rows.values())})
 
 
 def _run(kind: str, all_users: bool, login_ids: tuple[str, ...], at: str | None) -> None:
-    from cds.jobs.service import JobError, create_job, reason_counts, run_job
+    from cds.jobs.service import reason_counts
 
-    selection = _selection(all_users, login_ids)
-    run_at = _parse_at(at)
-    try:
-        job = create_job(kind, selection, run_at=run_at, actor="cli")
-    except JobError as exc:
-        fail(str(exc))
-    if run_at is not None:
-        click.echo(f"job {job.id} scheduled for {run_at:%Y-%m-%d %H:%M} UTC: {job.description}")
+    job = start_action(kind, _selection(all_users, login_ids), run_at=at, actor="cli", inline=True)
+    if job.run_at is not None:
+        click.echo(f"job {job.id} scheduled for {job.run_at:%Y-%m-%d %H:%M} UTC: {job.description}")
         click.echo("It runs when the CDS server is running at that time; cancel it in the Jobs tab.")
         return
     click.echo(f"job {job.id}: {job.description}")
-    job = run_job(job.id) or db.session.get(type(job), job.id)
     click.echo(f"{job.succeeded} succeeded, {job.skipped} skipped, {job.failed} failed "
                f"(of {job.total})")
     for outcome, message, count in reason_counts(job):
@@ -64,8 +45,7 @@ def _run(kind: str, all_users: bool, login_ids: tuple[str, ...], at: str | None)
 @click.command("deploy")
 @click.option("--all", "all_users", is_flag=True, help="Every user (Do Not Deploy users are skipped).")
 @click.option("--user", "login_ids", multiple=True, metavar="LOGIN_ID", help="A user's login id (repeatable).")
-@click.option("--at", default=None, metavar="ISO_TIME",
-              help="Schedule for later, e.g. 2030-03-01T08:00 (local time) or with an offset.")
+@click.option("--at", default=None, metavar="ISO_TIME", help=AT_HELP)
 def deploy_command(all_users, login_ids, at):
     """Send deployment e-mails (new links) to users, now or at a set time."""
     _run("deploy", all_users, login_ids, at)
@@ -74,7 +54,7 @@ def deploy_command(all_users, login_ids, at):
 @click.command("auto-deploy")
 @click.option("--all", "all_users", is_flag=True, help="Every user.")
 @click.option("--user", "login_ids", multiple=True, metavar="LOGIN_ID", help="A user's login id (repeatable).")
-@click.option("--at", default=None, metavar="ISO_TIME", help="Schedule for later.")
+@click.option("--at", default=None, metavar="ISO_TIME", help=AT_HELP)
 def auto_deploy_command(all_users, login_ids, at):
     """Set Force Config for users whose client has downloaded, Deploy for the others."""
     _run("auto_deploy", all_users, login_ids, at)
@@ -83,7 +63,7 @@ def auto_deploy_command(all_users, login_ids, at):
 @click.command("force-config")
 @click.option("--all", "all_users", is_flag=True, help="Every user.")
 @click.option("--user", "login_ids", multiple=True, metavar="LOGIN_ID", help="A user's login id (repeatable).")
-@click.option("--at", default=None, metavar="ISO_TIME", help="Schedule for later.")
+@click.option("--at", default=None, metavar="ISO_TIME", help=AT_HELP)
 def force_config_command(all_users, login_ids, at):
     """Make clients download their configuration again at their next status check."""
     _run("force_config", all_users, login_ids, at)

@@ -291,23 +291,14 @@ def _ids_of(pairs: list[tuple[int, str]]) -> list[int]:
     return sorted(ids)
 
 
-def deploy_available() -> bool:
-    from cds.jobs.service import ACTIONS
-    return "deploy" in ACTIONS
-
-
 def import_and_deploy(selection: dict, profile_id=None, *, actor: str | None = None) -> ImportResult:
     """Import, then send the new users their deployment (one Deploy job)."""
-    from cds.jobs.service import create_job, submit
+    from cds.jobs.actions import start_action
 
-    if not deploy_available():
-        raise ImportProblem("Deploy is not available in this installation; use Import, then "
-                            "deploy from the Users tab.")
     result = import_records(selection, profile_id, actor=actor)
     if result.created_ids:
-        job = create_job("deploy", {"ids": result.created_ids}, actor=actor)
+        job = start_action("deploy", {"ids": result.created_ids}, actor=actor or "system")
         result.job_id = job.id
-        submit(job)
     return result
 
 

@@ -58,12 +58,7 @@ def show_command(job_id, as_json):
 @click.argument("job_id", type=int)
 def cancel_command(job_id):
     """Cancel a scheduled or queued job (a running one stops after its current batch)."""
-    from cds.audit.service import record_event
-    try:
-        job = jobs.cancel_job(job_id)
-    except jobs.JobError as exc:
-        fail(str(exc))
-    record_event("job.cancel", actor="cli", detail={"job": job.id, "kind": job.kind})
+    job = jobs.cancel_job(job_id, actor="cli")
     click.echo(f"job {job.id} cancelled")
 
 

@@ -152,17 +152,13 @@ def edit_command(login_id, new_login_id, profile_name, secret_names, as_json, **
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def delete_command(login_ids, yes):
     """Delete users: their links and device credentials stop working."""
-    from cds.jobs import service as jobs
+    from cds.jobs.actions import start_action
     ids = [_user_by_login(login).id for login in login_ids]
     if not yes and not click.confirm(f"Delete {len(ids)} user(s)?"):
         fail("nothing deleted")
-    params = {"confirm": "all"} if len(ids) > 100 else {}
-    try:
-        job = jobs.create_job("delete", {"ids": ids}, params=params, actor="cli")
-    except jobs.JobError as exc:
-        fail(str(exc))
-    jobs.run_job(job.id)
-    db.session.refresh(job)
+    # Naming each user (or --yes) is the shell's confirmation, however many there are.
+    job = start_action("delete", users.parse_selection({"ids": ids}), params={"confirm": "all"},
+                       actor="cli", inline=True)
     click.echo(f"{job.succeeded} deleted, {job.failed} failed")
     if job.failed:
         sys.exit(1)
