@@ -104,7 +104,7 @@ def create_admin_command(name, role, password_stdin):
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     try:
-        create_admin(name, password, role)
+        create_admin(name, password, role, actor="cli")
     except AccountError as exc:
         fail(str(exc))
     click.echo(f"administrator {name} created ({role})")

@@ -47,7 +47,7 @@ def list_api_tokens_command(as_json):
 def revoke_api_token_command(token_id):
     """Revoke an API token: it stops working at once."""
     try:
-        row = revoke_api_token(token_id)
+        row = revoke_api_token(token_id, actor="cli")
     except TokenError as exc:
         fail(str(exc))
     click.echo(f"token {row.id} '{row.name}' revoked")

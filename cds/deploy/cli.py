@@ -1,5 +1,6 @@
-"""`flask --app app cds deploy …`, `… auto-deploy …` and `… force-config …`: the same
-bulk actions as the Users tab, started the same way (``start_action``)."""
+"""`flask --app app cds deploy …`, `… auto-deploy …`, `… force-config …` and
+`… assign-profile …`: the same bulk actions as the Users tab, started the same way
+(``start_action``), run here to their end unless scheduled."""
 from __future__ import annotations
 
 import click
@@ -27,10 +28,12 @@ def _selection(all_users: bool, login_ids: tuple[str, ...]) -> dict:
     return parse_selection({"ids": sorted(rows.values())})
 
 
-def _run(kind: str, all_users: bool, login_ids: tuple[str, ...], at: str | None) -> None:
+def _run(kind: str, all_users: bool, login_ids: tuple[str, ...], at: str | None,
+         params: dict | None = None) -> None:
     from cds.jobs.service import reason_counts
 
-    job = start_action(kind, _selection(all_users, login_ids), run_at=at, actor="cli", inline=True)
+    job = start_action(kind, _selection(all_users, login_ids), params=params, run_at=at,
+                       actor="cli", inline=True)
     if job.run_at is not None:
         click.echo(f"job {job.id} scheduled for {job.run_at:%Y-%m-%d %H:%M} UTC: {job.description}")
         click.echo("It runs when the CDS server is running at that time; cancel it in the Jobs tab.")
@@ -69,4 +72,16 @@ def force_config_command(all_users, login_ids, at):
     _run("force_config", all_users, login_ids, at)
 
 
-commands = [deploy_command, auto_deploy_command, force_config_command]
+@click.command("assign-profile")
+@click.argument("profile_name")
+@click.option("--all", "all_users", is_flag=True, help="Every user.")
+@click.option("--user", "login_ids", multiple=True, metavar="LOGIN_ID", help="A user's login id (repeatable).")
+def assign_profile_command(profile_name, all_users, login_ids):
+    """Put users on the deployment profile PROFILE_NAME (their clients download again)."""
+    from cds.profiles.service import find_profile_by_name
+    profile = find_profile_by_name(profile_name)
+    _run("assign_profile", all_users, login_ids, None,
+         {"profile_id": profile.id if profile is not None else None})
+
+
+commands = [deploy_command, auto_deploy_command, force_config_command, assign_profile_command]
