@@ -10,8 +10,8 @@ from sqlalchemy import (Select, and_, bindparam, case, false, func, literal_colu
 from cds import errors
 from cds.extensions import db
 from cds.jobs.service import Outcome, action
-from cds.models import (SOURCE_CONNECTION, SOURCE_CSV, SOURCE_MANUAL, ClientDevice, Connection,
-                        Deployment, DeploymentProfile, User, utcnow)
+from cds.models import (SOURCE_CONNECTION, SOURCE_CSV, SOURCE_MANUAL, USER_SECRETS, ClientDevice,
+                        Connection, Deployment, DeploymentProfile, User, utcnow)
 
 
 class UserError(errors.Conflict):
@@ -421,6 +421,8 @@ USER_FIELD_LABELS = {"login_id": "Login ID", "first_name": "Firstname", "last_na
                      "pbx_sip_username": "PBX SIP User name", "mbg_sip_username": "MBG SIP User name",
                      "mcs_account": "MiCollab Client Service Account", "email": "Email address"}
 REQUIRED_USER_FIELDS = ("login_id", "last_name", "email")
+# The longest secret (password, PIN) any surface accepts: form, API, CLI and CSV import.
+MAX_SECRET_LENGTH = 256
 _PHONE_RE = re.compile(r"[0-9+*#() .\-]*")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -513,6 +515,14 @@ class SaveResult:
         return self.old_login_id is not None
 
 
+def secret_problem(name: str, value: str | None) -> str | None:
+    """What is wrong with a new value for the secret ``name`` (None clears it), or None:
+    the one rule for secrets, whoever writes them."""
+    if value is not None and (len(value) > MAX_SECRET_LENGTH or _CONTROL_RE.search(value)):
+        return f"{USER_SECRETS[name]} must be at most {MAX_SECRET_LENGTH} characters, without control characters."
+    return None
+
+
 def _check_profile(profile_id, errors: dict) -> DeploymentProfile | None:
     try:
         profile = db.session.get(DeploymentProfile, int(profile_id)) if profile_id not in (None, "") else None
@@ -532,7 +542,6 @@ def save_user(user: User | None, values: dict, secrets: dict | None = None, *,
     ``secrets``: {name: new value} replaces, {name: None} clears, absent keeps.
     Raises InvalidUser with every field error; nothing is written then."""
     from cds.audit.service import record_event
-    from cds.models import USER_SECRETS
 
     secrets = secrets or {}
     imported = user is not None and user.is_imported
@@ -547,8 +556,8 @@ def save_user(user: User | None, values: dict, secrets: dict | None = None, *,
             errors[name] = "Unknown secret."
         elif imported:
             errors[name] = "The source of this user owns its secrets."
-        elif value is not None and (len(value) > 256 or _CONTROL_RE.search(value)):
-            errors[name] = f"{USER_SECRETS[name]} must be at most 256 characters, without control characters."
+        elif secret_problem(name, value):
+            errors[name] = secret_problem(name, value)
     if errors:
         raise InvalidUser(errors)
 
