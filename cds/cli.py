@@ -97,16 +97,13 @@ def upgrade_command():
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 def create_admin_command(name, role, password_stdin):
     """Create an administrator account; the password is prompted for (or read from stdin)."""
-    from cds.auth.service import AccountError, create_admin
+    from cds.auth.service import create_admin
 
     if password_stdin or not sys.stdin.isatty():
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    try:
-        create_admin(name, password, role, actor="cli")
-    except AccountError as exc:
-        fail(str(exc))
+    create_admin(name, password, role, actor="cli")
     click.echo(f"administrator {name} created ({role})")
 
 

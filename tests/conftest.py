@@ -161,6 +161,27 @@ def sign_in(client: CSRFClient, username: str, password: str = TEST_PASSWORD):
     return resp
 
 
+def make_token(app, role="admin", name="script", expires=None) -> str:
+    """An API token (the token itself, shown once)."""
+    from cds.api.tokens import create_api_token
+    with app.app_context():
+        return create_api_token(name, role, expires)[1]
+
+
+@pytest.fixture
+def api(app, client):
+    """The JSON API with an administrator token; every answer is checked against the
+    OpenAPI document (tests/api_support.py)."""
+    from tests.api_support import ApiClient
+    return ApiClient(client, make_token(app))
+
+
+@pytest.fixture
+def ro_api(app, client):
+    from tests.api_support import ApiClient
+    return ApiClient(client, make_token(app, "read-only", "reader"))
+
+
 @pytest.fixture
 def admin_client(app) -> CSRFClient:
     """Signed in as a primary administrator."""

@@ -1,28 +1,11 @@
 """JSON API v1: tokens, authentication, the error shape, actions and jobs."""
 from datetime import timedelta
 
-import pytest
 
 from cds.extensions import db
 from cds.models import ApiToken, Job, User, utcnow
 from tests.api_support import ApiClient
-
-
-def make_token(app, role="admin", name="script", expires=None):
-    from cds.api.tokens import create_api_token
-    with app.app_context():
-        row, token = create_api_token(name, role, expires)
-        return token
-
-
-@pytest.fixture
-def api(app, client):
-    return ApiClient(client, make_token(app))
-
-
-@pytest.fixture
-def ro_api(app, client):
-    return ApiClient(client, make_token(app, "read-only", "reader"))
+from tests.conftest import make_token
 
 
 def add_users(app, n, **fields):

@@ -9,7 +9,7 @@ from cds.extensions import db
 from cds.models import AuditEvent, Connection, DeploymentProfile, User
 from tests.api_support import ApiClient
 from tests.fixtures.source_server import PASSWORD, USERNAME, SourceServer, usa_user
-from tests.test_api import api, make_token, ro_api  # noqa: F401  (fixtures)
+from tests.conftest import make_token
 
 
 @pytest.fixture

@@ -378,7 +378,7 @@ def test_a_failure_while_loading_rolls_back_everything(populated_target, tmp_pat
         for name in ["manifest.json", *manifest["files"]]:
             tar.add(work / name, arcname=name)
     with target.app_context():
-        with pytest.raises(Exception):
+        with pytest.raises(backup.BackupError):
             backup.restore_backup(broken)
     assert snapshot_of(target) == before
 

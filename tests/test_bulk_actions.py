@@ -11,21 +11,9 @@ from sqlalchemy import func, select
 
 from cds.extensions import db
 from cds.models import ApiToken, AuditEvent, Job, User, utcnow
-from tests.api_support import ApiClient
 
 HTMX = {"HX-Request": "true"}
 FUTURE = datetime(utcnow().year + 5, 3, 1, 8, 0, 0)
-
-
-def make_token(app, role="admin", name="script"):
-    from cds.api.tokens import create_api_token
-    with app.app_context():
-        return create_api_token(name, role)[1]
-
-
-@pytest.fixture
-def api(app, client):
-    return ApiClient(client, make_token(app))
 
 
 @pytest.fixture

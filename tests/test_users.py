@@ -4,7 +4,6 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-import pytest
 
 from cds.extensions import db
 from cds.models import (AuditEvent, ClientDevice, Connection, Deployment, DeploymentProfile, Job,

@@ -76,10 +76,7 @@ def _split_body(data: dict, user: User | None) -> tuple[dict, dict]:
 
 
 def _get(user_id: int) -> User:
-    try:
-        return users.get_user(user_id)
-    except users.NotFound as exc:
-        raise ApiError(404, "not_found", str(exc)) from None
+    return users.get_user(user_id)  # NotFound: 404
 
 
 @bp.get("/users")

@@ -198,7 +198,7 @@ def audit_rows(filt: AuditFilter, batch_size: int = 2000) -> Iterator[list[str]]
     while True:
         query = base if last_id is None else base.where(AuditEvent.id < last_id)
         batch = db.session.execute(query.order_by(AuditEvent.id.desc()).limit(batch_size)).all()
-        for eid, at, actor, actor_type, action, user_id, login_id, count, ip, detail in batch:
+        for _id, at, actor, actor_type, action, user_id, login_id, count, ip, detail in batch:
             yield [at.strftime("%Y-%m-%dT%H:%M:%SZ"), actor, actor_type, action,
                    "" if user_id is None else str(user_id), login_id or "",
                    "" if count is None else str(count), ip or "",

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 
+from cds import errors
 from cds.extensions import db
 from cds.jobs.actions import start_action
 from cds.jobs.service import Outcome, action
@@ -39,15 +40,11 @@ DEFAULT_INTERVAL = 60
 MIN_INTERVAL, MAX_INTERVAL = 5, 7 * 24 * 60
 
 
-class ConnectionProblem(Exception):
+class ConnectionProblem(errors.Invalid):
     """A connection cannot be saved or changed as asked. ``errors`` maps form fields to messages."""
 
-    def __init__(self, message: str, errors: dict[str, str] | None = None):
-        super().__init__(message)
-        self.errors = errors or {}
 
-
-class ConnectionNotFound(ConnectionProblem):
+class ConnectionNotFound(errors.NotFound, ConnectionProblem):
     pass
 
 
@@ -120,7 +117,7 @@ def _validate(settings: ConnectionSettings, existing: Connection | None) -> dict
     if len(url) > 512:
         errors["url"] = "The URL is longer than 512 characters."
     try:
-        parts.port
+        _ = parts.port  # urlsplit checks the port only when it is read
     except ValueError:
         errors["url"] = "The port in the URL is not a number."
     if not MIN_INTERVAL <= settings.sync_interval_minutes <= MAX_INTERVAL:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import bindparam, select, update
 
+from cds import errors
 from cds.extensions import db
 from cds.imports.service import insert_users
 from cds.models import (SOURCE_CONNECTION, SOURCE_CSV, USER_SECRETS, DeploymentProfile, User,
@@ -62,7 +63,7 @@ HEADER_KEYS = {header_key(label): key for label, key in COLUMNS + SECRET_COLUMNS
 LABELS = {key: label for label, key in COLUMNS + SECRET_COLUMNS}
 
 
-class CsvProblem(Exception):
+class CsvProblem(errors.Invalid):
     """The file as a whole cannot be read (encoding, structure, no header)."""
 
 

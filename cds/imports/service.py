@@ -17,6 +17,7 @@ from flask import current_app
 from sqlalchemy import Select, and_, false, func, insert, or_, select, text
 from sqlalchemy.orm import aliased
 
+from cds import errors
 from cds.extensions import db
 from cds.models import SOURCE_CONNECTION, Connection, DeploymentProfile, SourceRecord, User, utcnow
 from cds.scheduler import tick_task
@@ -32,7 +33,7 @@ RECORD_SEARCH_COLUMNS = (SourceRecord.first_name, SourceRecord.last_name, Source
 STATES = ("", "new", "imported")
 
 
-class ImportProblem(Exception):
+class ImportProblem(errors.Invalid):
     """An import cannot be carried out as asked; the message says why."""
 
 

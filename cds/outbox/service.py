@@ -10,6 +10,7 @@ from email.parser import BytesHeaderParser, BytesParser
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
+from cds import errors
 from cds.mail.compose import qr_data_uri
 from cds.mail.transport import outbox_dir
 
@@ -17,7 +18,7 @@ PAGE_SIZE = 100
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.eml$")
 
 
-class OutboxError(Exception):
+class OutboxError(errors.NotFound):
     pass
 
 

@@ -1,9 +1,7 @@
 """The Users tab: the table, the bulk actions, and the user page."""
 from __future__ import annotations
 
-from flask import (Blueprint, abort, current_app, g, redirect, render_template, request, session,
-                   url_for)
-from werkzeug.exceptions import NotFound as RouteNotFound
+from flask import Blueprint, abort, g, redirect, render_template, request, session, url_for
 
 from cds.extensions import db
 from cds.jobs.actions import start_action
@@ -11,7 +9,7 @@ from cds.jobs.service import ACTIONS, reason_counts
 from cds.models import USER_SECRETS
 from cds.profiles.service import all_profiles
 from cds.users.forms import ImportedUserForm, UserForm
-from cds.users.service import (PAGE_SIZES, InvalidQuery, InvalidUser, NotFound, UserError,
+from cds.users.service import (PAGE_SIZES, InvalidQuery, InvalidUser,
                                UserQuery, deployment_history, get_user, list_users,
                                parse_selection, redeploy_after_id_change, revoke_device,
                                save_user, source_choices, source_label, user_audit_events,
@@ -117,10 +115,7 @@ def _render_user(user, form, status=200, **extra):
 
 
 def _load_user(user_id: int):
-    try:
-        return get_user(user_id)
-    except NotFound as exc:
-        abort(404, str(exc))
+    return get_user(user_id)  # NotFound: 404
 
 
 @bp.route("/new", methods=["GET", "POST"])
@@ -182,12 +177,7 @@ def detail(user_id: int):
 @write_required
 def revoke(user_id: int, device_id: int):
     user = _load_user(user_id)
-    try:
-        device = revoke_device(user, device_id, actor=g.get("actor"))
-    except NotFound as exc:
-        abort(404, str(exc))
-    except UserError as exc:
-        abort(409, str(exc))
+    device = revoke_device(user, device_id, actor=g.get("actor"))  # NotFound: 404, UserError: 409
     toast(f"Device {device.platform or ''} {device.device_id or ''} revoked: it can no longer "
           f"fetch this user's configuration.".replace("  ", " "), "success")
     return _render_user(user, _form_for(user))
