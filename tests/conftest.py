@@ -141,6 +141,39 @@ def runner(app):
     return app.test_cli_runner()
 
 
+@pytest.fixture
+def smtp_server():
+    """A real SMTP server on loopback (tests/mailsink.py) that keeps every message."""
+    from tests.mailsink import MailSink
+    sink = MailSink().start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+def make_source():
+    """Start real HTTP JSON sources (tests/fixtures/source_server.py): ``make_source(n)``
+    holds Users and Services users 1..n, ``make_source([records…])`` those records."""
+    from tests.fixtures.source_server import SourceServer, usa_user
+    started = []
+
+    def start(users=10):
+        records = [usa_user(i) for i in range(1, users + 1)] if isinstance(users, int) else users
+        server = SourceServer(records).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def source(make_source, request):
+    """An HTTP source with the test module's ``SOURCE_USERS`` users (10 if it says nothing)."""
+    return make_source(getattr(request.module, "SOURCE_USERS", 10))
+
+
 def make_admin(app, username="alice", role="primary", password=TEST_PASSWORD):
     """An administrator account as test setup: written directly, so it leaves no
     ``admin.create`` audit event (tests count the events their actions write)."""
