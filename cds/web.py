@@ -105,6 +105,8 @@ def init_app(app) -> None:
     )
     app.jinja_env.filters["dt"] = format_datetime
     app.jinja_env.filters["ago_days"] = days_from_now
+    # The console opens on the Users tab.
+    app.add_url_rule("/", "home", lambda: redirect(url_for("users.index")))
 
     @app.url_value_preprocessor
     def _ids_in_range(endpoint, values):

@@ -1,4 +1,4 @@
-"""CSV import (PRODUCT.md §4): parse, plan with every row's errors, then write.
+"""CSV import (the format of docs/sources.md, CSV files): parse, plan with every row's errors, then write.
 
 ``plan_import`` reads the whole file and decides, row by row, what would happen
 (create, update, unchanged, or the errors that stop it) without writing

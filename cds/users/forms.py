@@ -28,7 +28,7 @@ class ProfileChoiceMixin:
 
 
 class UserForm(ProfileChoiceMixin, FlaskForm):
-    """A manual (or CSV) user: every field of PRODUCT.md §2. Secrets are write-only:
+    """A manual (or CSV) user: every field a user has. Secrets are write-only:
     the form never carries a stored value, only a new one or "clear"."""
     login_id = _text("login_id")
     profile_id = SelectField("Profile", coerce=int)

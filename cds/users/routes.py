@@ -22,7 +22,7 @@ PER_PAGE_KEY = "users_per_page"
 TABLE_TARGET = "users-table"
 USER_TARGET = "user-main"
 
-# The buttons above the table, in the seed's order; the job kind each one starts.
+# The buttons above the table, in the order administrators know; the job kind each one starts.
 BULK_ACTIONS = (
     ("sync", "Sync data"),
     ("auto_deploy", "Auto deploy"),

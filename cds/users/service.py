@@ -387,7 +387,7 @@ def revoke_client_access(user: User, reason: str) -> tuple[int, int]:
 
 
 def apply_login_id_change(user: User, new_login_id: str) -> bool:
-    """The seed's ID change: the installed client stops working and must be redeployed.
+    """A user's Login ID changes: the installed client stops working and must be redeployed.
 
     Returns True when the ID changed. The caller commits."""
     if new_login_id == user.login_id:
