@@ -68,10 +68,7 @@ def list_jobs():
 
 @bp.get("/jobs/<int:job_id>")
 def get_job(job_id: int):
-    job = db.session.get(Job, job_id)
-    if job is None:
-        raise ApiError(404, "not_found", f"Job {job_id} does not exist.")
-    return job_json(job, with_items=True)
+    return job_json(jobs.get_job(job_id), with_items=True)
 
 
 @bp.delete("/jobs/<int:job_id>")

@@ -213,6 +213,12 @@ def audit_csv(filt: AuditFilter) -> Iterator[str]:
     return csv_chunks(AUDIT_CSV_HEADER, audit_rows(filt))
 
 
+def export_audit_csv(filt: AuditFilter, *, actor: str) -> Iterator[str]:
+    """The audit log as CSV; the export itself is audited (``audit.export``) first."""
+    record_event("audit.export", actor=actor, detail={"filter": filt.to_dict()})
+    return audit_csv(filt)
+
+
 def detail_text(detail: dict | None) -> str:
     """A compact one-line rendering of an event's detail for the table."""
     parts = []

@@ -1,9 +1,8 @@
 """The Jobs tab: running jobs with live progress, scheduled ones (cancellable),
 finished ones with their per-user report, and the periodic sync schedules."""
-from flask import Blueprint, abort, g, redirect, render_template, request, url_for
+from flask import Blueprint, g, redirect, render_template, request, url_for
 
-from cds.extensions import db
-from cds.jobs.service import (ITEM_OUTCOMES, active_jobs, cancel_job,
+from cds.jobs.service import (ITEM_OUTCOMES, active_jobs, cancel_job, get_job,
                               finished_jobs, item_page, reason_counts, scheduled_jobs,
                               sync_schedules)
 from cds.models import Job
@@ -40,10 +39,7 @@ def index():
 
 
 def _get_job(job_id: int) -> Job:
-    job = db.session.get(Job, job_id)
-    if job is None:
-        abort(404, f"Job {job_id} does not exist (finished jobs are pruned after a while).")
-    return job
+    return get_job(job_id)  # JobNotFound: 404
 
 
 @bp.route("/<int:job_id>")

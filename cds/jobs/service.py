@@ -123,14 +123,19 @@ def create_job(kind: str, selection: dict, *, params: dict | None = None,
     return job
 
 
+def get_job(job_id: int) -> Job:
+    job = db.session.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(f"Job {job_id} does not exist (finished jobs are pruned after a while).")
+    return job
+
+
 def cancel_job(job_id: int, *, actor: str | None = None, actor_type: str | None = None) -> Job:
     """Cancel a scheduled or queued job (it never runs), or stop a running one after its batch.
     Writes the one ``job.cancel`` audit event, in the same transaction."""
     from cds.audit.service import record_event
 
-    job = db.session.get(Job, job_id)
-    if job is None:
-        raise JobNotFound(f"Job {job_id} does not exist (finished jobs are pruned after a while).")
+    job = get_job(job_id)
     changed = db.session.execute(
         update(Job).where(Job.id == job_id, Job.state.in_([JOB_SCHEDULED, JOB_QUEUED, JOB_RUNNING]))
         .values(state=JOB_CANCELLED, finished_at=utcnow(),

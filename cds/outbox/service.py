@@ -110,9 +110,12 @@ def html_with_inline_images(message: OutboxMessage) -> str:
     return html
 
 
-def delete_all() -> int:
+def delete_all(*, actor: str) -> int:
+    """Empty the Outbox (audited as ``outbox.empty``); returns how many messages went."""
+    from cds.audit.service import record_event
     count = 0
     for path in _files():
         path.unlink(missing_ok=True)
         count += 1
+    record_event("outbox.empty", actor=actor, count=count)
     return count
