@@ -45,28 +45,38 @@ def _run(kind: str, all_users: bool, login_ids: tuple[str, ...], at: str | None,
         click.echo(f"  {outcome}: {count} × {message}")
 
 
+def _who(all_help: str = "Every user."):
+    """--all or --user LOGIN_ID…: the shell's way to say which users."""
+    def options(fn):
+        fn = click.option("--user", "login_ids", multiple=True, metavar="LOGIN_ID",
+                          help="A user's login id (repeatable).")(fn)
+        return click.option("--all", "all_users", is_flag=True, help=all_help)(fn)
+    return options
+
+
+def _when(fn):
+    return click.option("--at", default=None, metavar="ISO_TIME", help=AT_HELP)(fn)
+
+
 @click.command("deploy")
-@click.option("--all", "all_users", is_flag=True, help="Every user (Do Not Deploy users are skipped).")
-@click.option("--user", "login_ids", multiple=True, metavar="LOGIN_ID", help="A user's login id (repeatable).")
-@click.option("--at", default=None, metavar="ISO_TIME", help=AT_HELP)
+@_who("Every user (Do Not Deploy users are skipped).")
+@_when
 def deploy_command(all_users, login_ids, at):
     """Send deployment e-mails (new links) to users, now or at a set time."""
     _run("deploy", all_users, login_ids, at)
 
 
 @click.command("auto-deploy")
-@click.option("--all", "all_users", is_flag=True, help="Every user.")
-@click.option("--user", "login_ids", multiple=True, metavar="LOGIN_ID", help="A user's login id (repeatable).")
-@click.option("--at", default=None, metavar="ISO_TIME", help=AT_HELP)
+@_who()
+@_when
 def auto_deploy_command(all_users, login_ids, at):
     """Set Force Config for users whose client has downloaded, Deploy for the others."""
     _run("auto_deploy", all_users, login_ids, at)
 
 
 @click.command("force-config")
-@click.option("--all", "all_users", is_flag=True, help="Every user.")
-@click.option("--user", "login_ids", multiple=True, metavar="LOGIN_ID", help="A user's login id (repeatable).")
-@click.option("--at", default=None, metavar="ISO_TIME", help=AT_HELP)
+@_who()
+@_when
 def force_config_command(all_users, login_ids, at):
     """Make clients download their configuration again at their next status check."""
     _run("force_config", all_users, login_ids, at)
@@ -74,8 +84,7 @@ def force_config_command(all_users, login_ids, at):
 
 @click.command("assign-profile")
 @click.argument("profile_name")
-@click.option("--all", "all_users", is_flag=True, help="Every user.")
-@click.option("--user", "login_ids", multiple=True, metavar="LOGIN_ID", help="A user's login id (repeatable).")
+@_who()
 def assign_profile_command(profile_name, all_users, login_ids):
     """Put users on the deployment profile PROFILE_NAME (their clients download again)."""
     from cds.profiles.service import find_profile_by_name
