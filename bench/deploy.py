@@ -64,7 +64,7 @@ class DescendantCpu:
         for name in os.listdir("/proc"):
             if name.isdigit() and (got := _cpu_of(int(name))):
                 parents[int(name)] = got
-        for pid, (ppid, cpu) in parents.items():
+        for pid, (_, cpu) in parents.items():
             p, hops = pid, 0
             while p in parents and p != me and hops < 5:
                 p, hops = parents[p][0], hops + 1

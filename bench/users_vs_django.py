@@ -146,7 +146,7 @@ class Peer:
 # --------------------------------------------------------------------- the CDS side
 def seed_cds_from_peer(app, peer_db: str, users: int) -> None:
     """Copy the peer's rows into CDS (a fresh database, or one already holding them)."""
-    from sqlalchemy import func, insert, select
+    from sqlalchemy import func, select
 
     from cds.extensions import db
     from cds.models import Connection, DeploymentProfile, User, utcnow
