@@ -78,6 +78,11 @@ def register_areas(app: Flask) -> None:
         # Importing service modules registers their job actions and scheduler tasks.
         if importlib.util.find_spec(f"cds.{area}.service") is not None:
             importlib.import_module(f"cds.{area}.service")
+    # Each client kind may bring its own public endpoints (Linphone's provisioning URLs).
+    from cds.clients import KINDS
+    for kind in KINDS.values():
+        if kind.blueprint is not None:
+            app.register_blueprint(kind.blueprint)
 
 
 @event.listens_for(Engine, "connect")

@@ -137,6 +137,14 @@ PROFILE_PROPS = {
     "pbx_sip_host": STR, "pbx_sip_port": INT, "pbx_sip_transport": {"enum": ["UDP", "TCP", "TLS"]},
     "mcs_host": STR, "mcs_port": INT, "voicemail_number": STR, "link_validity_hours": INT,
     "central_email": STR, "email_subject": STR, "email_body": STR,
+    "client": {"enum": ["cds-v1", "linphone"], "description": "The client the profile's users run."},
+    "sip_account": {"enum": ["pbx", "teleworker"],
+                    "description": "Which account a SIP client registers with (PBX, or Teleworker via the MBG)."},
+    "sip_domain": {"type": "string", "description": "Domain of the SIP address sip:<user>@<domain>."},
+    "sip_realm": {"type": "string", "description": "Digest realm of the registrar."},
+    "sip_algorithm": {"enum": ["MD5", "SHA-256"], "description": "Digest algorithm of the registrar."},
+    "sip_credential": {"enum": ["ha1", "password"],
+                       "description": "What the client gets: ha1 (needs the realm) or the password."},
 }
 SCHEMAS.update({
     "User": obj({
@@ -154,6 +162,8 @@ SCHEMAS.update({
                       ["login_id", "last_name", "email"]),
     "UserUpdate": obj({**USER_FIELD_PROPS, "profile_id": INT, "secrets": ref("Secrets")}),
     "Profile": obj({"id": INT, **PROFILE_PROPS, "is_default": BOOL, "is_do_not_deploy": BOOL,
+                    "missing": {"type": "array", "items": STR, "description": "What the profile lacks for its "
+                                "client kind; Deploy skips its users while this is not empty."},
                     "users": INT, "created_at": TS, "updated_at": TS}, ["id", "name", "is_default"]),
     "ProfileInput": obj({**PROFILE_PROPS, "is_default": BOOL}),
     "Connection": obj({

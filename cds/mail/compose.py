@@ -32,14 +32,13 @@ PLACEHOLDERS = {
     "link": "The personal deployment link",
     "expiry": "When the link stops working (UTC)",
     "instructions": "How to install and open the app",
+    "app": "The app the profile's users run (MiCollab app, Linphone app…)",
     "qr": "The QR code image (HTML template only)",
 }
 
-DEFAULT_INSTRUCTIONS = (
-    "1. Install the MiCollab app on your phone (App Store or Google Play) or computer.\n"
-    "2. On that device, open the link in this e-mail, or scan the QR code with the phone's camera.\n"
-    "3. The app sets itself up. You will not be asked for a password."
-)
+def _default_kind():
+    from cds.clients import kind_named
+    return kind_named(None)
 
 
 class TemplateProblem(Exception):
@@ -172,26 +171,32 @@ def _wrap_long_lines(html: str, limit: int = 900) -> str:
 
 
 def mail_context(user: User, link: str, expires_at: datetime) -> dict:
-    # Only what the e-mail needs: never a password or PIN.
+    # Only what the e-mail needs: never a password or PIN. The app and the steps are
+    # those of the client kind the user's profile names.
+    from cds.clients import kind_of
+    kind = kind_of(user.profile)
     return {
         "name": user.display_name,
         "first_name": user.first_name,
         "last_name": user.last_name,
         "link": link,
         "expiry": format_expiry(expires_at),
-        "instructions": DEFAULT_INSTRUCTIONS,
+        "instructions": kind.instructions,
+        "app": kind.app_name,
     }
 
 
 def sample_context(redirect_url: str, validity_hours: int = 96) -> dict:
     """Example values for the template preview."""
+    kind = _default_kind()
     return {
         "name": "Alex Example",
         "first_name": "Alex",
         "last_name": "Example",
         "link": f"{redirect_url}/r/EXAMPLE-TOKEN-not-a-real-link-0123456789ab",
         "expiry": format_expiry(utcnow() + timedelta(hours=validity_hours)),
-        "instructions": DEFAULT_INSTRUCTIONS,
+        "instructions": kind.instructions,
+        "app": kind.app_name,
     }
 
 

@@ -81,8 +81,12 @@ def index():
             resp.headers["HX-Push-Url"] = url_for("users.index", **q.to_args())
         return resp
     admin = current_admin()
+    profiles = all_profiles()
+    from cds.clients import profile_problems
     return render_template(
-        "users/page.html", page=page, active_tab="users", profiles=all_profiles(),
+        "users/page.html", page=page, active_tab="users", profiles=profiles,
+        incomplete_default=next(((p, profile_problems(p)) for p in profiles
+                                 if p.is_default and profile_problems(p)), None),
         sources=source_choices(), bulk_actions=BULK_ACTIONS, page_sizes=PAGE_SIZES,
         available={k for k in BULK_LABELS if k in ACTIONS or (k == "export" and _export_available())},
         can_write=admin.can_write)
@@ -123,6 +127,18 @@ def bulk_action(kind: str):
     db.session.refresh(job)
     return render_template("jobs/_progress.html", job=job,
                            reasons=reason_counts(job) if job.finished else [])
+
+
+@bp.route("/actions/deploy/plan")
+def deploy_plan():
+    """What Deploy would do with the selection, for its confirmation: how many users would
+    be sent an e-mail, and how many not, and why. Nothing is changed."""
+    from cds.deploy.service import plan_deploy
+    try:
+        selection = parse_selection(request.args)
+    except InvalidQuery as exc:
+        abort(400, str(exc))
+    return plan_deploy(selection).as_dict()
 
 
 def _parse_run_at(value: str) -> datetime:
