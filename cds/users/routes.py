@@ -7,6 +7,7 @@ from flask import (Blueprint, abort, current_app, g, redirect, render_template, 
                    url_for)
 from werkzeug.exceptions import NotFound as RouteNotFound
 
+from cds.clients import kind_of
 from cds.extensions import db
 from cds.jobs.service import ACTIONS, JobError, create_job, reason_counts, submit
 from cds.models import USER_SECRETS
@@ -173,7 +174,7 @@ def _user_context(user, form, **extra):
     return dict(user=user, form=form, secrets=USER_SECRETS, source=source_label(user),
                 history=deployment_history(user), devices=user_devices(user),
                 events=user_audit_events(user), can_write=current_admin().can_write,
-                deploy_available="deploy" in ACTIONS, **extra)
+                deploy_available="deploy" in ACTIONS, kind=kind_of(user.profile), **extra)
 
 
 def _render_user(user, form, status=200, **extra):
@@ -255,6 +256,7 @@ def revoke(user_id: int, device_id: int):
         abort(404, str(exc))
     except UserError as exc:
         abort(409, str(exc))
+    note = kind_of(user.profile).revoke_note
     toast(f"Device {device.platform or ''} {device.device_id or ''} revoked: it can no longer "
-          f"fetch this user's configuration.".replace("  ", " "), "success")
+          f"fetch this user's configuration.".replace("  ", " ") + (f" {note}" if note else ""), "success")
     return _render_user(user, _form_for(user))

@@ -18,6 +18,8 @@ class Linphone(ClientKind):
     key = "linphone"
     label = "Linphone"
     app_name = "Linphone app"
+    revoke_note = ("Linphone keeps the SIP account it has cached and can still register with it: "
+                   "change the user's SIP password on the PBX (and in CDS) to end that.")
     # A SIP client cannot register without these: refuse to save a profile lacking them.
     refuse_incomplete = True
     install_links = (
