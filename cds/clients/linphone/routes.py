@@ -29,11 +29,12 @@ def is_provisioning_client() -> bool:
         return True
     if request.headers.get("User-Agent", "").startswith(_BROWSER_MARKS):
         return False
-    accept = request.headers.get("Accept")
-    if accept is None:
+    if request.headers.get("Accept") is None:
         return True
-    best = request.accept_mimetypes.best_match(["application/xml", "text/xml", "text/html"])
-    return best in ("application/xml", "text/xml")
+    # A program that names XML (and prefers it to HTML) is a client too; */* is not enough.
+    named = {value.lower(): quality for value, quality in request.accept_mimetypes}
+    xml = max(named.get("application/xml", 0), named.get("text/xml", 0))
+    return xml > 0 and xml > named.get("text/html", 0)
 
 
 def _plain(message: str, status: int):
