@@ -35,7 +35,7 @@ class ProfileForm(FlaskForm):
     sip_realm = StringField("Digest realm", filters=[_strip])
     sip_algorithm = SelectField("Digest algorithm", choices=SIP_ALGORITHMS, default="MD5")
     sip_credential = SelectField("Credential sent to the client", default="ha1", choices=[
-        ("ha1", "ha1 (a hash of the password; needs the realm)"), ("password", "The password itself")])
+        ("ha1", "ha1 (needs the realm)"), ("password", "The password")])
     mbg_sip_host = StringField("MBG / teleworker SIP host", filters=[_strip])
     mbg_sip_port = _port("MBG SIP port", 5061)
     mbg_sip_transport = SelectField("MBG SIP transport", choices=TRANSPORTS, default="TLS")
