@@ -13,7 +13,6 @@ from cds.client.routes import per_address_limit
 from cds.client.service import ClientError
 from cds.clients.linphone import service
 from cds.extensions import csrf, limiter
-from cds.settings.service import public_url
 
 bp = Blueprint("linphone", __name__, url_prefix="/provisioning/linphone")
 csrf.exempt(bp)
@@ -62,7 +61,7 @@ def first_fetch(token: str):
         resp = landing_response(token)
         resp.headers["Vary"] = "Accept, User-Agent"
         return resp
-    return _xml(service.first_fetch(token, base_url=public_url(), ip=request.remote_addr,
+    return _xml(service.first_fetch(token, configured_url=current_app.config["PUBLIC_URL"], ip=request.remote_addr,
                                     user_agent=request.headers.get("User-Agent"),
                                     sip_from=request.headers.get("From")))
 
@@ -71,5 +70,5 @@ def first_fetch(token: str):
 def device_fetch(key: str):
     if not is_provisioning_client():
         return _plain("This address belongs to a Linphone app; there is nothing to see here.", 200)
-    return _xml(service.device_fetch(key, base_url=public_url(), ip=request.remote_addr,
+    return _xml(service.device_fetch(key, configured_url=current_app.config["PUBLIC_URL"], ip=request.remote_addr,
                                      user_agent=request.headers.get("User-Agent")))

@@ -15,7 +15,8 @@ from cds.client.service import GONE_MESSAGES, UNKNOWN_LINK, ClientError, batches
 from cds.client.statements import DriverStatement
 from cds.clients.linphone import DEVICE_PATH
 from cds.clients.linphone.document import render
-from cds.models import AuditEvent, ClientDevice, Deployment, DeploymentProfile, User, link_state, utcnow
+from cds.models import (AuditEvent, ClientDevice, Deployment, DeploymentProfile, Setting, User, link_state,
+                        utcnow)
 from cds.security import SecretUnreadable, decrypt_secrets, new_token, token_hash
 
 log = logging.getLogger("cds.linphone")
@@ -67,6 +68,9 @@ _USER_DOWNLOADED = DriverStatement(
 _DEVICE_SEEN = DriverStatement(
     update(ClientDevice).where(ClientDevice.id == bindparam("d_pk"))
     .values(last_seen_at=bindparam("now"), last_ip=bindparam("ip"), app_version=bindparam("ver")))
+# The public URL as Settings hold it (cds.settings.service.public_url), read in the same
+# transaction: a separate ORM query would cost as much as the whole fetch.
+_PUBLIC_URL = DriverStatement(select(Setting.value).where(Setting.key == "PUBLIC_URL"))
 _AUDIT = DriverStatement(insert(AuditEvent).values(
     {c: bindparam(c) for c in ("at", "actor", "actor_type", "action", "user_id", "login_id", "count", "detail",
                                "ip")}))
@@ -86,8 +90,11 @@ def _secrets(r) -> dict:
                                                      "try again later.") from None
 
 
-def device_url(base_url: str, key: str) -> str:
-    return f"{base_url}{DEVICE_PATH}{key}"
+def device_url(cur, configured_url: str, key: str) -> str:
+    """The per-device URL on the public URL (Settings over the configuration file)."""
+    row = _PUBLIC_URL.first(cur, {})
+    base = (row.value if row is not None and row.value else configured_url).rstrip("/")
+    return f"{base}{DEVICE_PATH}{key}"
 
 
 def _hints(user_agent: str | None, sip_from: str | None) -> tuple[str, str]:
@@ -95,7 +102,7 @@ def _hints(user_agent: str | None, sip_from: str | None) -> tuple[str, str]:
     return (user_agent or "").strip()[:32], (sip_from or "").strip()[:128]
 
 
-def first_fetch(token: str, *, base_url: str, ip: str | None, user_agent: str | None = None,
+def first_fetch(token: str, *, configured_url: str, ip: str | None, user_agent: str | None = None,
                 sip_from: str | None = None) -> bytes:
     """The client's first GET: consume the token, register the device, return its document."""
     if not token or len(token) > MAX_KEY_LENGTH:
@@ -114,7 +121,7 @@ def first_fetch(token: str, *, base_url: str, ip: str | None, user_agent: str | 
             raise ClientError(410, *GONE_MESSAGES[state])
         if r.client != "linphone":
             raise OTHER_CLIENT
-        document = render(r, _secrets(r), device_url(base_url, key))  # before any write
+        document = render(r, _secrets(r), device_url(cur, configured_url, key))  # before any write
         if _CONSUME.execute(cur, {"d_id": r.deployment_id, "now": now, "dev": hint or None, "ip": ip}) != 1:
             raise ClientError(410, *GONE_MESSAGES["used"])
         _NEW_DEVICE.execute(cur, {
@@ -131,7 +138,7 @@ def first_fetch(token: str, *, base_url: str, ip: str | None, user_agent: str | 
     return document
 
 
-def device_fetch(key: str, *, base_url: str, ip: str | None, user_agent: str | None = None) -> bytes:
+def device_fetch(key: str, *, configured_url: str, ip: str | None, user_agent: str | None = None) -> bytes:
     """A provisioned client's fetch at start: the current document; updates Downloaded,
     clears Force Config. 410 once the device was revoked (revoke, ID change, delete)."""
     if not key or len(key) > MAX_KEY_LENGTH:
@@ -146,7 +153,7 @@ def device_fetch(key: str, *, base_url: str, ip: str | None, user_agent: str | N
             raise DEVICE_GONE
         if r.client != "linphone":
             raise OTHER_CLIENT
-        document = render(r, _secrets(r), device_url(base_url, key))
+        document = render(r, _secrets(r), device_url(cur, configured_url, key))
         _USER_DOWNLOADED.execute(cur, {"u_id": r.user_id, "now": now})
         _DEVICE_SEEN.execute(cur, {"d_pk": r.device_pk, "now": now, "ip": ip, "ver": version})
         _audit(cur, "client.config_download", r, now, ip, {"device": r.device_id, "platform": PLATFORM})
