@@ -162,6 +162,8 @@ def test_device_url_returns_current_config_and_clears_force_config(app, client):
     with app.app_context():
         user = db.session.get(User, uid)
         assert user.force_config is False and user.downloaded_at is not None
+        row = db.session.scalar(select(ClientDevice).where(ClientDevice.user_id == uid))
+        assert row.device_id == "sip:1001@sip.example.com" and row.app_version == "Linphonec/5.1.65"
     # A browser holding the device URL gets no configuration.
     page = client.get(device, headers=BROWSER)
     assert page.status_code == 200 and b"ha1" not in page.data

@@ -7,6 +7,7 @@ the API from it in CI.
 from __future__ import annotations
 
 from cds import __version__
+from cds.clients import KINDS as CLIENT_KINDS
 
 TS = {"type": ["string", "null"], "format": "date-time"}
 STR = {"type": "string"}
@@ -137,7 +138,7 @@ PROFILE_PROPS = {
     "pbx_sip_host": STR, "pbx_sip_port": INT, "pbx_sip_transport": {"enum": ["UDP", "TCP", "TLS"]},
     "mcs_host": STR, "mcs_port": INT, "voicemail_number": STR, "link_validity_hours": INT,
     "central_email": STR, "email_subject": STR, "email_body": STR,
-    "client": {"enum": ["cds-v1", "linphone"], "description": "The client the profile's users run."},
+    "client": {"enum": list(CLIENT_KINDS), "description": "The client the profile's users run."},
     "sip_account": {"enum": ["pbx", "teleworker"],
                     "description": "Which account a SIP client registers with (PBX, or Teleworker via the MBG)."},
     "sip_domain": {"type": "string", "description": "Domain of the SIP address sip:<user>@<domain>."},

@@ -36,7 +36,7 @@ class ClientKind:
     qr_step: str = "Scan this QR code with the phone's camera."
     # What the console says when the app's access is revoked (revoke, ID change, delete).
     revoke_note: str = ""
-    # Whether a profile of this kind may be saved while ``missing`` finds something.
+    # True: a profile of this kind is refused (not saved) while ``missing`` finds something.
     refuse_incomplete: bool = False
     # A Flask blueprint of the kind's own public endpoints, registered by create_app.
     blueprint = None

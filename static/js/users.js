@@ -127,7 +127,8 @@
       question = label + " for " + plural(n) + when + "?";
     }
     if (kind === "deploy") {
-      // Before anything is sent: how many of the selection Deploy would skip, and why.
+      // Before anything is sent: how many of the selection Deploy would skip, and why
+      // (the server classifies the selection; its reasons are the job report's).
       deployPlan().then(function (plan) {
         ask(plan ? deployQuestion(plan, label, when) : question);
       });
@@ -136,15 +137,15 @@
     ask(question);
 
     function ask(question) {
-    if (!window.confirm(question)) return;
-    var confirmInput = $("#bulk-confirm");
-    if (confirmInput) confirmInput.value = "";
-    if (kind === "delete" && n > 100) {
-      var typed = window.prompt("To delete " + plural(n) + ", type the word all:");
-      if (typed === null) return;
-      confirmInput.value = typed;
-    }
-    ev.detail.issueRequest(true);
+      if (!window.confirm(question)) return;
+      var confirmInput = $("#bulk-confirm");
+      if (confirmInput) confirmInput.value = "";
+      if (kind === "delete" && n > 100) {
+        var typed = window.prompt("To delete " + plural(n) + ", type the word all:");
+        if (typed === null) return;
+        confirmInput.value = typed;
+      }
+      ev.detail.issueRequest(true);
     }
   });
 

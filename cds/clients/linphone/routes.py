@@ -71,4 +71,5 @@ def device_fetch(key: str):
     if not is_provisioning_client():
         return _plain("This address belongs to a Linphone app; there is nothing to see here.", 200)
     return _xml(service.device_fetch(key, configured_url=current_app.config["PUBLIC_URL"], ip=request.remote_addr,
-                                     user_agent=request.headers.get("User-Agent")))
+                                     user_agent=request.headers.get("User-Agent"),
+                                     sip_from=request.headers.get("From")))

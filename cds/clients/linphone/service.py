@@ -67,7 +67,8 @@ _USER_DOWNLOADED = DriverStatement(
                                                              updated_at=bindparam("now")))
 _DEVICE_SEEN = DriverStatement(
     update(ClientDevice).where(ClientDevice.id == bindparam("d_pk"))
-    .values(last_seen_at=bindparam("now"), last_ip=bindparam("ip"), app_version=bindparam("ver")))
+    .values(last_seen_at=bindparam("now"), last_ip=bindparam("ip"), app_version=bindparam("ver"),
+            device_id=bindparam("hint")))
 # The public URL as Settings hold it (cds.settings.service.public_url), read in the same
 # transaction: a separate ORM query would cost as much as the whole fetch.
 _PUBLIC_URL = DriverStatement(select(Setting.value).where(Setting.key == "PUBLIC_URL"))
@@ -138,12 +139,13 @@ def first_fetch(token: str, *, configured_url: str, ip: str | None, user_agent: 
     return document
 
 
-def device_fetch(key: str, *, configured_url: str, ip: str | None, user_agent: str | None = None) -> bytes:
+def device_fetch(key: str, *, configured_url: str, ip: str | None, user_agent: str | None = None,
+                 sip_from: str | None = None) -> bytes:
     """A provisioned client's fetch at start: the current document; updates Downloaded,
     clears Force Config. 410 once the device was revoked (revoke, ID change, delete)."""
     if not key or len(key) > MAX_KEY_LENGTH:
         raise DEVICE_GONE
-    version, _ = _hints(user_agent, None)
+    version, hint = _hints(user_agent, sip_from)
     now = utcnow()
 
     def download(cur):
@@ -155,7 +157,9 @@ def device_fetch(key: str, *, configured_url: str, ip: str | None, user_agent: s
             raise OTHER_CLIENT
         document = render(r, _secrets(r), device_url(cur, configured_url, key))
         _USER_DOWNLOADED.execute(cur, {"u_id": r.user_id, "now": now})
-        _DEVICE_SEEN.execute(cur, {"d_pk": r.device_pk, "now": now, "ip": ip, "ver": version})
+        # The app sends its account (From) once it has one: a better name for the device.
+        _DEVICE_SEEN.execute(cur, {"d_pk": r.device_pk, "now": now, "ip": ip, "ver": version,
+                                   "hint": hint or r.device_id})
         _audit(cur, "client.config_download", r, now, ip, {"device": r.device_id, "platform": PLATFORM})
         return document
 
