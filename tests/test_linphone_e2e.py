@@ -140,7 +140,7 @@ def test_linphone_provisioned_from_the_qr_code_registers(cds, sink, tmp_path):
             f"no registration; linphonec log: {phone.log.read_text(errors='replace')[-3000:]}"
         assert "<time" in console.downloaded_cell(uid)
         # The link was used up; the app now holds its own device URL.
-        assert requests.get(url).status_code == 410
+        assert as_linphone(url).status_code == 410
         device_url = _wait_for(lambda: phone.config_uri() if "/device/" in (phone.config_uri() or "") else None)
         assert device_url and device_url.startswith(f"{cds.url}/provisioning/linphone/device/")
 
@@ -173,7 +173,7 @@ def test_linphone_provisioned_from_the_qr_code_registers(cds, sink, tmp_path):
         revoke = re.search(r'hx-post="(/users/\d+/devices/\d+/revoke)"', page).group(1)
         resp = console.post(revoke, {})
         assert "cached" in resp.text  # the console says the app keeps its cached account
-        assert requests.get(device_url).status_code == 410
+        assert as_linphone(device_url).status_code == 410
     finally:
         phone.stop()
         registrar.stop()
@@ -224,6 +224,11 @@ def test_wrong_stored_password_is_refused(cds, sink, tmp_path):
     finally:
         phone.stop()
         registrar.stop()
+
+
+def as_linphone(url: str):
+    """A GET as liblinphone sends it: a User-Agent, no Accept header."""
+    return requests.get(url, headers={"User-Agent": "Linphonec/5.1.65", "Accept": None})
 
 
 def _fetches(server) -> int:
