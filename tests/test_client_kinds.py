@@ -133,6 +133,8 @@ def test_profile_pages_users_tab_api_and_cli_say_what_is_missing(app, admin_clie
         assert api.get_json()["missing"]
     result = runner.invoke(args=["cds", "profiles", "show", "Default", "--json"])
     assert "no SIP host" in result.output
+    listing = runner.invoke(args=["cds", "profiles", "list"]).output
+    assert "CDS client protocol v1  INCOMPLETE: no SIP host" in listing
 
     # Filled in: nothing is missing any more, and the notices go away.
     from cds.profiles.service import save_profile
@@ -142,3 +144,13 @@ def test_profile_pages_users_tab_api_and_cli_say_what_is_missing(app, admin_clie
         assert kind_of(db.session.get(DeploymentProfile, pid)).missing(db.session.get(DeploymentProfile, pid)) == {}
     assert 'id="profiles-incomplete"' not in admin_client.get("/profiles").get_data(as_text=True)
     assert 'id="default-profile-incomplete"' not in admin_client.get("/users").get_data(as_text=True)
+
+
+def test_users_tab_delete_warns_that_linphone_keeps_its_cached_account(app, admin_client):
+    assert 'data-delete-note=""' in admin_client.get("/users").get_data(as_text=True)
+    from cds.profiles.service import save_profile
+    with app.app_context():
+        save_profile(None, {"name": "Phones", "client": "linphone", "sip_domain": "example.com",
+                            "sip_realm": "example.com", "pbx_sip_host": "pbx.example.com"})
+    page = admin_client.get("/users").get_data(as_text=True)
+    assert "Linphone keeps the SIP account it has cached" in page

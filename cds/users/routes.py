@@ -88,6 +88,8 @@ def index():
         "users/page.html", page=page, active_tab="users", profiles=profiles,
         incomplete_default=next(((p, profile_problems(p)) for p in profiles
                                  if p.is_default and profile_problems(p)), None),
+        # Said before Delete: what an app of the users' client kinds keeps after it.
+        delete_notes=sorted({kind_of(p).revoke_note for p in profiles if kind_of(p).revoke_note}),
         sources=source_choices(), bulk_actions=BULK_ACTIONS, page_sizes=PAGE_SIZES,
         available={k for k in BULK_LABELS if k in ACTIONS or (k == "export" and _export_available())},
         can_write=admin.can_write)

@@ -120,6 +120,8 @@
       question = "Assign the profile \u201c" + sel.options[sel.selectedIndex].text + "\u201d to " + plural(n) + "?";
     } else if (kind === "delete") {
       question = "Delete " + plural(n) + "? Their links and app credentials stop working. This cannot be undone.";
+      var note = $("#bulk").getAttribute("data-delete-note");
+      if (note) question += "\n\n" + note;
     } else {
       var runAt = $("#run-at");
       var when = (kind === "deploy" || kind === "auto_deploy") && runAt && runAt.value
