@@ -99,10 +99,22 @@ def test_deploy_plan_counts_who_would_be_skipped_and_why(app, admin_client):
         db.session.add(ready)
         db.session.commit()
         ready_id, dnd_id = ready.id, dnd.id
+    from cds.profiles.service import save_profile
+    with app.app_context():
+        phones = save_profile(None, {"name": "Phones", "client": "linphone", "sip_domain": "example.com",
+                                     "sip_realm": "example.com", "pbx_sip_host": "pbx.example.com"}).id
     ids = add_users(app, pid, 3, "d") + add_users(app, ready_id, 2, "r") + add_users(app, dnd_id, 1, "n") \
         + add_users(app, ready_id, 1, "x", email=False)
+    [ok, bare] = add_users(app, phones, 2, "p")
     with app.app_context():
+        user = db.session.get(User, ok)
+        user.pbx_sip_username = "2001"
+        user.set_secret("pbx_sip_password", "S3cret")
+        db.session.commit()
+        linphone_plan = plan_deploy({"ids": [ok, bare]})
         plan = plan_deploy({"ids": ids})
+    assert linphone_plan.total == 2 and linphone_plan.to_send == 1
+    assert list(linphone_plan.not_sent.values()) == [1] and "PBX SIP user name" in next(iter(linphone_plan.not_sent))
     assert plan.total == 7 and plan.to_send == 2
     reasons = {r: n for r, n in plan.not_sent.items()}
     assert reasons[next(r for r in reasons if r.startswith("Profile 'Default' is incomplete"))] == 3
@@ -115,6 +127,8 @@ def test_deploy_plan_counts_who_would_be_skipped_and_why(app, admin_client):
     assert body["total"] == 7 and body["to_send"] == 2 and sum(r["count"] for r in body["not_sent"]) == 5
     resp = admin_client.get("/users/actions/deploy/plan", query_string={"all_matching": "1", "profile": pid})
     assert resp.get_json()["total"] == 3 and resp.get_json()["to_send"] == 0
+    resp = admin_client.get("/users/actions/deploy/plan", query_string={"all_matching": "1", "search": "r"})
+    assert resp.status_code == 200  # a search joins the search index: the count still works
     with app.app_context():
         assert all(u.deployed_at is None for u in db.session.scalars(select(User)))
 

@@ -92,13 +92,26 @@ def profile_problems(profile) -> list[str]:
     return list(kind_of(profile).missing(profile).values())
 
 
+def profile_refusal(profile) -> str | None:
+    """Why Deploy skips every user of ``profile`` (a job report reason), or None."""
+    kind = kind_of(profile)
+    missing = list(kind.missing(profile).values())
+    if missing:
+        return f"Profile {profile.name!r} is incomplete for {kind.label}: {'; '.join(missing)}."
+    return None
+
+
+def checks_users(profile) -> bool:
+    """Whether the profile's kind asks something of each user (``user_missing``)."""
+    return type(kind_of(profile)).user_missing is not ClientKind.user_missing
+
+
 def deploy_problem(user) -> str | None:
     """Why ``user`` cannot be deployed as their profile stands (a job report reason), or None."""
+    refusal = profile_refusal(user.profile)
+    if refusal is not None:
+        return refusal
     kind = kind_of(user.profile)
-    missing = list(kind.missing(user.profile).values())
-    if missing:
-        return (f"Profile {user.profile.name!r} is incomplete for {kind.label}: "
-                f"{'; '.join(missing)}.")
     missing = kind.user_missing(user)
     if missing:
         return f"The user {'; '.join(missing)} ({kind.label} needs it)."

@@ -165,12 +165,45 @@ def classify_for_deploy(users) -> DeployPlan:
 
 
 def plan_deploy(selection: dict) -> DeployPlan:
-    """``classify_for_deploy`` of a selection (ids, or all users matching a filter)."""
+    """``classify_for_deploy`` of a selection (ids, or all users matching a filter),
+    counted per profile in SQL; only the users of a kind that asks something of each
+    user (Linphone: a SIP account) are loaded, so "all 100,000 matching" stays quick."""
+    from sqlalchemy import func
+
+    from cds.clients import checks_users, profile_refusal
     from cds.profiles.service import all_profiles
     from cds.users.service import selection_query
-    profiles = all_profiles()  # a user's profile then comes from the session, not a query per user
-    plan = classify_for_deploy(db.session.scalars(selection_query(selection).order_by(User.id)))
-    del profiles
+
+    profiles = {p.id: p for p in all_profiles()}
+    selected = selection_query(selection)
+    per_profile = db.session.execute(selected.with_only_columns(User.profile_id, func.count(User.id))
+                                     .group_by(User.profile_id).order_by(None)).all()
+    plan = DeployPlan()
+
+    def not_sent(reason: str, n: int) -> None:
+        plan.not_sent[reason] = plan.not_sent.get(reason, 0) + n
+
+    for profile_id, n in per_profile:
+        profile = profiles[profile_id]
+        refusal = SKIP_DO_NOT_DEPLOY if profile.is_do_not_deploy else profile_refusal(profile)
+        if refusal is not None:
+            plan.total += n
+            not_sent(refusal, n)
+        elif checks_users(profile):
+            part = classify_for_deploy(db.session.scalars(
+                selected.where(User.profile_id == profile_id).order_by(User.id)))
+            plan.total += part.total
+            plan.to_send += part.to_send
+            for reason, count in part.not_sent.items():
+                not_sent(reason, count)
+        else:
+            no_address = 0 if (profile.central_email or "").strip() else db.session.scalar(
+                selected.where(User.profile_id == profile_id, func.trim(User.email) == "")
+                .with_only_columns(func.count(User.id)).order_by(None))
+            plan.total += n
+            plan.to_send += n - no_address
+            if no_address:
+                not_sent(NO_ADDRESS, no_address)
     return plan
 
 
