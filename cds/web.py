@@ -21,7 +21,8 @@ PUBLIC_BLUEPRINTS = {"redirect", "client", "landing", "api", "health", "linphone
 PUBLIC_ENDPOINTS = {"auth.login", "static"}
 # Machine endpoints: an administrator's session cookie means nothing to them, so it
 # is never read there (nor decoded and verified on every device poll). Under these
-# prefixes every answer, errors included, is JSON, so no page needs a session either.
+# prefixes every answer, errors included, is JSON (plain text or XML under
+# /provisioning/), so no page needs a session either.
 SESSIONLESS_BLUEPRINTS = {"client", "redirect", "health", "linphone"}
 SESSIONLESS_PREFIXES = ("/client/", "/r-api/", "/provisioning/")
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -186,6 +187,8 @@ def init_app(app) -> None:
             return api_error(exc)
         if request.blueprint in ("client", "redirect"):
             return exc  # those blueprints answer JSON themselves
+        if request.path.startswith("/provisioning/"):
+            return _plain_error(exc.code or 500, exc.description)
         if request.path.startswith(("/client/", "/r-api/")):
             from flask import jsonify
             code = exc.code or 500
@@ -207,6 +210,8 @@ def init_app(app) -> None:
             from flask import jsonify
             return jsonify(error="internal_error", message="Unexpected server error; "
                                                            "see the CDS log.", details=None), 500
+        if request.path.startswith("/provisioning/"):
+            return _plain_error(500, "Unexpected server error; try again later.")
         return _error_response(500, "Something went wrong on the server; nothing was changed. "
                                     "The details are in the CDS log.")
 
@@ -220,6 +225,14 @@ DEFAULT_ERRORS = {
     413: "The upload is too large.",
     429: "Too many attempts. Wait a moment and try again.",
 }
+
+
+def _plain_error(code: int, message: str):
+    """Provisioning URLs (fetched by apps, without a session): a plain-text error."""
+    from flask import current_app
+    resp = current_app.response_class(f"{message}\n", status=code, mimetype="text/plain")
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
 
 
 def _error_response(code: int, message: str):

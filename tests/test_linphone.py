@@ -297,3 +297,10 @@ def test_protocol_v1_unchanged_for_v1_profiles(app, client):
     with app.app_context():
         assert link_for("T", default_profile()) == "http://cds.test/r/T"
     assert TEST_SERVERS["pbx_sip_host"] == resp.get_json()["pbx_sip"]["host"]
+
+
+def test_wrong_paths_and_methods_under_provisioning_answer_plainly(client):
+    for method, path, status in (("GET", "/provisioning/linphone/a/b/c", 404), ("POST", "/provisioning/linphone/x", 405),
+                                 ("GET", "/provisioning/", 404), ("GET", "/provisioning/linphone/device/" + "x" * 200, 410)):
+        resp = client.open(path, method=method)
+        assert resp.status_code == status and resp.mimetype == "text/plain", (method, path)
