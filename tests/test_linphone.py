@@ -116,6 +116,7 @@ def test_browser_and_scanner_get_the_landing_page_and_use_nothing(app, client):
         assert "Ann" not in html and "1001" not in html and "Pbx-Secret" not in html
     with app.app_context():
         assert db.session.get(User, uid).downloaded_at is None
+    assert client.head(f"/provisioning/linphone/{token}").status_code == 200  # a link checker's HEAD
     # The QR code on the landing page holds the provisioning URL itself.
     png = client.get(f"/deploy/{token}/qr.png").data
     assert decode_qr(png) == f"http://cds.test/provisioning/linphone/{token}"

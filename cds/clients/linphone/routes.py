@@ -23,7 +23,10 @@ _BROWSER_MARKS = ("Mozilla/", "Opera/")
 
 
 def is_provisioning_client() -> bool:
-    """liblinphone ≥ 5.3 says so; 5.1 sends no Accept header and no browser User-Agent."""
+    """liblinphone ≥ 5.3 says so; 5.1 sends no Accept header and no browser User-Agent.
+    A HEAD (link checkers send them) is never the client: it must not use the link up."""
+    if request.method != "GET":
+        return False
     if request.headers.get("X-Linphone-Provisioning"):
         return True
     if request.headers.get("User-Agent", "").startswith(_BROWSER_MARKS):
