@@ -149,6 +149,10 @@ def test_profile_pages_users_tab_api_and_cli_say_what_is_missing(app, admin_clie
     assert "no SIP host" in result.output
     listing = runner.invoke(args=["cds", "profiles", "list"]).output
     assert "CDS client protocol v1  INCOMPLETE: no SIP host" in listing
+    add_users(app, pid, 2)
+    dry = runner.invoke(args=["cds", "deploy", "--all", "--dry-run"])
+    assert dry.exit_code == 0 and "0 of 2 users would be sent an e-mail" in dry.output
+    assert "not sent: 2 × Profile 'Default' is incomplete" in dry.output
 
     # Filled in: nothing is missing any more, and the notices go away.
     from cds.profiles.service import save_profile
@@ -168,3 +172,19 @@ def test_users_tab_delete_warns_that_linphone_keeps_its_cached_account(app, admi
                             "sip_realm": "example.com", "pbx_sip_host": "pbx.example.com"})
     page = admin_client.get("/users").get_data(as_text=True)
     assert "Linphone keeps the SIP account it has cached" in page
+
+
+def test_api_deploy_plan(app, client):
+    from tests.api_support import ApiClient
+    from tests.test_api import make_token
+    pid = fresh_default(app)
+    ids = add_users(app, pid, 2)
+    api = ApiClient(client, make_token(app))
+    resp = api.post("/api/v1/users/actions/deploy/plan", json={"ids": ids})
+    assert resp.status_code == 200
+    body = resp.get_json()
+    assert body["total"] == 2 and body["to_send"] == 0
+    assert body["not_sent"][0]["count"] == 2 and "incomplete" in body["not_sent"][0]["reason"]
+    assert api.post("/api/v1/users/actions/deploy/plan", json={"ids": ids, "x": 1}).status_code == 422
+    with app.app_context():
+        assert all(u.deployed_at is None for u in db.session.scalars(select(User)))

@@ -167,6 +167,8 @@ SCHEMAS.update({
                                 "client kind; Deploy skips its users while this is not empty."},
                     "users": INT, "created_at": TS, "updated_at": TS}, ["id", "name", "is_default"]),
     "ProfileInput": obj({**PROFILE_PROPS, "is_default": BOOL}),
+    "DeployPlan": obj({"total": INT, "to_send": INT, "not_sent": {"type": "array", "items": obj(
+        {"reason": STR, "count": INT}, ["reason", "count"])}}, ["total", "to_send", "not_sent"]),
     "Connection": obj({
         "id": INT, "name": STR, "kind": {"enum": ["mbg", "mcs", "usa", "ldap"]}, "url": STR, "host": STR,
         "username": STR, "options": {"type": "object"}, "sync_interval_minutes": INT, "enabled": BOOL,
@@ -331,6 +333,11 @@ PATHS: dict = {
             {"name": "action", "in": "path", "required": True,
              "schema": {"enum": ["deploy", "auto-deploy", "force-config", "sync", "delete",
                                  "assign-profile"]}}]),
+    },
+    "/users/actions/deploy/plan": {
+        "post": op("What Deploy would do with a selection, before anything is sent", {
+            "200": ok(ref("DeployPlan"), "How many users would be sent an e-mail, and how many not and why."),
+        }, tag="actions", write=True, body=ref("ActionRequest")),
     },
     "/jobs": {
         "get": op("List jobs, newest first", {"200": ok(page_of("Job")), "400": error("400")},

@@ -112,6 +112,20 @@ def user_action(action: str):
     return job_json(job), 202, {"Location": f"/api/v1/jobs/{job.id}"}
 
 
+@bp.post("/users/actions/deploy/plan")
+def deploy_plan():
+    """What Deploy would do with the selection: who would be sent an e-mail, who not and
+    why (an incomplete profile, Do Not Deploy, no address). Nothing is changed."""
+    from cds.deploy.service import plan_deploy
+    data = body_json()
+    selection = selection_from(data)
+    unknown = sorted(set(data) - {"ids", "filter", "at"})
+    if unknown:
+        raise ApiError(422, "invalid", "Unknown fields: " + ", ".join(unknown) + ".",
+                       {k: "unknown field" for k in unknown})
+    return plan_deploy(selection).as_dict()
+
+
 @bp.get("/jobs")
 def list_jobs():
     state = request.args.get("state")
