@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from cds import __version__
 from cds.clients import KINDS as CLIENT_KINDS
+from cds.users.service import MAX_SECRET_LENGTH
 
 TS = {"type": ["string", "null"], "format": "date-time"}
 STR = {"type": "string"}
@@ -158,7 +159,8 @@ SCHEMAS.update({
     }, ["id", "login_id", "profile_id", "email", "source", "secrets"]),
     "Secrets": {"type": "object", "description": "Write-only: a string sets a secret, null or \"\" clears it, "
                 "absent keeps it. Never returned.",
-                "properties": {k: NSTR for k in SECRET_NAMES}, "additionalProperties": False},
+                "properties": {k: {**NSTR, "maxLength": MAX_SECRET_LENGTH} for k in SECRET_NAMES},
+                "additionalProperties": False},
     "UserCreate": obj({**USER_FIELD_PROPS, "profile_id": INT, "secrets": ref("Secrets")},
                       ["login_id", "last_name", "email"]),
     "UserUpdate": obj({**USER_FIELD_PROPS, "profile_id": INT, "secrets": ref("Secrets")}),

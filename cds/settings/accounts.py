@@ -44,14 +44,13 @@ def _keep_a_primary(admin: AdminAccount, action: str) -> None:
                                f"{action}. Make another account primary administrator first.")
 
 
-def add_admin(username: str, role: str, password: str = "") -> tuple[AdminAccount, str | None]:
+def add_admin(username: str, role: str, password: str = "", *, actor: str | None = None
+              ) -> tuple[AdminAccount, str | None]:
     """Create an account. With no password given one is generated and returned (shown once)."""
     generated = None
     if not password:
         password = generated = generate_password()
-    admin = create_admin(username, password, role)
-    record_event("admin.create", detail={"account": admin.username, "role": role,
-                                         "password_generated": bool(generated)})
+    admin = create_admin(username, password, role, actor=actor, password_generated=bool(generated))
     return admin, generated
 
 

@@ -3,7 +3,7 @@ and My account. Mail server and e-mail template have their own pages in this sec
 (/settings/mail, /settings/template)."""
 from __future__ import annotations
 
-from flask import (Blueprint, abort, redirect, render_template, request, session, url_for)
+from flask import (Blueprint, abort, g, redirect, render_template, request, session, url_for)
 
 from cds.auth.service import AccountError
 from cds.models import ROLE_LABELS, ROLES
@@ -84,7 +84,7 @@ def _account_change(change, success: str):
 def add_admin():
     form = request.form
     return _account_change(lambda: accounts.add_admin(form.get("username", ""), form.get("role", ""),
-                                                      form.get("password", "")),
+                                                      form.get("password", ""), actor=g.actor),
                            "Administrator {name} added.")
 
 
