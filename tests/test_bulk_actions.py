@@ -184,3 +184,28 @@ def test_api_tokens_and_administrators_are_audited_from_every_surface(app, admin
     with app.app_context():
         stored = " ".join(str(e.detail) for e in db.session.scalars(select(AuditEvent)))
     assert cli_token not in stored and "a long enough password" not in stored
+
+
+def test_jobs_the_services_start_are_audited_once_too(app, source):
+    """The scheduler's periodic sync and Import and Deploy go through the same door."""
+    from datetime import timedelta as td
+
+    from cds.connections.service import periodic_sync, refresh_source_records
+    from cds.imports.service import import_and_deploy
+    from cds.models import Connection, SourceRecord
+    from tests.fixtures.source_server import usa_user
+    from tests.test_sync import connect_and_import
+    with app.app_context():
+        conn_id = connect_and_import(source)
+        db.session.get(Connection, conn_id).next_sync_at = utcnow() - td(minutes=1)
+        db.session.commit()
+        periodic_sync(app)
+        source.users.append(usa_user(99))
+        refresh_source_records(db.session.get(Connection, conn_id))
+        new_record = db.session.scalar(select(SourceRecord.id).where(SourceRecord.source_key == "u-99"))
+        result = import_and_deploy({"ids": [new_record]}, actor="alice")
+        assert result.job_id is not None
+    created = events(app, "job.create")
+    assert [(e.actor, e.actor_type, e.detail["kind"]) for e in created] == \
+        [("scheduler", "system", "sync"), ("alice", "admin", "deploy")]
+    assert [e.detail["job"] for e in created] == [j.id for j in jobs(app)]

@@ -122,7 +122,9 @@ SCHEMAS: dict = {
         "properties": {
             "ids": {"type": "array", "items": {"type": "integer"}, "minItems": 1},
             "filter": ref("UserFilter"),
-            "at": {"type": "string", "format": "date-time"},
+            "at": {"type": "string", "description": "ISO 8601; with an offset or Z that instant, "
+                   "without one UTC. Only deploy, auto-deploy and force-config can be scheduled; "
+                   "the time must be in the future."},
             "profile_id": INT,
             "confirm": STR,
         },
