@@ -3,20 +3,12 @@ lacks it: the job report, the profile pages, the Users tab, the API, the CLI and
 count the Deploy confirmation shows before anything is sent."""
 from __future__ import annotations
 
-import pytest
 from sqlalchemy import select
 
 from cds.clients import KINDS, kind_of, profile_problems
 from cds.extensions import db
 from cds.models import DeploymentProfile, JobItem, User
-from tests.mailsink import MailSink
 
-
-@pytest.fixture
-def sink():
-    s = MailSink().start()
-    yield s
-    s.stop()
 
 
 def fresh_default(app) -> int:
@@ -53,17 +45,17 @@ def test_every_kind_is_one_module_with_the_interface():
         "cds-client://activate?link=https%3A%2F%2Fr.example%2Fr%2FT"
 
 
-def test_fresh_default_profile_is_incomplete_and_deploy_skips_its_users(app, sink):
+def test_fresh_default_profile_is_incomplete_and_deploy_skips_its_users(app, smtp_server):
     from cds.settings.service import save_settings
     from tests.test_deploy import deploy
     pid = fresh_default(app)
     with app.app_context():
-        save_settings({"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": sink.port})
+        save_settings({"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": smtp_server.port})
         missing = profile_problems(db.session.get(DeploymentProfile, pid))
         assert any("SIP host" in m for m in missing) and any("MiCollab Client Service" in m for m in missing)
     [uid] = add_users(app, pid, 1)
     job_id = deploy(app, {"ids": [uid]})
-    assert sink.messages == []  # nothing sent that the client could not use
+    assert smtp_server.messages == []  # nothing sent that the client could not use
     with app.app_context():
         [item] = db.session.scalars(select(JobItem).where(JobItem.job_id == job_id)).all()
         assert item.outcome == "skipped"
@@ -73,12 +65,12 @@ def test_fresh_default_profile_is_incomplete_and_deploy_skips_its_users(app, sin
         assert user.deployed_at is None and user.send_error is None
 
 
-def test_linphone_user_without_sip_account_is_skipped_with_the_reason(app, sink):
+def test_linphone_user_without_sip_account_is_skipped_with_the_reason(app, smtp_server):
     from cds.profiles.service import save_profile
     from cds.settings.service import save_settings
     from tests.test_deploy import deploy
     with app.app_context():
-        save_settings({"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": sink.port})
+        save_settings({"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": smtp_server.port})
         pid = save_profile(None, {"name": "Phones", "client": "linphone", "sip_domain": "example.com",
                                   "sip_realm": "example.com", "pbx_sip_host": "pbx.example.com"}).id
     [uid] = add_users(app, pid, 1)
@@ -87,7 +79,7 @@ def test_linphone_user_without_sip_account_is_skipped_with_the_reason(app, sink)
         [item] = db.session.scalars(select(JobItem).where(JobItem.job_id == job_id)).all()
     assert item.outcome == "skipped"
     assert item.message == "The user has no PBX SIP user name; has no PBX SIP password (Linphone needs it)."
-    assert sink.messages == []
+    assert smtp_server.messages == []
 
 
 def test_deploy_plan_counts_who_would_be_skipped_and_why(app, admin_client):
@@ -176,7 +168,7 @@ def test_users_tab_delete_warns_that_linphone_keeps_its_cached_account(app, admi
 
 def test_api_deploy_plan(app, client):
     from tests.api_support import ApiClient
-    from tests.test_api import make_token
+    from tests.conftest import make_token
     pid = fresh_default(app)
     ids = add_users(app, pid, 2)
     api = ApiClient(client, make_token(app))

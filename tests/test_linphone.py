@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from cds.extensions import db
 from cds.models import AuditEvent, ClientDevice, DeploymentProfile, User
 from tests.conftest import TEST_SERVERS
-from tests.mailsink import MailSink, decode_qr, parts
+from tests.mailsink import decode_qr, parts
 
 NS = "{http://www.linphone.org/xsds/lpconfig.xsd}"
 BROWSER = {"User-Agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15",
@@ -23,12 +23,6 @@ PROFILE = dict(client="linphone", sip_account="pbx", sip_domain="sip.example.com
                sip_algorithm="MD5", sip_credential="ha1", pbx_sip_host="pbx.example.com", pbx_sip_port=5080,
                pbx_sip_transport="TCP", voicemail_number="8000")
 
-
-@pytest.fixture
-def sink():
-    s = MailSink().start()
-    yield s
-    s.stop()
 
 
 def make_profile(app, name="Linphone", **fields):
@@ -264,14 +258,14 @@ def test_contract_cli_flags_and_api_names(app, runner, client):
     assert props["sip_algorithm"]["enum"] == ["MD5", "SHA-256"]
 
 
-def test_deployment_mail_for_a_linphone_user(app, sink):
+def test_deployment_mail_for_a_linphone_user(app, smtp_server):
     from cds.settings.service import save_settings
     from tests.test_deploy import deploy
     with app.app_context():
-        save_settings({"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": sink.port, "MAIL_DEFAULT_SENDER": "IT <it@example.com>"})
+        save_settings({"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": smtp_server.port, "MAIL_DEFAULT_SENDER": "IT <it@example.com>"})
     uid = make_user(app, make_profile(app))
     deploy(app, {"ids": [uid]})
-    mail = parts(sink.messages[0][1])
+    mail = parts(smtp_server.messages[0][1])
     [png] = mail["images"].values()
     url = decode_qr(png)
     assert url.startswith("http://cds.test/provisioning/linphone/")

@@ -30,23 +30,17 @@ BROWSER = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KH
 REFUSAL_WAIT = 8
 
 
-@pytest.fixture
-def sink():
-    s = MailSink().start()
-    yield s
-    s.stop()
-
 
 @pytest.fixture
-def cds(make_app, app, sink):
-    """CDS served by waitress on loopback, sending through the aiosmtpd sink."""
+def cds(make_app, app, smtp_server):
+    """CDS served by waitress on loopback, sending through the aiosmtpd server."""
     live = make_app()
     server = LiveServer(live)
     live.config["PUBLIC_URL"] = live.config["REDIRECT_URL"] = server.url
     with live.app_context():
         from cds.api.tokens import create_api_token
         from cds.settings.service import save_settings
-        save_settings({"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": sink.port,
+        save_settings({"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": smtp_server.port,
                        "MAIL_DEFAULT_SENDER": "IT <it@example.com>"})
         _, server.api_token = create_api_token("e2e", "admin")
     make_admin(live, "alice", "primary")
@@ -107,24 +101,24 @@ class Console:
         return self.api_call("GET", f"/users/{user_id}")
 
 
-def deploy_and_scan(console: Console, sink: MailSink, user_id: int, expected: int = 1) -> str:
+def deploy_and_scan(console: Console, smtp_server: MailSink, user_id: int, expected: int = 1) -> str:
     """Press Deploy on the Users tab; the URL the e-mail's QR code holds."""
     console.post("/users/actions/deploy", {"ids": str(user_id)})
-    sink.wait_for(expected)
-    mail = parts(sink.messages[expected - 1][1])
+    smtp_server.wait_for(expected)
+    mail = parts(smtp_server.messages[expected - 1][1])
     [png] = mail["images"].values()
     url = decode_qr(png)
     assert url in mail["text"] and "Linphone" in mail["subject"]
     return url
 
 
-def test_linphone_provisioned_from_the_qr_code_registers(cds, sink, tmp_path):
+def test_linphone_provisioned_from_the_qr_code_registers(cds, smtp_server, tmp_path):
     registrar = sip.Kamailio(tmp_path / "kamailio", {(SIP_USER, DOMAIN): PASSWORD}).start()
     phone = sip.Linphonec(tmp_path / "phone")
     try:
         console = Console(cds.url, cds.api_token)
         uid = console.add_user(console.linphone_profile(registrar))
-        url = deploy_and_scan(console, sink, uid)
+        url = deploy_and_scan(console, smtp_server, uid)
         assert url.startswith(f"{cds.url}/provisioning/linphone/")
         assert console.downloaded_cell(uid) == ""
 
@@ -187,13 +181,13 @@ def _move_registrar(console: Console, user_id: int, registrar: sip.Kamailio) -> 
 
 
 @pytest.mark.parametrize("algorithm,credential", [("SHA-256", "ha1"), ("MD5", "password")])
-def test_ha1_sha256_and_password_register(cds, sink, tmp_path, algorithm, credential):
+def test_ha1_sha256_and_password_register(cds, smtp_server, tmp_path, algorithm, credential):
     registrar = sip.Kamailio(tmp_path / "kamailio", {(SIP_USER, DOMAIN): PASSWORD}, algorithm=algorithm).start()
     phone = sip.Linphonec(tmp_path / "phone")
     try:
         console = Console(cds.url, cds.api_token)
         uid = console.add_user(console.linphone_profile(registrar, algorithm=algorithm, credential=credential))
-        phone.provision(deploy_and_scan(console, sink, uid))
+        phone.provision(deploy_and_scan(console, smtp_server, uid))
         phone.start()
         assert registrar.wait_for_contact(SIP_USER, DOMAIN), phone.log.read_text(errors="replace")[-3000:]
         applied = phone.applied("auth_info_0", "passwd" if credential == "password" else "ha1")
@@ -208,14 +202,14 @@ def test_ha1_sha256_and_password_register(cds, sink, tmp_path, algorithm, creden
         registrar.stop()
 
 
-def test_wrong_stored_password_is_refused(cds, sink, tmp_path):
+def test_wrong_stored_password_is_refused(cds, smtp_server, tmp_path):
     """The negative control: CDS holds a password the registrar does not accept."""
     registrar = sip.Kamailio(tmp_path / "kamailio", {(SIP_USER, DOMAIN): PASSWORD}).start()
     phone = sip.Linphonec(tmp_path / "phone")
     try:
         console = Console(cds.url, cds.api_token)
         uid = console.add_user(console.linphone_profile(registrar), password="Not-The-Password")
-        phone.provision(deploy_and_scan(console, sink, uid))
+        phone.provision(deploy_and_scan(console, smtp_server, uid))
         phone.start()
         assert _wait_for(registrar.wrong_password_refusals, timeout=30), "the registrar was never asked"
         assert registrar.wait_for_contact(SIP_USER, DOMAIN, timeout=REFUSAL_WAIT) == []
