@@ -78,11 +78,15 @@ def register_areas(app: Flask) -> None:
         # Importing service modules registers their job actions and scheduler tasks.
         if importlib.util.find_spec(f"cds.{area}.service") is not None:
             importlib.import_module(f"cds.{area}.service")
-    # Each client kind may bring its own public endpoints (Linphone's provisioning URLs).
+    # Each client kind may bring its own endpoints for apps (Linphone's provisioning URLs),
+    # under /provisioning/<kind>/: public, and without an administrator's session.
+    from cds import web
     from cds.clients import KINDS
     for kind in KINDS.values():
         if kind.blueprint is not None:
             app.register_blueprint(kind.blueprint)
+            web.PUBLIC_BLUEPRINTS.add(kind.blueprint.name)
+            web.SESSIONLESS_BLUEPRINTS.add(kind.blueprint.name)
 
 
 @event.listens_for(Engine, "connect")

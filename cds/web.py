@@ -18,13 +18,13 @@ from cds.extensions import db
 from cds.models import ROLE_LABELS, AdminAccount
 
 # Reachable without an administrator session (each has its own protection).
-PUBLIC_BLUEPRINTS = {"redirect", "client", "landing", "api", "health", "linphone"}
+PUBLIC_BLUEPRINTS = {"redirect", "client", "landing", "api", "health"}
 PUBLIC_ENDPOINTS = {"auth.login", "static"}
 # Machine endpoints: an administrator's session cookie means nothing to them, so it
 # is never read there (nor decoded and verified on every device poll). Under these
 # prefixes every answer, errors included, is JSON (plain text or XML under
 # /provisioning/), so no page needs a session either.
-SESSIONLESS_BLUEPRINTS = {"client", "redirect", "health", "linphone"}
+SESSIONLESS_BLUEPRINTS = {"client", "redirect", "health"}
 SESSIONLESS_PREFIXES = ("/client/", "/r-api/", "/provisioning/")
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 # The same, for requests no route matched (a wrong method or path under a public area):
@@ -160,7 +160,8 @@ def init_app(app) -> None:
         h.setdefault("X-Content-Type-Options", "nosniff")
         h.setdefault("X-Frame-Options", "DENY")
         h.setdefault("Referrer-Policy", "no-referrer")
-        if request.blueprint not in ("redirect", "client", "landing", "health", "linphone") \
+        if request.blueprint not in ("redirect", "client", "landing", "health") \
+                and not request.path.startswith("/provisioning/") \
                 and request.endpoint != "static":
             h.setdefault("Cache-Control", "no-store")
         if app.config["SESSION_COOKIE_SECURE"]:

@@ -38,7 +38,8 @@ class ClientKind:
     revoke_note: str = ""
     # True: a profile of this kind is refused (not saved) while ``missing`` finds something.
     refuse_incomplete: bool = False
-    # A Flask blueprint of the kind's own public endpoints, registered by create_app.
+    # A Flask blueprint of the kind's own endpoints for apps, under /provisioning/<key>/
+    # (public, session-less, tokens kept out of the logs); registered by create_app.
     blueprint = None
 
     def missing(self, profile) -> dict[str, str]:
