@@ -29,7 +29,7 @@ class Linphone(ClientKind):
     )
     instructions = (
         "1. Install Linphone on your phone (App Store or Google Play) or computer (linphone.org).\n"
-        "2. On the phone, open the link in this e-mail and choose to open it in Linphone; or, in\n"
+        "2. On the phone, open the link in this e-mail and tap \"Open in Linphone\"; or, in\n"
         "   Linphone, open the assistant, choose \"Fetch remote configuration\" and scan the QR code.\n"
         "3. Linphone sets itself up. You will not be asked for a password."
     )
