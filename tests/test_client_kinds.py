@@ -180,3 +180,15 @@ def test_api_deploy_plan(app, client):
     assert api.post("/api/v1/users/actions/deploy/plan", json={"ids": ids, "x": 1}).status_code == 422
     with app.app_context():
         assert all(u.deployed_at is None for u in db.session.scalars(select(User)))
+
+
+def test_user_page_says_why_deploy_would_not_send(app, admin_client):
+    pid = fresh_default(app)
+    [uid] = add_users(app, pid, 1)
+    page = admin_client.get(f"/users/{uid}").get_data(as_text=True)
+    assert 'id="deploy-refusal"' in page and "incomplete for CDS client protocol v1" in page
+    from cds.profiles.service import save_profile
+    with app.app_context():
+        save_profile(db.session.get(DeploymentProfile, pid), {"pbx_sip_host": "pbx.example.com",
+                                                              "mcs_host": "mcs.example.com"})
+    assert 'id="deploy-refusal"' not in admin_client.get(f"/users/{uid}").get_data(as_text=True)

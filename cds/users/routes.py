@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, abort, g, redirect, render_template, request, session, url_for
 
 from cds.clients import kind_of
+from cds.deploy.service import deploy_refusal
 from cds.extensions import db
 from cds.jobs.actions import start_action
 from cds.jobs.service import ACTIONS, reason_counts
@@ -120,7 +121,7 @@ def _user_context(user, form, **extra):
     return dict(user=user, form=form, secrets=USER_SECRETS, source=source_label(user),
                 history=deployment_history(user), devices=user_devices(user),
                 events=user_audit_events(user), can_write=current_admin().can_write,
-                kind=kind_of(user.profile), **extra)
+                kind=kind_of(user.profile), deploy_refusal=deploy_refusal(user), **extra)
 
 
 def _render_user(user, form, status=200, **extra):
