@@ -10,7 +10,7 @@ from cds.api.routes import ApiError, bp, body_json, iso, paginated
 from cds.extensions import db
 from cds.jobs import service as jobs
 from cds.models import Job, JobItem
-from cds.web import MAX_ID
+from cds.web import MAX_ID, MAX_PAGE
 
 # URL names of the bulk actions -> job kinds.
 ACTION_KINDS = {"deploy": "deploy", "auto-deploy": "auto_deploy", "force-config": "force_config",
@@ -73,7 +73,7 @@ def selection_from(data: dict) -> dict:
         if not isinstance(filt, dict):
             raise ApiError(422, "invalid", "\"filter\" must be an object.")
         try:
-            return {"filter": UserFilter.from_mapping(filt).to_dict()}
+            return {"filter": UserFilter.from_mapping(filt, other_keys=()).to_dict()}
         except InvalidQuery as exc:
             raise ApiError(422, "invalid", str(exc), {"filter": str(exc)}) from None
     raise ApiError(422, "invalid", "Say which users: \"ids\" or \"filter\" ({} for all users).")
@@ -152,6 +152,6 @@ def page_args(default_per_page: int = 50, max_per_page: int = 500) -> tuple[int,
         per_page = int(request.args.get("per_page", default_per_page))
     except ValueError:
         raise ApiError(400, "bad_request", "page and per_page must be whole numbers.") from None
-    if page < 1 or not 1 <= per_page <= max_per_page:
-        raise ApiError(400, "bad_request", f"page ≥ 1 and per_page 1-{max_per_page}.")
+    if not 1 <= page <= MAX_PAGE or not 1 <= per_page <= max_per_page:
+        raise ApiError(400, "bad_request", f"page 1-{MAX_PAGE} and per_page 1-{max_per_page}.")
     return page, per_page

@@ -46,6 +46,10 @@ SEARCH_COLUMNS = (User.first_name, User.last_name, User.number, User.email, User
 
 YES_NO = ("", "yes", "no")
 FLAGS = ("force", "redeploy", "send_failed", "not_in_source")
+FILTER_KEYS = ("search", "q", "profile", "source", "deployed", "downloaded") + FLAGS
+# What a Users-tab bulk form (and the Export link) carries besides the filter.
+SELECTION_FORM_KEYS = ("csrf_token", "ids", "all_matching", "profile_id", "confirm", "run_at",
+                       "sort", "page", "per_page")
 
 
 @dataclass
@@ -63,8 +67,18 @@ class UserFilter:
     not_in_source: bool = False
 
     @classmethod
-    def from_mapping(cls, data) -> "UserFilter":
-        """Parse request args or a JSON object; unknown values raise InvalidQuery."""
+    def from_mapping(cls, data, *, other_keys: tuple[str, ...] | None = None) -> "UserFilter":
+        """Parse request args or a JSON object; unknown values raise InvalidQuery.
+
+        With ``other_keys`` (what else the mapping may hold) an unknown key is refused
+        too: a selection that acts on users must never widen to everyone because of a
+        typo ({"deployd": "no"} would otherwise mean "all users")."""
+        if other_keys is not None:
+            unknown = sorted(str(k) for k in data.keys() if k not in FILTER_KEYS and k not in other_keys)
+            if unknown:
+                raise InvalidQuery(f"Unknown filter key{'s' if len(unknown) > 1 else ''} "
+                                   f"{', '.join(repr(k) for k in unknown)}; the filter keys are "
+                                   f"{', '.join(FILTER_KEYS)}.")
         f = cls()
         f.search = _CONTROL_RE.sub(" ", str(data.get("search", "") or data.get("q", "") or "")).strip()[:200]
         profile = data.get("profile") or None
@@ -197,6 +211,9 @@ class UserQuery:
             q.per_page = int(data.get("per_page", default_per_page) or default_per_page)
         except (TypeError, ValueError):
             raise InvalidQuery("page and per_page must be numbers.") from None
+        from cds.web import MAX_PAGE
+        if q.page > MAX_PAGE:
+            raise InvalidQuery(f"Page numbers go from 1 to {MAX_PAGE:,}.")
         if q.per_page not in PAGE_SIZES:
             raise InvalidQuery(f"per_page must be one of {', '.join(map(str, PAGE_SIZES))}.")
         return q
@@ -278,7 +295,7 @@ def list_users(q: UserQuery) -> UserPage:
 def parse_selection(data) -> dict:
     """From a form or JSON: {"ids": [...]} or {"filter": {...}} (select all matching)."""
     if data.get("all_matching") in ("1", "true", True, 1):
-        return {"filter": UserFilter.from_mapping(data).to_dict()}
+        return {"filter": UserFilter.from_mapping(data, other_keys=SELECTION_FORM_KEYS).to_dict()}
     try:
         return {"ids": parse_ids(data, "user")}
     except ValueError as exc:
