@@ -114,6 +114,19 @@ def test_read_only_admin_cannot_obtain_a_live_link_from_the_outbox(live):
     assert resp.status_code in (400, 404, 410) and "voicemail" not in resp.text.lower()
 
 
+def test_a_mail_scanner_opening_the_link_does_not_use_it(live):
+    """Gateways open every link of an e-mail: that must neither activate nor use it up."""
+    app = live.app
+    make_admin(app, "alice", "primary")
+    token = deploy_one_to_outbox(app)
+    for _ in range(3):
+        resp = requests.get(f"{live.url}/r/{token}")  # follows to the landing page
+        assert resp.status_code == 200 and "4711" not in resp.text and "Client-Secret-1" not in resp.text
+    device = {"id": "A1B2-C3", "platform": "android", "app_version": "9.8.1"}
+    resp = requests.post(live.url + "/client/v1/activate", json={"token": token, "device": device})
+    assert resp.status_code == 200 and "4711" in resp.text
+
+
 # --- 2. signing out makes the cookie worthless -----------------------------------------------
 
 def test_sign_out_ends_the_session_for_every_copy_of_the_cookie(live):
