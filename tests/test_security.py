@@ -207,6 +207,20 @@ def test_the_default_sender_works_for_a_real_message(admin_client, app):
     assert admin_client.post("/settings/mail", data=form).status_code == 302
 
 
+def test_a_bad_sender_stored_earlier_fails_each_send_with_where_to_fix_it(app):
+    from cds.jobs.service import create_job, run_job
+    from cds.models import JobItem
+    from cds.profiles.service import default_profile
+    with app.app_context():
+        db.session.add(Setting(key="MAIL_DEFAULT_SENDER", value="line1\r\nBcc: evil@example.com"))
+        user = User(login_id="cy", last_name="Cy", email="cy@example.com", profile_id=default_profile().id)
+        db.session.add(user)
+        db.session.commit()
+        job = run_job(create_job("deploy", {"ids": [user.id]}, actor="alice").id)
+        item = db.session.scalar(select(JobItem).where(JobItem.job_id == job.id))
+        assert item.outcome == "failed" and "Settings › E-mail" in item.message
+
+
 def test_sender_is_checked_at_start_too(tmp_path, monkeypatch):
     monkeypatch.setenv("CDS_MAIL_DEFAULT_SENDER", "CDS <cds@localhost>\r\nBcc: evil@example.com")
     with pytest.raises(ConfigError, match="CDS_MAIL_DEFAULT_SENDER must be one line"):
