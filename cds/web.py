@@ -221,7 +221,7 @@ def init_app(app) -> None:
         # Console pages send their address to the console itself (the cross-site check
         # above reads it) and to nobody else; public pages (links with tokens) send none.
         h.setdefault("Referrer-Policy", "no-referrer" if request.blueprint in (
-            "redirect", "client", "landing", "deploy") or request.path.startswith(PUBLIC_PREFIXES)
+            "redirect", "client", "landing") or request.path.startswith(PUBLIC_PREFIXES)
             else "same-origin")
         if request.blueprint not in ("redirect", "client", "landing", "health") \
                 and request.endpoint != "static":

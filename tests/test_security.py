@@ -462,6 +462,20 @@ def test_an_outsider_cannot_lock_the_primary_administrator_out(live):
     assert _post_login(live, "admin", "guess-guess-guess", helper) == 429
 
 
+def test_sign_in_works_and_stays_throttled_while_the_shared_store_is_down(make_app, app):
+    """Redis unreachable: counted in this process meanwhile, never a server error."""
+    from tests.conftest import free_port
+    down = make_app(RATELIMIT_STORAGE_URI=f"redis://127.0.0.1:{free_port()}/0",
+                    LOGIN_LIMIT_PER_ACCOUNT="2/minute")
+    make_admin(down, "alice", "primary")
+    client = down.test_client()
+    assert [sign_in(client, "alice", "wrong-wrong-wrong").status_code for _ in range(3)] == [401, 401, 429]
+    other = down.test_client()
+    resp = other.post("/login", environ_base={"REMOTE_ADDR": "127.0.0.9"}, data={
+        "username": "alice", "password": TEST_PASSWORD, "csrf_token": other.refresh_csrf()})
+    assert resp.status_code == 302
+
+
 # --- 9. bad API tokens are limited per address -------------------------------------------------
 
 def test_many_different_bad_api_tokens_hit_a_limit(make_app, app):

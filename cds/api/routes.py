@@ -11,7 +11,7 @@ import time
 from flask import Blueprint, current_app, g, jsonify, request, url_for
 from werkzeug.exceptions import HTTPException
 
-from cds.extensions import csrf, limiter
+from cds.extensions import csrf, limit_counter, limiter
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)
@@ -85,14 +85,14 @@ def _refuse_unauthenticated(message: str):
     budget above) is stopped by address, whatever tokens it makes up."""
     address = request.remote_addr or "-"
     for lim in _auth_failure_limits():
-        limiter.limiter.hit(lim, "api-auth-failure", address)
+        limit_counter("hit", lim, "api-auth-failure", address)
     raise ApiError(401, "unauthorized", message)
 
 
 def _check_auth_failures() -> None:
     address = request.remote_addr or "-"
     for lim in _auth_failure_limits():
-        stats = limiter.limiter.get_window_stats(lim, "api-auth-failure", address)
+        stats = limit_counter("get_window_stats", lim, "api-auth-failure", address)
         if stats.remaining <= 0:
             raise ApiError(429, "rate_limited", "Too many requests with a missing or wrong API token "
                            "from this address; wait and retry later.", None,

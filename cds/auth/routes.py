@@ -35,7 +35,7 @@ def login():
         try:
             check_sign_in_allowed(client_ip(), form.username.data)
         except SignInThrottled as exc:
-            resp = app_page(form, str(exc), 429)
+            resp = _login_page(form, str(exc), 429)
             resp.headers["Retry-After"] = str(exc.retry_after)
             return resp
         admin = authenticate(form.username.data, form.password.data)
@@ -49,11 +49,11 @@ def login():
             return redirect(safe_next(request.args.get("next")) or url_for("users.index"))
         record_failed_sign_in(client_ip(), form.username.data)
         record_event("admin.login_failed", actor=form.username.data.strip()[:64] or "-")
-        return app_page(form, "Wrong user name or password.", 401)
+        return _login_page(form, "Wrong user name or password.", 401)
     return render_template("auth/login.html", form=form, error=None)
 
 
-def app_page(form, error: str, status: int):
+def _login_page(form, error: str, status: int):
     from flask import current_app
     return current_app.response_class(render_template("auth/login.html", form=form, error=error),
                                       status=status, mimetype="text/html")

@@ -82,11 +82,6 @@ def _limits(setting: str):
     return parse_many(current_app.config[setting])
 
 
-def _rate_limiter():
-    from cds.extensions import limiter
-    return limiter.limiter
-
-
 def _wait(stats) -> int:
     import time
     return int(stats.reset_time - time.time()) + 1
@@ -94,36 +89,36 @@ def _wait(stats) -> int:
 
 def check_sign_in_allowed(address: str, username: str) -> None:
     """Raise SignInThrottled if this address may not try this account now."""
-    rl = _rate_limiter()
+    from cds.extensions import limit_counter
     account = username.strip().lower()[:64]
     for lim in _limits("LOGIN_LIMIT_PER_ADDRESS"):
-        stats = rl.get_window_stats(lim, "login-address", address)
+        stats = limit_counter("get_window_stats", lim, "login-address", address)
         if stats.remaining <= 0:
             raise SignInThrottled("Too many failed sign-ins from this address. Wait a minute and "
                                   "try again.", _wait(stats))
     failed_here = False
     for lim in _limits("LOGIN_LIMIT_PER_ACCOUNT"):
-        stats = rl.get_window_stats(lim, "login-pair", address, account)
+        stats = limit_counter("get_window_stats", lim, "login-pair", address, account)
         if stats.remaining <= 0:
             raise SignInThrottled("Too many failed sign-ins for this account from this address. "
                                   "Wait a minute and try again.", _wait(stats))
         failed_here = failed_here or stats.remaining < lim.amount
     if failed_here:
         for lim in _limits("LOGIN_LIMIT_PER_ACCOUNT"):
-            stats = rl.get_window_stats(lim, "login-account", account)
+            stats = limit_counter("get_window_stats", lim, "login-account", account)
             if stats.remaining <= 0:
                 raise SignInThrottled("Too many failed sign-ins for this account. Wait a minute and "
                                       "try again.", _wait(stats))
 
 
 def record_failed_sign_in(address: str, username: str) -> None:
-    rl = _rate_limiter()
+    from cds.extensions import limit_counter
     account = username.strip().lower()[:64]
     for lim in _limits("LOGIN_LIMIT_PER_ADDRESS"):
-        rl.hit(lim, "login-address", address)
+        limit_counter("hit", lim, "login-address", address)
     for lim in _limits("LOGIN_LIMIT_PER_ACCOUNT"):
-        rl.hit(lim, "login-pair", address, account)
-        rl.hit(lim, "login-account", account)
+        limit_counter("hit", lim, "login-pair", address, account)
+        limit_counter("hit", lim, "login-account", account)
 
 
 def end_sessions(admin: AdminAccount) -> None:
