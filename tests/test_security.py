@@ -4,7 +4,6 @@ must happen instead. Siblings of each hole on other surfaces are tested beside i
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import re
 import subprocess
@@ -264,15 +263,13 @@ HEAVY = {
 @pytest.mark.parametrize("kind", sorted(HEAVY))
 def test_template_preview_and_save_refuse_unbounded_work(admin_client, app, kind):
     draft = {"subject": "Hi", "text": "{{ link }} " + HEAVY[kind], "html": "<p>{{ link }}</p>"}
-    started = time.monotonic()
+    # Before, these never finished (or ran until memory ran out).
     preview = admin_client.post("/settings/template/preview", data=draft)
     saved = admin_client.post("/settings/template", data=draft)
-    elapsed = time.monotonic() - started
     assert preview.status_code == 200 and "refused" in preview.get_data(as_text=True)
     assert saved.status_code == 422 and "refused" in saved.get_data(as_text=True)
     with app.app_context():
         assert db.session.get(Setting, "MAIL_TEMPLATE_TEXT") is None
-    assert elapsed < 30  # not a timing claim: the unbounded versions never finish at all
 
 
 def test_every_send_refuses_an_unbounded_template(app):
