@@ -44,10 +44,10 @@ def has_surrogate(text: str) -> bool:
     return bool(_SURROGATE.search(text))
 
 
-def loads(data):
+def loads(data, **kwargs):
     """``json.loads`` for untrusted input: UnsafeJSON (a ValueError) for what CDS refuses."""
     try:
-        value = json.loads(data)
+        value = json.loads(data, **kwargs)
     except RecursionError:
         raise UnsafeJSON(f"it nests deeper than {MAX_DEPTH} levels") from None
     check(value)
@@ -60,7 +60,7 @@ class RequestJSONProvider(DefaultJSONProvider):
 
     def loads(self, s, **kwargs):
         try:
-            return loads(s)
+            return loads(s, **kwargs)
         except UnsafeJSON as exc:
             # Not a ValueError here: request.get_json(silent=True) must not swallow it.
             raise BadRequest(f"The JSON body is not acceptable: {exc}.") from None
