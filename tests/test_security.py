@@ -272,6 +272,17 @@ def test_template_preview_and_save_refuse_unbounded_work(admin_client, app, kind
         assert db.session.get(Setting, "MAIL_TEMPLATE_TEXT") is None
 
 
+@pytest.mark.parametrize("source,expected", [
+    ("{{ 5000000|filesizeformat }}", "5.0 MB"),
+    ("{% for i in range(3) %}{{ i }}{% endfor %} {{ 2**10 }} {{ 'ab' ~ 'cd' }}", "012 1024 abcd"),
+    ("{{ '%05d'|format(42) }} {{ '{:>4}'.format(7) }} {{ 'x' * 3 }}", "00042    7 xxx"),
+    ("{{ first_name|upper|center(9) }}", "  ALEX   "),
+])
+def test_ordinary_templates_render_within_the_budget(app, source, expected):
+    from cds.mail.compose import _render, compile_template
+    assert _render(compile_template(source, "text"), "text", {"first_name": "Alex"}) == expected
+
+
 def test_every_send_refuses_an_unbounded_template(app):
     """A heavy body stored before this check (or in a profile) fails the send with the
     reason; nothing is sent and nothing hangs."""

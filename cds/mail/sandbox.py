@@ -82,8 +82,13 @@ def check_size(value):
     return value
 
 
-def _check_args(args, kwargs) -> None:
-    for value in (*args, *kwargs.values()):
+def _check_args(args, kwargs, *, filtered_value: bool = False) -> None:
+    """Refuse numbers that would size a text (widths, counts) beyond MAX_TEXT, and format
+    strings with huge fields. ``filtered_value``: the first argument is the value a filter
+    is applied to, which may be any number (``{{ 5000000|filesizeformat }}``)."""
+    for index, value in enumerate((*args, *kwargs.values())):
+        if filtered_value and index == 0 and not isinstance(value, str):
+            continue
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_TEXT:
             raise RenderLimit(f"it passes the number {value if abs(value) < 10**20 else 'that large'} "
                               f"where at most {MAX_TEXT:,} is allowed")
@@ -95,7 +100,7 @@ def _guarded_filter(func):
     @functools.wraps(func)  # keeps Jinja's pass_context / pass_eval_context marks
     def guarded(*args, **kwargs):
         _step()
-        _check_args(args, kwargs)
+        _check_args(args, kwargs, filtered_value=not hasattr(func, "jinja_pass_arg"))
         return check_size(func(*args, **kwargs))
     return guarded
 
