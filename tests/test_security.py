@@ -435,6 +435,27 @@ def test_unknown_filter_key_is_refused_naming_it(admin_client, app):
     assert resp.status_code in (200, 202)
 
 
+def test_unknown_filter_key_in_an_import_selection_is_refused(admin_client, app):
+    from tests.fixtures.source_server import PASSWORD, USERNAME, SourceServer, usa_user
+    source = SourceServer([usa_user(i) for i in range(1, 4)]).start()
+    try:
+        form = {"name": "Src", "kind": "usa", "url": source.url, "username": USERNAME, "password": PASSWORD,
+                "sync_interval_minutes": "60", "enabled": "y", "timeout": "2", "page_size": "500",
+                "verify_tls": "y"}
+        assert admin_client.post("/connections/new", data=form).status_code == 302
+        resp = admin_client.post("/import/records", data={"all_matching": "1", "stat": "new"},
+                                 follow_redirects=True)
+        assert "Unknown filter key &#39;stat&#39;" in resp.get_data(as_text=True)
+        with app.app_context():
+            assert db.session.scalar(select(func.count(User.id))) == 0
+        resp = admin_client.post("/import/records", data={"all_matching": "1", "state": "new"},
+                                 follow_redirects=True)
+        with app.app_context():
+            assert db.session.scalar(select(func.count(User.id))) == 3
+    finally:
+        source.stop()
+
+
 # --- 8. failed sign-ins throttle guessing but never lock the owner out ------------------------
 
 def _post_login(server, username, password, source_ip="127.0.0.1") -> int:

@@ -139,9 +139,18 @@ def connection_choices() -> list[tuple[int, str]]:
 
 # --- selections of records -------------------------------------------------------------
 
+RECORD_SELECTION_KEYS = {"search", "connection", "state", "csrf_token", "ids", "all_matching",
+                         "profile_id", "deploy", "page", "per_page"}
+
+
 def parse_record_selection(data) -> dict:
     """From the form: {"ids": [...]} or {"filter": {...}} when "all matching" is ticked."""
     if str(data.get("all_matching", "")) in ("1", "true", "on"):
+        # A typo in a filter key must not widen "all matching" to every record.
+        unknown = sorted(set(data.keys()) - RECORD_SELECTION_KEYS)
+        if unknown:
+            raise ImportProblem(f"Unknown filter key {', '.join(repr(k) for k in unknown)}; the filter "
+                                f"keys are search, connection, state.")
         return {"filter": RecordFilter.from_mapping(data).to_dict()}
     from cds.users.service import parse_ids
     try:
