@@ -103,7 +103,8 @@ def primary_required(view):
 
 def same_origin(url: str) -> bool:
     """Whether an Origin or Referer value names this CDS: the address the request came
-    to, or the configured public URL. "null" (a sandboxed frame, a privacy tool) does not."""
+    to, or the public URL (configuration or Settings). "null" (a sandboxed frame, a
+    privacy tool) does not."""
     from urllib.parse import urlsplit
     from flask import current_app
 
@@ -118,8 +119,11 @@ def same_origin(url: str) -> bool:
     given = origin_of(url)
     if given is None:
         return False
-    ours = {origin_of(request.host_url), origin_of(current_app.config["PUBLIC_URL"])}
-    return given in ours
+    if given in (origin_of(request.host_url), origin_of(current_app.config["PUBLIC_URL"])):
+        return True
+    # The public URL may have been changed in Settings (stored in the database).
+    from cds.settings.service import public_url
+    return given == origin_of(public_url())
 
 
 def client_ip() -> str:

@@ -631,6 +631,14 @@ def test_foreign_origin_or_referer_is_refused_even_with_a_valid_csrf_token(live)
     resp = s.post(live.url + "/profiles/new", data=form, allow_redirects=False,
                   headers={"Origin": live.url, "Referer": live.url + "/profiles/new"})
     assert resp.status_code == 302 and profile_count(app) == before + 1
+    # Behind a proxy the public URL (here set in Settings) is the origin browsers send.
+    with app.app_context():
+        from cds.settings.service import save_settings
+        save_settings({"PUBLIC_URL": "https://cds.example.com"}, "alice")
+    form = {"csrf_token": s.csrf, **profile_form(name="Via proxy")}
+    resp = s.post(live.url + "/profiles/new", data=form, allow_redirects=False,
+                  headers={"Origin": "https://cds.example.com"})
+    assert resp.status_code == 302 and profile_count(app) == before + 2
     # Console pages tell the browser to send the Referer to this site only.
     assert s.get(live.url + "/users").headers["Referrer-Policy"] == "same-origin"
     assert requests.get(live.url + "/r/unknown-token").headers["Referrer-Policy"] == "no-referrer"
