@@ -3,10 +3,8 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, current_app, g, redirect, render_template, request, url_for
 
-from cds.audit.service import record_event
 from cds.mail.transport import MailSettings
 from cds.outbox import service
-from cds.outbox.service import OutboxError
 from cds.web import current_admin, page_number, primary_required, toast
 
 bp = Blueprint("outbox", __name__, url_prefix="/outbox")
@@ -23,10 +21,7 @@ def _may_see_links() -> bool:
 
 
 def _message(name: str):
-    try:
-        msg = service.read_message(name)
-    except OutboxError as exc:
-        abort(404, str(exc))
+    msg = service.read_message(name)  # OutboxError: 404
     return msg if _may_see_links() else service.masked(msg)
 
 
@@ -73,10 +68,7 @@ def raw(name: str):
         # The .eml holds the link (and its QR code) in encoded parts: not masked, refused.
         abort(403, "The raw message holds a live deployment link; only administrators who "
                    "may deploy can download it.")
-    try:
-        data = service.raw_message(name)
-    except OutboxError as exc:
-        abort(404, str(exc))
+    data = service.raw_message(name)  # OutboxError: 404
     resp = current_app.response_class(data, mimetype="message/rfc822")
     resp.headers["Content-Disposition"] = f'attachment; filename="{name}"'
     return resp
@@ -85,7 +77,6 @@ def raw(name: str):
 @bp.route("/empty", methods=["POST"])
 @primary_required
 def empty():
-    count = service.delete_all()
-    record_event("outbox.empty", actor=g.actor, count=count)
+    count = service.delete_all(actor=g.actor)
     toast(f"Deleted {count} message{'s' if count != 1 else ''} from the Outbox.", "success")
     return redirect(url_for("outbox.index"))

@@ -63,7 +63,7 @@
       var runAt = $("#run-at");
       var d = t.value ? new Date(t.value) : null;  // the admin's local time
       runAt.value = d && !isNaN(d) ? d.toISOString() : "";
-      $all("[data-bulk=deploy], [data-bulk=auto_deploy]").forEach(function (b) {
+      $all("[data-schedulable]").forEach(function (b) {
         var label = b.getAttribute("data-label");
         b.textContent = runAt.value ? label + " at " + t.value.replace("T", " ") : label;
       });
@@ -97,8 +97,6 @@
   });
 
   function exportCsv(button) {
-    var unavailable = button.getAttribute("data-unavailable");
-    if (unavailable) { window.cdsToast(unavailable, "warning"); return; }
     var form = $("#bulk");
     var n = selectedCount();
     if (!window.confirm("Export " + plural(n) + " to CSV? The four passwords and PINs are never exported.")) return;
@@ -125,7 +123,7 @@
       question = "Delete " + plural(n) + "? Their links and app credentials stop working. This cannot be undone.";
     } else {
       var runAt = $("#run-at");
-      var when = (kind === "deploy" || kind === "auto_deploy") && runAt && runAt.value
+      var when = elt.hasAttribute("data-schedulable") && runAt && runAt.value
         ? " at " + $("#deploy-at").value.replace("T", " ") : "";
       question = label + " for " + plural(n) + when + "?";
     }
