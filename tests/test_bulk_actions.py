@@ -209,3 +209,12 @@ def test_jobs_the_services_start_are_audited_once_too(app, source):
     assert [(e.actor, e.actor_type, e.detail["kind"]) for e in created] == \
         [("scheduler", "system", "sync"), ("alice", "admin", "deploy")]
     assert [e.detail["job"] for e in created] == [j.id for j in jobs(app)]
+
+
+def test_events_written_while_a_job_runs_name_who_started_it(app, api, runner, users):
+    # No SMTP server set: the messages go to the Outbox, and are recorded as sent.
+    assert api.post("/api/v1/users/actions/deploy", json={"ids": [users[0]]}).status_code == 202
+    assert cli(runner, "deploy", "--user", "u1").exit_code == 0
+    sent = events(app, "deploy.sent")
+    assert [(e.login_id, e.actor, e.actor_type) for e in sent] == \
+        [("u0", "api:script", "api"), ("u1", "cli", "system")]
