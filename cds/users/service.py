@@ -672,7 +672,7 @@ def revoke_device(user: User, device_id: int, *, actor: str | None = None) -> Cl
 @action("assign_profile", "Assign profile", options=("profile_id",))
 def assign_profile_batch(job, users: list[User]) -> list[Outcome]:
     """Put the users on the profile params["profile_id"]; their configuration changes."""
-    from cds.audit.service import record_event
+    from cds.audit.service import actor_type_of, record_event
 
     profile = db.session.get(DeploymentProfile, job.params.get("profile_id") or 0)
     if profile is None:
@@ -687,6 +687,6 @@ def assign_profile_batch(job, users: list[User]) -> list[Outcome]:
         moved += 1
         outcomes.append(Outcome(user, "ok"))
     if moved:
-        record_event("user.assign_profile", actor=job.created_by, count=moved,
-                     detail={"profile": profile.name, "job": job.id}, commit=False)
+        record_event("user.assign_profile", actor=job.created_by, actor_type=actor_type_of(job.created_by),
+                     count=moved, detail={"profile": profile.name, "job": job.id}, commit=False)
     return outcomes
