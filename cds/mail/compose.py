@@ -1,7 +1,7 @@
 """The deployment e-mail: templates the administrator may edit, rendered in a sandbox.
 
-Templates are Jinja run in a ``SandboxedEnvironment`` (an administrator's
-template cannot reach into Python) with strict placeholders, so a typo is an
+Templates are Jinja run in a sandbox (an administrator's template cannot reach into
+Python, nor run or write without bound: cds/mail/sandbox.py) with strict placeholders, so a typo is an
 error at save time, not a blank in ten thousand e-mails. The HTML template is
 autoescaped; the subject and text are not (they are not HTML).
 """
@@ -16,9 +16,10 @@ from pathlib import Path
 from flask import current_app
 from flask_mail import Attachment, Message
 from jinja2 import StrictUndefined, TemplateError
-from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup, escape
 
+from cds.mail.addresses import AddressError, check_header_text
+from cds.mail.sandbox import BoundedSandbox, RenderLimit, render_bounded
 from cds.models import DeploymentProfile, User, utcnow
 
 QR_CID = "qr-code@cds"
@@ -45,9 +46,9 @@ class TemplateProblem(Exception):
     """A template cannot be compiled or rendered; the message says where and why."""
 
 
-def _env(autoescape: bool) -> SandboxedEnvironment:
-    return SandboxedEnvironment(autoescape=autoescape, undefined=StrictUndefined,
-                                keep_trailing_newline=False, trim_blocks=True, lstrip_blocks=True)
+def _env(autoescape: bool) -> BoundedSandbox:
+    return BoundedSandbox(autoescape=autoescape, undefined=StrictUndefined,
+                          keep_trailing_newline=False, trim_blocks=True, lstrip_blocks=True)
 
 
 _TEXT_ENV = _env(False)
@@ -63,6 +64,12 @@ def builtin_template(kind: str) -> str:
 
 def compile_template(source: str, kind: str):
     env = _HTML_ENV if kind == "html" else _TEXT_ENV
+    if kind == "subject":
+        # A subject is one header line, whichever surface set it (Settings, a profile).
+        try:
+            check_header_text(source, "The subject template")
+        except AddressError as exc:
+            raise TemplateProblem(str(exc)) from None
     try:
         return env.from_string(source)
     except TemplateError as exc:
@@ -73,7 +80,9 @@ def compile_template(source: str, kind: str):
 
 def _render(template, kind: str, context: dict) -> str:
     try:
-        return template.render(context)
+        return render_bounded(template, context)
+    except RenderLimit as exc:
+        raise TemplateProblem(f"{kind.capitalize()} template: refused, {exc}.") from None
     except TemplateError as exc:
         message = str(exc)
         if "is undefined" in message:

@@ -68,8 +68,11 @@ def get_profile(profile_id: int) -> DeploymentProfile:
 
 
 def find_profile_by_name(name: str) -> DeploymentProfile | None:
-    return db.session.scalar(select(DeploymentProfile).where(
-        func.lower(DeploymentProfile.name) == name.strip().lower()))
+    # Compared in Python: SQLite's lower() folds ASCII only, so "ÉVRY" and "évry" (or the
+    # same "Österreich" twice) would pass a SQL check and then break the unique index.
+    wanted = name.strip().casefold()
+    return next((p for p in db.session.scalars(select(DeploymentProfile))
+                 if p.name.strip().casefold() == wanted), None)
 
 
 def user_counts() -> dict[int, int]:
@@ -123,8 +126,7 @@ def host_problem(value: str) -> str | None:
 
 def validate_profile_fields(data: dict, profile: DeploymentProfile | None = None) -> dict[str, str]:
     """Check the profile fields present in ``data``. Returns {field: message}."""
-    from email_validator import EmailNotValidError, validate_email
-
+    from cds.mail.addresses import AddressError, check_address, check_header_text
     from cds.users.service import _PHONE_RE
 
     from cds.clients import KINDS
@@ -174,11 +176,17 @@ def validate_profile_fields(data: dict, profile: DeploymentProfile | None = None
         errors["voicemail_number"] = "Voicemail number may hold only digits, spaces and + * # ( ) . -"
     if data.get("central_email"):
         try:
-            validate_email(data["central_email"], check_deliverability=False)
-        except EmailNotValidError as exc:
-            errors["central_email"] = f"Not a valid e-mail address ({exc})."
+            data["central_email"] = check_address(str(data["central_email"]),
+                                                  what="The centralized e-mail address")
+        except AddressError as exc:
+            errors["central_email"] = str(exc)
     if len(data.get("email_subject") or "") > 200:
         errors["email_subject"] = "The subject is longer than 200 characters."
+    elif data.get("email_subject"):
+        try:
+            check_header_text(str(data["email_subject"]), "The e-mail subject")
+        except AddressError as exc:
+            errors["email_subject"] = str(exc)
     return errors
 
 
