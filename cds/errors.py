@@ -26,28 +26,21 @@ class CdsError(Exception):
 
 class Invalid(CdsError):
     """The input is not acceptable; nothing was changed."""
-
-    status = 422
-    code = "invalid"
+    status, code = 422, "invalid"
 
 
 class NotFound(CdsError):
-    status = 404
-    code = "not_found"
+    status, code = 404, "not_found"
 
 
 class Conflict(CdsError):
     """The request is understood but the current state does not allow it."""
-
-    status = 409
-    code = "conflict"
+    status, code = 409, "conflict"
 
 
 class Forbidden(CdsError):
-    status = 403
-    code = "forbidden"
+    status, code = 403, "forbidden"
 
 
 class Gone(CdsError):
-    status = 410
-    code = "gone"
+    status, code = 410, "gone"

@@ -12,7 +12,7 @@ from cds.extensions import db
 from cds.jobs.service import JobError
 from cds.models import CONNECTION_KINDS, Job
 from cds.sources import SourceError
-from cds.web import primary_required, toast, write_required
+from cds.web import primary_required, row_id, toast, write_required
 
 bp = Blueprint("connections", __name__, url_prefix="/connections")
 
@@ -24,8 +24,8 @@ def _load(connection_id: int):
 @bp.route("")
 def index():
     job = None
-    if request.args.get("job", "").isdigit():
-        job = db.session.get(Job, int(request.args["job"]))
+    if row_id(request.args.get("job")):
+        job = db.session.get(Job, row_id(request.args.get("job")))
     return render_template("connections/page.html", connections=list_connections(),
                            kinds=CONNECTION_KINDS, host_of=host_of, imported=imported_counts(),
                            records=record_counts(), job=job, active_tab="connections")

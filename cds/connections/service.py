@@ -74,7 +74,10 @@ def get_connection(connection_id: int) -> Connection:
 
 
 def find_connection(name: str) -> Connection | None:
-    return db.session.scalar(select(Connection).where(func.lower(Connection.name) == name.strip().lower()))
+    # In Python, as find_profile_by_name: SQLite's lower() folds ASCII only.
+    wanted = name.strip().casefold()
+    return next((c for c in db.session.scalars(select(Connection))
+                 if c.name.strip().casefold() == wanted), None)
 
 
 def host_of(conn: Connection) -> str:

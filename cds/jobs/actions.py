@@ -49,39 +49,6 @@ def parse_run_at(value, *, now: datetime | None = None) -> datetime | None:
     return when
 
 
-def _profile_id(value) -> int:
-    from cds.profiles.service import ProfileNotFound, get_profile
-
-    number = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str) and value.strip().isdigit():
-        number = int(value.strip())
-    if number is None or not 1 <= number <= 2**31 - 1:
-        raise InvalidJob("Choose the profile to assign.", {"profile_id": "a profile id is required"})
-    try:
-        return get_profile(number).id
-    except ProfileNotFound:
-        raise InvalidJob(f"Choose the profile to assign: profile {number} does not exist.",
-                         {"profile_id": "no such profile"}) from None
-
-
-def _action_params(kind: str, given) -> dict:
-    """The parameters ``kind`` takes, read and checked; others given are ignored."""
-    params = {}
-    for name in ACTIONS[kind].options:
-        value = given.get(name) if given is not None else None
-        if name == "profile_id":
-            params[name] = _profile_id(value)
-        elif name == "confirm":
-            if value is not None and not isinstance(value, str):
-                raise InvalidJob("confirm must be text (the word \"all\").", {"confirm": "string expected"})
-            params[name] = value or ""
-        else:
-            params[name] = value
-    return params
-
-
 def start_action(kind: str, selection: dict, *, params=None, run_at=None,
                  actor: str, actor_type: str | None = None, inline: bool = False) -> Job:
     """Check, record, audit and start one bulk action; returns its job.
@@ -102,7 +69,7 @@ def start_action(kind: str, selection: dict, *, params=None, run_at=None,
         schedulable = ", ".join(a.label for a in ACTIONS.values() if a.schedulable)
         raise InvalidJob(f"{action.label} cannot be scheduled; it runs at once. Only {schedulable} "
                          f"can run at a set time.", {"at": "not for this action"})
-    job = create_job(kind, selection, params=_action_params(kind, params), run_at=when,
+    job = create_job(kind, selection, params=params, run_at=when,
                      actor=actor, actor_type=actor_type, commit=False)
     record_event("job.create", actor=actor, actor_type=actor_type, count=job.total, commit=False,
                  detail={"job": job.id, "kind": kind, "description": job.description,

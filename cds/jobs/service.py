@@ -88,10 +88,45 @@ def action(kind: str, label: str, *, finish=None, batch_size: int = BATCH_SIZE, 
 
 # --- creating and cancelling ---------------------------------------------------
 
+def _profile_id(value) -> int:
+    from cds.profiles.service import ProfileNotFound, get_profile
+
+    number = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.strip().isdigit():
+        number = int(value.strip())
+    if number is None or not 1 <= number <= 2**31 - 1:
+        raise InvalidJob("Choose the profile to assign.", {"profile_id": "a profile id is required"})
+    try:
+        return get_profile(number).id
+    except ProfileNotFound:
+        raise InvalidJob(f"Choose the profile to assign: profile {number} does not exist.",
+                         {"profile_id": "no such profile"}) from None
+
+
+def read_params(kind: str, given) -> dict:
+    """The parameters ``kind`` takes, read and checked; others given are ignored."""
+    params = {}
+    for name in ACTIONS[kind].options:
+        value = given.get(name) if given is not None else None
+        if name == "profile_id":
+            params[name] = _profile_id(value)
+        elif name == "confirm":
+            if value is not None and not isinstance(value, str):
+                raise InvalidJob("confirm must be text (the word \"all\").", {"confirm": "string expected"})
+            params[name] = value or ""
+        else:
+            params[name] = value
+    return params
+
+
+
 def create_job(kind: str, selection: dict, *, params: dict | None = None,
                run_at: datetime | None = None, actor: str | None = None,
                actor_type: str | None = None, commit: bool = True) -> Job:
-    """Record a job; it runs now (queued) or at ``run_at`` (scheduled). With
+    """Record a job; it runs now (queued) or at ``run_at`` (scheduled). ``params`` is any
+    mapping holding the action's parameters (a form, a JSON body, a dict). With
     ``commit=False`` it joins the caller's transaction (``start_action`` commits it
     with the creation's audit event)."""
     from cds.users.service import count_selection, describe_selection
@@ -101,11 +136,12 @@ def create_job(kind: str, selection: dict, *, params: dict | None = None,
     total = count_selection(selection)
     if total == 0:
         raise InvalidJob("No users are selected.")
+    params = read_params(kind, params)
     if ACTIONS[kind].check:
-        ACTIONS[kind].check(total, params or {})
+        ACTIONS[kind].check(total, params)
     now = utcnow()
     scheduled = run_at is not None and run_at > now
-    params = {"selection": selection, **(params or {})}
+    params = {"selection": selection, **params}
     # Whoever asked (an administrator, an API token…), for audit events written while it runs.
     if actor_type is None and has_request_context() and (g.get("actor_type") or g.get("admin")):
         actor_type = g.get("actor_type") or "admin"

@@ -5,6 +5,8 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, abort, g, redirect, render_template, request, session, url_for
 
+from cds.clients import kind_of
+from cds.deploy.service import deploy_refusal
 from cds.extensions import db
 from cds.jobs.actions import start_action
 from cds.jobs.service import ACTIONS, reason_counts
@@ -75,8 +77,14 @@ def index():
             resp.headers["HX-Push-Url"] = url_for("users.index", **q.to_args())
         return resp
     admin = current_admin()
+    profiles = all_profiles()
+    from cds.clients import profile_problems
     return render_template(
-        "users/page.html", page=page, active_tab="users", profiles=all_profiles(),
+        "users/page.html", page=page, active_tab="users", profiles=profiles,
+        incomplete_default=next(((p, profile_problems(p)) for p in profiles
+                                 if p.is_default and profile_problems(p)), None),
+        # Said before Delete: what an app of the users' client kinds keeps after it.
+        delete_notes=sorted({kind_of(p).revoke_note for p in profiles if kind_of(p).revoke_note}),
         sources=source_choices(), bulk_actions=BULK_ACTIONS, page_sizes=PAGE_SIZES,
         schedulable={kind for kind, act in ACTIONS.items() if act.schedulable},
         can_write=admin.can_write)
@@ -96,6 +104,14 @@ def bulk_action(kind: str):
                            reasons=reason_counts(job) if job.finished else [])
 
 
+@bp.route("/actions/deploy/plan")
+def deploy_plan():
+    """What Deploy would do with the selection, for its confirmation: how many users would
+    be sent an e-mail, and how many not, and why. Nothing is changed."""
+    from cds.deploy.service import plan_deploy
+    return plan_deploy(parse_selection(request.args)).as_dict()
+
+
 # --- adding and editing one user -----------------------------------------------------
 
 def _form_for(user, formdata=None):
@@ -112,7 +128,8 @@ def _form_for(user, formdata=None):
 def _user_context(user, form, **extra):
     return dict(user=user, form=form, secrets=USER_SECRETS, source=source_label(user),
                 history=deployment_history(user), devices=user_devices(user),
-                events=user_audit_events(user), can_write=current_admin().can_write, **extra)
+                events=user_audit_events(user), can_write=current_admin().can_write,
+                kind=kind_of(user.profile), deploy_refusal=deploy_refusal(user), **extra)
 
 
 def _render_user(user, form, status=200, **extra):
@@ -186,6 +203,7 @@ def detail(user_id: int):
 def revoke(user_id: int, device_id: int):
     user = _load_user(user_id)
     device = revoke_device(user, device_id, actor=g.get("actor"))  # NotFound: 404, UserError: 409
+    note = kind_of(user.profile).revoke_note
     toast(f"Device {device.platform or ''} {device.device_id or ''} revoked: it can no longer "
-          f"fetch this user's configuration.".replace("  ", " "), "success")
+          f"fetch this user's configuration.".replace("  ", " ") + (f" {note}" if note else ""), "success")
     return _render_user(user, _form_for(user))

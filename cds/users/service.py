@@ -47,6 +47,10 @@ SEARCH_COLUMNS = (User.first_name, User.last_name, User.number, User.email, User
 
 YES_NO = ("", "yes", "no")
 FLAGS = ("force", "redeploy", "send_failed", "not_in_source")
+FILTER_KEYS = ("search", "q", "profile", "source", "deployed", "downloaded") + FLAGS
+# What a Users-tab bulk form (and the Export link) carries besides the filter.
+SELECTION_FORM_KEYS = ("csrf_token", "ids", "all_matching", "profile_id", "confirm", "run_at",
+                       "sort", "page", "per_page")
 
 
 @dataclass
@@ -64,8 +68,18 @@ class UserFilter:
     not_in_source: bool = False
 
     @classmethod
-    def from_mapping(cls, data) -> "UserFilter":
-        """Parse request args or a JSON object; unknown values raise InvalidQuery."""
+    def from_mapping(cls, data, *, other_keys: tuple[str, ...] | None = None) -> "UserFilter":
+        """Parse request args or a JSON object; unknown values raise InvalidQuery.
+
+        With ``other_keys`` (what else the mapping may hold) an unknown key is refused
+        too: a selection that acts on users must never widen to everyone because of a
+        typo ({"deployd": "no"} would otherwise mean "all users")."""
+        if other_keys is not None:
+            unknown = sorted(str(k) for k in data.keys() if k not in FILTER_KEYS and k not in other_keys)
+            if unknown:
+                raise InvalidQuery(f"Unknown filter key{'s' if len(unknown) > 1 else ''} "
+                                   f"{', '.join(repr(k) for k in unknown)}; the filter keys are "
+                                   f"{', '.join(FILTER_KEYS)}.")
         f = cls()
         f.search = _CONTROL_RE.sub(" ", str(data.get("search", "") or data.get("q", "") or "")).strip()[:200]
         profile = data.get("profile") or None
@@ -198,6 +212,9 @@ class UserQuery:
             q.per_page = int(data.get("per_page", default_per_page) or default_per_page)
         except (TypeError, ValueError):
             raise InvalidQuery("page and per_page must be numbers.") from None
+        from cds.web import MAX_PAGE
+        if q.page > MAX_PAGE:
+            raise InvalidQuery(f"Page numbers go from 1 to {MAX_PAGE:,}.")
         if q.per_page not in PAGE_SIZES:
             raise InvalidQuery(f"per_page must be one of {', '.join(map(str, PAGE_SIZES))}.")
         return q
@@ -345,7 +362,7 @@ def parse_selection(data) -> dict:
     (``{}`` = every user), not both. Raises InvalidQuery naming the field."""
     if hasattr(data, "getlist"):
         if data.get("all_matching") in ("1", "true"):
-            return {"filter": _filter_selection(data)}
+            return {"filter": _filter_selection(data, SELECTION_FORM_KEYS)}
         return {"ids": _selected_ids(data, "user")}
     if not isinstance(data, dict):
         raise InvalidQuery("Say which users: \"ids\" or \"filter\".")
@@ -355,7 +372,7 @@ def parse_selection(data) -> dict:
     if "filter" in data:
         if not isinstance(data["filter"], dict):
             raise InvalidQuery("\"filter\" must be an object.", {"filter": "object expected"})
-        return {"filter": _filter_selection(data["filter"])}
+        return {"filter": _filter_selection(data["filter"], ())}
     if "ids" in data:
         ids = data["ids"]
         if not isinstance(ids, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
@@ -366,9 +383,10 @@ def parse_selection(data) -> dict:
                        {"ids": "required (or filter)"})
 
 
-def _filter_selection(data) -> dict:
+def _filter_selection(data, other_keys: tuple[str, ...]) -> dict:
+    # Strict: an unknown key is refused, never ignored (a typo must not select everyone).
     try:
-        return UserFilter.from_mapping(data).to_dict()
+        return UserFilter.from_mapping(data, other_keys=other_keys).to_dict()
     except InvalidQuery as exc:
         raise InvalidQuery(str(exc), {"filter": str(exc)}) from None
 
@@ -580,6 +598,9 @@ def secret_problem(name: str, value: str | None) -> str | None:
     the one rule for secrets, whoever writes them."""
     if value is not None and (len(value) > MAX_SECRET_LENGTH or _CONTROL_RE.search(value)):
         return f"{USER_SECRETS[name]} must be at most {MAX_SECRET_LENGTH} characters, without control characters."
+    if value and not value.strip():
+        # Stored exactly as given otherwise; only spaces is a slip, not a secret.
+        return f"{USER_SECRETS[name]} is only spaces; leave it empty to keep the stored value."
     return None
 
 
@@ -711,7 +732,7 @@ def revoke_device(user: User, device_id: int, *, actor: str | None = None) -> Cl
 @action("assign_profile", "Assign profile", options=("profile_id",))
 def assign_profile_batch(job, users: list[User]) -> list[Outcome]:
     """Put the users on the profile params["profile_id"]; their configuration changes."""
-    from cds.audit.service import record_event
+    from cds.audit.service import actor_type_of, record_event
 
     profile = db.session.get(DeploymentProfile, job.params.get("profile_id") or 0)
     if profile is None:
@@ -726,6 +747,6 @@ def assign_profile_batch(job, users: list[User]) -> list[Outcome]:
         moved += 1
         outcomes.append(Outcome(user, "ok"))
     if moved:
-        record_event("user.assign_profile", actor=job.created_by, count=moved,
-                     detail={"profile": profile.name, "job": job.id}, commit=False)
+        record_event("user.assign_profile", actor=job.created_by, actor_type=actor_type_of(job.created_by),
+                     count=moved, detail={"profile": profile.name, "job": job.id}, commit=False)
     return outcomes
