@@ -275,7 +275,7 @@ def _page_ids(q: UserQuery) -> tuple[list[int], int]:
 
     The count is COUNT(*), which SQLite answers from the smallest index (an unfiltered
     count of 100,000 users: 0.15 ms instead of 4 ms for COUNT(id)), and a filter's
-    count reads the filter index of migration 0004. The page's ids come from the sort
+    count reads the filter index of migration 0005. The page's ids come from the sort
     index alone (a covering index walk, cheap even at a deep offset)."""
     total = db.session.scalar(q.filter.apply(select(func.count()).select_from(User)))
     pages = max(1, -(-total // q.per_page))

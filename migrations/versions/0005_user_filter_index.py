@@ -6,13 +6,13 @@ on SQLite); with the filter columns in one index the count reads that index only
 (0.4 ms), and a filter without a profile scans the narrow index instead of the
 table.
 
-Revision ID: 0004_user_filter_index
-Revises: 0003_user_secrets
+Revision ID: 0005_user_filter_index
+Revises: 0004_profile_client
 """
 from alembic import op
 
-revision = "0004_user_filter_index"
-down_revision = "0003_user_secrets"
+revision = "0005_user_filter_index"
+down_revision = "0004_profile_client"
 branch_labels = None
 depends_on = None
 
