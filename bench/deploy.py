@@ -131,6 +131,9 @@ def main() -> None:
         db.session.commit()
         save_settings({"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": port})
         profile = default_profile()
+        # A profile a client can use (Deploy skips users whose profile lacks the hosts).
+        profile.mbg_sip_host, profile.mcs_host = "mbg.example.com", "mcs.example.com"
+        db.session.commit()
         from cds.security import encrypt_secrets
         secret = encrypt_secrets({"mcs_password": "Secret-123"})
         db.session.execute(insert(User), [
