@@ -236,15 +236,28 @@ class MailTransport:
         return result
 
     def _write_outbox(self, data: bytes, label: str) -> Delivery:
+        """Write the message as one .eml file, whole or not at all. A folder that cannot
+        be written (full disk, read-only, missing permission) is a temporary failure:
+        nothing was handed over, and the message is retried."""
         folder = self._outbox
-        folder.mkdir(parents=True, exist_ok=True)
         name = f"{utcnow():%Y%m%dT%H%M%S}-{label}-{secrets.token_hex(3)}.eml"
         tmp = folder / (name + ".part")
-        # The file holds a live link: readable by this service's account only.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, folder / name)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            # The file holds a live link: readable by this service's account only.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, folder / name)
+        except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            reason = exc.strerror or exc.__class__.__name__
+            return Delivery(RETRY, f"The outbox folder {folder} cannot be written ({reason}).")
         self.sent += 1
         return Delivery(SENT, "Written to the outbox (no SMTP server is configured).", outbox_file=name)
 
