@@ -66,6 +66,9 @@ class Defaults:
     # Scheduler: None = start it only when serving requests (make run).
     SCHEDULER_ENABLED = None
     SCHEDULER_TICK_SECONDS = 5
+    # A tick running this long (or none for this long) means the scheduler is stuck:
+    # /healthz says "stalled" and the scheduler is restarted.
+    SCHEDULER_STALL_SECONDS = 900
     # Bulk jobs: "thread" runs them in the background, "inline" in the request.
     JOB_EXECUTION = "thread"
     JOB_RETENTION_DAYS = 30
@@ -82,7 +85,7 @@ class Defaults:
 # Keys read from the environment with the CDS_ prefix, and their types.
 _BOOL_KEYS = {"MAIL_USE_TLS", "MAIL_USE_SSL", "SCHEDULER_ENABLED"}
 _INT_KEYS = {"PORT", "THREADS", "PROXY_FIX", "MAIL_PORT", "MAIL_TIMEOUT", "MAIL_RATE_LIMIT",
-             "SCHEDULER_TICK_SECONDS", "JOB_RETENTION_DAYS", "JOB_HEARTBEAT_SECONDS",
+             "SCHEDULER_TICK_SECONDS", "SCHEDULER_STALL_SECONDS", "JOB_RETENTION_DAYS", "JOB_HEARTBEAT_SECONDS",
              "JOB_STALE_SECONDS",
              "SESSION_LIFETIME_HOURS", "MAX_UPLOAD_MB"}
 
