@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -143,6 +144,27 @@ class ClaimLost(Exception):
     """Another runner took this job over (this one was presumed dead); stop at once."""
 
 
+class RunnerStopping(Exception):
+    """This process is stopping: the job is left for the next runner to resume."""
+
+
+# Set when the server stops: runners stop before their next hand-over.
+_stopping = threading.Event()
+
+
+def stop_runners(timeout: float) -> bool:
+    """Ask this process's job runners to stop (the server is shutting down) and wait up
+    to ``timeout`` seconds for them. Their jobs are resumed by the next runner."""
+    _stopping.set()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with _executor_lock:
+            if not _in_process:
+                return True
+        time.sleep(0.05)
+    return False
+
+
 @dataclass
 class Claim:
     job_id: int
@@ -176,6 +198,9 @@ def renew_claim() -> None:
     claim = current_claim()
     if claim is None:
         return
+    if _stopping.is_set():
+        db.session.rollback()
+        raise RunnerStopping(f"job {claim.job_id}: this process is stopping")
     if claim.lost.is_set() or not _renew(claim.job_id, claim.token):
         claim.lost.set()
         db.session.rollback()
@@ -365,6 +390,14 @@ def run_job(job_id: int, *, _submitted: bool = False) -> Job | None:
     reset = _claim_var.set(claim)
     try:
         return _run_claimed(db.session.get(Job, job_id), claim)
+    except RunnerStopping:
+        db.session.rollback()
+        # Let the next runner (after a restart, or another node) resume it at once.
+        db.session.execute(update(Job).where(Job.id == job_id, Job.runner == claim.token).values(
+            runner=None, heartbeat_at=utcnow() - stale_after() - timedelta(seconds=1)))
+        db.session.commit()
+        log.info("job %s stopped with the server; it resumes after the last user recorded", job_id)
+        return None
     finally:
         _claim_var.reset(reset)
         claim.stop.set()
@@ -382,6 +415,8 @@ def _run_claimed(job: Job, claim: Claim) -> Job:
         while True:
             if claim.lost.is_set():
                 raise ClaimLost(f"job {job.id} was taken over by another runner")
+            if _stopping.is_set():
+                raise RunnerStopping(f"job {job.id}: this process is stopping")
             query = selection_query(job.params["selection"]).where(User.id > last_id) \
                 .order_by(User.id).limit(act.batch_size)
             users = list(db.session.scalars(query))
