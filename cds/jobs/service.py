@@ -144,6 +144,9 @@ class ClaimLost(Exception):
     """Another runner took this job over (this one was presumed dead); stop at once."""
 
 
+PAUSED = "Paused:"
+
+
 class RunnerStopping(Exception):
     """This process is stopping: the job is left for the next runner to resume."""
 
@@ -310,7 +313,7 @@ def _pause(job_id: int, exc: BaseException) -> None:
     try:
         db.session.execute(update(Job).where(Job.id == job_id, Job.state == JOB_RUNNING).values(
             heartbeat_at=utcnow() - stale_after() - timedelta(seconds=1), runner=None,
-            message=f"Paused: the database could not be written ({_short(exc)[:300]}). "
+            message=f"{PAUSED} the database could not be written ({_short(exc)[:300]}). "
                     "It resumes by itself when it can."))
         db.session.commit()
     except Exception:
@@ -361,7 +364,8 @@ def _claim(job_id: int) -> Claim | None:
             | ((Job.state == JOB_RUNNING)
                & (Job.heartbeat_at.is_(None) | (Job.heartbeat_at < now - stale_after()))),
         ).values(state=JOB_RUNNING, runner=token, heartbeat_at=now,
-                 started_at=func.coalesce(Job.started_at, now))
+                 started_at=func.coalesce(Job.started_at, now),
+                 message=case((Job.message.like(f"{PAUSED}%"), None), else_=Job.message))
     ).rowcount
     db.session.commit()
     return Claim(job_id, token) if claimed == 1 else None
@@ -436,7 +440,7 @@ def _run_claimed(job: Job, claim: Claim) -> Job:
     state = JOB_FAILED if job.failed and not job.succeeded and not job.skipped else JOB_DONE
     finished = db.session.execute(update(Job).where(Job.id == job.id, Job.runner == claim.token,
                                                     Job.state == JOB_RUNNING).values(
-        state=state, finished_at=utcnow(), message=None,
+        state=state, finished_at=utcnow(),
         total=case((Job.done > Job.total, Job.done), else_=Job.total))).rowcount
     db.session.commit()
     db.session.refresh(job)
