@@ -38,8 +38,8 @@ class SettingsFields:
         Optional(), NumberRange(*LIMIT_RANGES["max_pages"], "Enter 1 to 1,000,000 pages.")])
     max_megabytes = IntegerField("Most data (MB)", validators=[
         Optional(), NumberRange(*LIMIT_RANGES["max_megabytes"], "Enter 1 to 16,384 MB.")])
-    max_minutes = IntegerField("Longest read (minutes)", validators=[
-        Optional(), NumberRange(*LIMIT_RANGES["max_minutes"], "Enter 1 to 1,440 minutes.")])
+    max_seconds = IntegerField("Longest read (seconds)", validators=[
+        Optional(), NumberRange(*LIMIT_RANGES["max_seconds"], "Enter 1 to 86,400 seconds (a day).")])
     ca_cert_pem = TextAreaField("CA certificate (PEM, for a private CA)", filters=[_strip])
     # LDAP / Active Directory
     base_dn = StringField("Base DN", filters=[_strip])

@@ -38,11 +38,11 @@ class SourceLimitError(SourceError):
 # What one read of a source may take, unless the connection sets its own (its options,
 # under the same names). A source that pages on forever, or sends ever more data, is
 # stopped at the first bound it reaches, and the sync changes nothing.
-LIMIT_DEFAULTS = {"max_records": 200_000, "max_pages": 10_000, "max_megabytes": 256, "max_minutes": 10}
+LIMIT_DEFAULTS = {"max_records": 200_000, "max_pages": 10_000, "max_megabytes": 256, "max_seconds": 600}
 LIMIT_RANGES = {"max_records": (1, 5_000_000), "max_pages": (1, 1_000_000),
-                "max_megabytes": (1, 16_384), "max_minutes": (1, 1_440)}
+                "max_megabytes": (1, 16_384), "max_seconds": (1, 86_400)}
 LIMIT_LABELS = {"max_records": "users", "max_pages": "pages", "max_megabytes": "MB",
-                "max_minutes": "minutes"}
+                "max_seconds": "seconds"}
 
 
 def limit_problems(options: dict) -> dict[str, str]:
@@ -85,7 +85,7 @@ class ReadBudget:
         return self.limits["max_megabytes"] * 1024 * 1024
 
     def remaining_seconds(self) -> float:
-        return self.limits["max_minutes"] * 60 - (time.monotonic() - self.started)
+        return self.limits["max_seconds"] - (time.monotonic() - self.started)
 
     def _stop(self, what: str, option: str) -> None:
         limit = self.limits[option]
@@ -96,7 +96,7 @@ class ReadBudget:
 
     def check_time(self) -> None:
         if self.remaining_seconds() <= 0:
-            self._stop("it took longer than the time allowed", "max_minutes")
+            self._stop("it took longer than the time allowed", "max_seconds")
 
     def add_page(self) -> None:
         self.pages += 1
