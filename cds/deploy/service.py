@@ -30,7 +30,7 @@ from cds.extensions import db
 from cds.jobs.service import Outcome, action
 from cds.mail.compose import MailTemplates, TemplateProblem, build_message, mail_context, sample_context
 from cds.mail.qr import QrMaker, qr_png
-from cds.mail.transport import FAILED, RETRY, SENT, UNKNOWN, Delivery, MailTransport
+from cds.mail.transport import FAILED, RETRY, SENT, UNKNOWN, Delivery, MailSettings, MailTransport
 from cds.models import (SEND_FAILED, SEND_PENDING, SEND_RETRY, SEND_SENDING, SEND_SENT, SEND_UNKNOWN,
                         ClientDevice, Deployment, Job, User, utcnow)
 from cds.redirect.service import register_link, withdraw_links
@@ -49,6 +49,8 @@ SKIP_DO_NOT_DEPLOY = "Profile is \"Do Not Deploy\"."
 NO_ADDRESS = "No e-mail address (the user has none and the profile has no central address)."
 INTERRUPTED = ("Interrupted while the message was being sent; not resent, as it may already have "
                "arrived. Deploy again to send a new link.")
+NOT_WRITTEN = ("Interrupted while the message was being written to the outbox, and it is not there: "
+               "not sent. Deploy again to send a new link.")
 REPLACED_UNSENT = ("Not handed over: the run was interrupted before this message was sent; "
                    "a new link was issued instead.")
 
@@ -378,6 +380,11 @@ def _resumed_outcome(user: User, dep: Deployment, actor: str | None) -> Outcome:
         if written:
             _record_delivery(dep, user, Delivery(SENT, "Written to the outbox.", outbox_file=written), actor)
             return Outcome(user, "ok", "Written to the outbox.")
+        if MailSettings.load().uses_outbox:
+            # No file: the outbox never got it. Not retried automatically all the same
+            # (the run may have used an SMTP server set up then), but known not sent.
+            _record_delivery(dep, user, Delivery(FAILED, NOT_WRITTEN), actor)
+            return Outcome(user, "failed", NOT_WRITTEN)
         _record_delivery(dep, user, Delivery(UNKNOWN, INTERRUPTED), actor)
         return Outcome(user, "failed", INTERRUPTED)
     if dep.send_state == SEND_RETRY:
