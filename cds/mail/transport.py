@@ -115,15 +115,19 @@ class MailTransport:
     # --- pacing ------------------------------------------------------------
 
     def pace(self) -> None:
-        """Wait for the next slot under MAIL_RATE_LIMIT (messages per minute)."""
+        """Wait for the next slot under MAIL_RATE_LIMIT (messages per minute). Slots are
+        counted from the end of the previous message, as a relay counts what it accepted:
+        a slow message never lets the next two arrive closer than the limit allows."""
         rate = self.settings.rate_limit
         if rate <= 0 or self.uses_outbox:
             return
         now = time.monotonic()
         if self._next_slot > now:
             time.sleep(self._next_slot - now)
-            now = self._next_slot
-        self._next_slot = now + 60.0 / rate
+
+    def _slot_used(self) -> None:
+        if self.settings.rate_limit > 0:
+            self._next_slot = time.monotonic() + 60.0 / self.settings.rate_limit
 
     # --- connection ----------------------------------------------------------
 
@@ -193,7 +197,10 @@ class MailTransport:
         conn = self._connection()
         if isinstance(conn, Delivery):
             return conn
-        result = self._transmit(conn, recipient, data)
+        try:
+            result = self._transmit(conn, recipient, data)
+        finally:
+            self._slot_used()
         if result.state == SENT:
             self.sent += 1
         return result
