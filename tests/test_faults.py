@@ -241,6 +241,35 @@ def test_a_runner_that_lost_its_claim_stops_before_handing_over(app, sink):
     assert sink.messages == []
 
 
+def test_a_job_that_stops_on_an_unexpected_error_records_every_user(app, sink, monkeypatch):
+    """A bug mid-run (here: the second batch raises): the job fails, and every user it did
+    not reach is recorded with the reason; those it did are recorded as they are."""
+    from cds.deploy import service as deploy
+    from cds.jobs.service import ACTIONS, _run_in_context, create_job
+    use_smtp(app, sink)
+    ids = make_users(app, 9)
+    monkeypatch.setattr(ACTIONS["deploy"], "batch_size", 4)
+    original = deploy.compose_deployment_mail
+    calls = Counter()
+
+    def compose(run, user, dep, token, png=None):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise RuntimeError("a bug")
+        return original(run, user, dep, token, png)
+
+    monkeypatch.setattr(deploy, "compose_deployment_mail", compose)
+    with app.app_context():
+        job_id = create_job("deploy", {"ids": ids}, actor="alice").id
+    _run_in_context(app, job_id)
+    with app.app_context():
+        job = db.session.get(Job, job_id)
+        assert job.state == "failed" and "unexpected error" in job.message
+    outcomes = assert_every_user_accounted_for(app, job_id, ids, sink_received(sink))
+    assert [o for o, _ in outcomes.values()].count("ok") == 5  # the first batch, and one more
+    assert all("unexpected error" in m for o, m in outcomes.values() if o == "failed")
+
+
 # --- a full disk ------------------------------------------------------------------------
 
 def _mount_tmpfs(path: Path, size: str, read_only: bool = False) -> None:
