@@ -505,7 +505,7 @@ def mark_interrupted_sends() -> int:
         Deployment.send_state == SEND_SENDING, Deployment.next_attempt_at < cutoff)
         .options(selectinload(Deployment.user))))
     for dep in stuck:
-        _record_delivery(dep, dep.user, Delivery(UNKNOWN, INTERRUPTED), None)
+        _resumed_outcome(dep.user, dep, None)
     return len(stuck)
 
 
