@@ -356,7 +356,9 @@ def _record_not_reached(job: Job, reason: str) -> None:
 
 def _claim(job_id: int) -> Claim | None:
     now = utcnow()
-    token = f"{RUNNER_ID}:{uuid.uuid4().hex[:12]}"
+    # Host and process (to read in the Jobs tab), and a part no other run ever has;
+    # at most 64 characters, the column's size.
+    token = f"{RUNNER_ID[:51]}:{uuid.uuid4().hex[:12]}"
     claimed = db.session.execute(
         update(Job).where(
             Job.id == job_id,
