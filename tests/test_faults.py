@@ -272,19 +272,56 @@ def test_a_job_that_stops_on_an_unexpected_error_records_every_user(app, sink, m
 
 # --- a full disk ------------------------------------------------------------------------
 
-def _mount_tmpfs(path: Path, size: str, read_only: bool = False) -> None:
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a small tmpfs needs root; this fault cannot be injected here")
-    path.mkdir(parents=True, exist_ok=True)
-    options = f"size={size},mode=0700" + (",ro" if read_only else "")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "cds-test", str(path)],
-                          capture_output=True, text=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}); this fault cannot be injected")
-
-
 def _unmount(path: Path) -> None:
     subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def _can_mount_tmpfs(path: Path) -> bool:
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    path.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "cds-test", str(path)],
+                          capture_output=True).returncode == 0
+
+
+class SimulatedFullDisk:
+    """Where the test may not mount a filesystem (no root, a container without the
+    right), a full disk is simulated at the write calls, with the errors a full disk
+    gives: every SQL write fails as SQLite fails on a full disk ("database or disk is
+    full"), and creating an outbox file fails with ENOSPC."""
+
+    def __init__(self, monkeypatch, engines, sql: bool):
+        import errno
+        import sqlite3
+
+        from sqlalchemy import event
+        from sqlalchemy.exc import OperationalError
+
+        from cds.mail import transport
+        self.full = False
+        real_open = transport.os.open
+
+        def outbox_open(path, flags, mode=0o777, *args, **kwargs):
+            if self.full and str(path).endswith(".part"):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_open(path, flags, mode, *args, **kwargs)
+
+        def sql_write(conn, cursor, statement, parameters, context, executemany):
+            if self.full and statement.lstrip().split(" ", 1)[0].upper() in ("INSERT", "UPDATE", "DELETE"):
+                raise OperationalError(statement, parameters, sqlite3.OperationalError("database or disk is full"))
+
+        monkeypatch.setattr(transport.os, "open", outbox_open)
+        if sql:
+            for engine in engines:
+                event.listen(engine, "before_cursor_execute", sql_write)
+            self._listeners = [(engine, sql_write) for engine in engines]
+        else:
+            self._listeners = []
+
+    def remove(self) -> None:
+        from sqlalchemy import event
+        for engine, fn in self._listeners:
+            event.remove(engine, "before_cursor_execute", fn)
 
 
 def _fill(folder: Path, leave: int) -> Path:
@@ -303,19 +340,22 @@ def _fill(folder: Path, leave: int) -> Path:
     return filler
 
 
-def test_full_disk(make_app, database_url, tmp_path, claims):
-    """An 8 MB filesystem, filled up while a Deploy writes to the outbox. On SQLite the
-    database lives there too: the job pauses on the storage error, /healthz says the
-    database cannot be written, reads still answer, and once space is freed the job
-    resumes by itself. On PostgreSQL only the outbox is full: each user is recorded as
-    not handed over, with the reason, and retried."""
+def test_full_disk(make_app, database_url, tmp_path, claims, monkeypatch):
+    """An 8 MB filesystem (a tmpfs; where the test cannot mount one, the full disk is
+    simulated at the write calls, see SimulatedFullDisk), filled up while a Deploy writes
+    to the outbox. On SQLite the database lives there too: the job pauses on the
+    storage error, /healthz says the database cannot be written, reads still answer,
+    and once space is freed the job resumes by itself. On PostgreSQL only the outbox is
+    full: each user is recorded as not handed over, with the reason, and retried."""
     from cds.api.tokens import create_api_token
     from cds.cli import upgrade_database
     from cds.jobs.service import create_job
     from cds.profiles.service import ensure_builtin_profiles
 
     fs = tmp_path / "fs"
-    _mount_tmpfs(fs, "8m")
+    # CDS_TEST_SIMULATE_FULL_DISK=1 runs the simulation even where a tmpfs could be mounted.
+    mounted = not os.environ.get("CDS_TEST_SIMULATE_FULL_DISK") and _can_mount_tmpfs(fs)
+    simulated = None
     apps = []
     try:
         instance = fs / "instance"
@@ -340,11 +380,20 @@ def test_full_disk(make_app, database_url, tmp_path, claims):
         client = worker.test_client()
         assert client.get("/healthz").status_code == 200  # starts the scheduler
 
-        filler = _fill(fs, leave=160 * 1024)
+        outbox = instance / "outbox"
+        if mounted:
+            filler = _fill(fs, leave=160 * 1024)
         with base.app_context():
             db.session.execute(update(Job).where(Job.id == job_id).values(run_at=utcnow()))
             db.session.commit()
-        outbox = instance / "outbox"
+        if not mounted:
+            wait_until(lambda: len(list(outbox.glob("*.eml"))) >= 5, 60, "the first messages")
+            engines = []
+            for a in (base, worker):
+                with a.app_context():
+                    engines.append(db.engine)
+            simulated = SimulatedFullDisk(monkeypatch, engines, sql=on_sqlite)
+            simulated.full = True
 
         def disk_full_seen():
             with base.app_context():
@@ -368,7 +417,10 @@ def test_full_disk(make_app, database_url, tmp_path, claims):
         listed = client.get("/api/v1/users", headers={"Authorization": f"Bearer {api_token}"})
         assert listed.status_code == 200 and listed.get_json()["total"] == 40
 
-        filler.unlink()
+        if mounted:
+            filler.unlink()
+        else:
+            simulated.full = False
         wait_for_job(worker, job_id, 120)
         # Messages not handed over while the disk was full are retried (now, not in a minute).
         with base.app_context():
@@ -396,6 +448,9 @@ def test_full_disk(make_app, database_url, tmp_path, claims):
         assert health_after.status_code == 200 and health_after.get_json()["database"]["writable"] is True
         assert_scheduler_runs_jobs(worker, ids)
     finally:
+        if simulated is not None:
+            simulated.full = False
+            simulated.remove()
         for a in apps:
             leader = a.extensions.get("cds_scheduler")
             if leader is not None:
@@ -403,7 +458,8 @@ def test_full_disk(make_app, database_url, tmp_path, claims):
             with a.app_context():
                 db.session.remove()
                 db.engine.dispose()
-        _unmount(fs)
+        if mounted:
+            _unmount(fs)
 
 
 # --- a read-only outbox folder -----------------------------------------------------------
