@@ -280,11 +280,6 @@ def start_in_background(app, job_id: int) -> bool:
     return True
 
 
-def running_here(job_id: int) -> bool:
-    with _executor_lock:
-        return job_id in _in_process
-
-
 def _run_in_context(app, job_id: int) -> None:
     with app.app_context():
         try:
