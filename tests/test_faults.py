@@ -372,6 +372,9 @@ def test_full_disk(make_app, database_url, tmp_path, claims, monkeypatch):
             ensure_builtin_profiles()
             _, api_token = create_api_token("monitor", "readonly")
         ids = make_users(base, 40)
+        # One user's phone is set up already, and keeps checking its status.
+        from tests.test_client_protocol import activate, bearer, issue
+        client_key = activate(base.test_client(), issue(base, ids[0])).get_json()["client_key"]
         with base.app_context():
             job_id = create_job("deploy", {"ids": ids}, actor="alice",
                                 run_at=utcnow() + timedelta(hours=1)).id
@@ -416,6 +419,10 @@ def test_full_disk(make_app, database_url, tmp_path, claims, monkeypatch):
         # Reads answer although their bookkeeping (the token's last use) cannot be written.
         listed = client.get("/api/v1/users", headers={"Authorization": f"Bearer {api_token}"})
         assert listed.status_code == 200 and listed.get_json()["total"] == 40
+        # So does the phone's status check (from a new address: its last contact would be written).
+        status = client.get("/client/v1/status", headers=bearer(client_key),
+                            environ_base={"REMOTE_ADDR": "192.0.2.7"})
+        assert status.status_code == 200 and "config_version" in status.get_json()
 
         if mounted:
             filler.unlink()
@@ -431,7 +438,7 @@ def test_full_disk(make_app, database_url, tmp_path, claims, monkeypatch):
         def retries_done():
             with base.app_context():
                 return not db.session.scalar(select(func.count()).select_from(Deployment).where(
-                    Deployment.send_state.in_(["retry", "pending", "sending"]),
+                    Deployment.job_id == job_id, Deployment.send_state.in_(["retry", "pending", "sending"]),
                     Deployment.superseded_at.is_(None)))
 
         wait_until(retries_done, 90, "the retries")
