@@ -32,7 +32,6 @@ from cds.scheduler import tick_task
 log = logging.getLogger("cds.jobs")
 
 BATCH_SIZE = 100
-RUNNER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 
 class JobError(Exception):
@@ -351,9 +350,9 @@ def _record_not_reached(job: Job, reason: str) -> None:
 
 def _claim(job_id: int) -> Claim | None:
     now = utcnow()
-    # Host and process (to read in the Jobs tab), and a part no other run ever has;
+    # Host, a part no other run ever has, and the process (to read in the Jobs tab):
     # at most 64 characters, the column's size.
-    token = f"{RUNNER_ID[:51]}:{uuid.uuid4().hex[:12]}"
+    token = f"{socket.gethostname()[:40]}#{uuid.uuid4().hex[:12]}:{os.getpid()}"
     claimed = db.session.execute(
         update(Job).where(
             Job.id == job_id,
