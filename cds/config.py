@@ -62,6 +62,8 @@ class Defaults:
     LOGIN_LIMIT_PER_ACCOUNT = "5/minute;30/hour"
     CLIENT_LIMIT_PER_ADDRESS = "60/minute"
     API_RATE_LIMIT = "600/minute"  # per API token
+    # Requests with a missing or wrong API token, per address.
+    API_AUTH_FAILURE_LIMIT = "30/minute;200/hour"
 
     # Scheduler: None = start it only when serving requests (make run).
     SCHEDULER_ENABLED = None
@@ -140,11 +142,27 @@ def _write_private(path: Path, content: str) -> None:
         fh.write(content)
 
 
+def instance_unusable(path, exc: OSError) -> ConfigError:
+    """The one-line error for an instance folder CDS cannot create, read or write."""
+    return ConfigError(f"the instance folder {path} cannot be used ({exc.strerror or exc}); "
+                       f"it must be a folder the CDS user can write (or set CDS_INSTANCE_PATH)")
+
+
 def _ensure_keys(app) -> None:
     """First start: generate the session key and the encryption key in instance/."""
+    try:
+        _ensure_keys_in(app)
+    except OSError as exc:
+        raise instance_unusable(app.instance_path, exc) from None
+
+
+def _ensure_keys_in(app) -> None:
     inst = Path(app.instance_path)
     inst.mkdir(parents=True, exist_ok=True)
-    os.chmod(inst, 0o700)
+    if not os.access(inst, os.W_OK | os.X_OK):
+        raise PermissionError(13, "Permission denied")
+    if inst.stat().st_mode & 0o077:
+        os.chmod(inst, 0o700)
     for name, key, make in (
         ("secret_key", "SECRET_KEY", lambda: secrets.token_urlsafe(48)),
         ("encryption.key", "ENCRYPTION_KEY", lambda: Fernet.generate_key().decode()),
@@ -172,6 +190,11 @@ def validate(cfg) -> None:
         value = cfg[key]
         if not isinstance(value, int) or not 1 <= value <= 65535:
             raise ConfigError(f"CDS_{key} must be a port number 1-65535 (got {value!r})")
+    from cds.mail.addresses import AddressError, check_sender
+    try:
+        check_sender(str(cfg["MAIL_DEFAULT_SENDER"] or ""), "CDS_MAIL_DEFAULT_SENDER")
+    except AddressError as exc:
+        raise ConfigError(f"{exc} (got {cfg['MAIL_DEFAULT_SENDER']!r})") from None
     if cfg["MAIL_USE_TLS"] and cfg["MAIL_USE_SSL"]:
         raise ConfigError("CDS_MAIL_USE_TLS and CDS_MAIL_USE_SSL cannot both be on "
                           "(STARTTLS or implicit TLS, pick one)")
@@ -198,7 +221,7 @@ def validate(cfg) -> None:
         raise ConfigError("the encryption key (instance/encryption.key or CDS_ENCRYPTION_KEY) "
                           "is not a valid Fernet key") from None
     url = cfg["DATABASE_URL"]
-    if url and not url.split(":", 1)[0].split("+")[0] in {"sqlite", "postgresql", "postgres"}:
+    if url and url.split(":", 1)[0].split("+")[0] not in {"sqlite", "postgresql", "postgres"}:
         raise ConfigError(f"CDS_DATABASE_URL must be a sqlite:// or postgresql:// URL (got {url.split(':')[0]}:…)")
 
 

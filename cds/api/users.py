@@ -76,10 +76,7 @@ def _split_body(data: dict, user: User | None) -> tuple[dict, dict]:
 
 
 def _get(user_id: int) -> User:
-    try:
-        return users.get_user(user_id)
-    except users.NotFound as exc:
-        raise ApiError(404, "not_found", str(exc)) from None
+    return users.get_user(user_id)  # NotFound: 404
 
 
 @bp.get("/users")
@@ -88,6 +85,7 @@ def list_users():
     page, per_page = page_args()
     args = request.args.to_dict()
     try:
+        users.UserFilter.from_mapping(args, other_keys=("sort", "page", "per_page"))
         q = users.UserQuery.from_mapping({**args, "per_page": 50}, default_per_page=50)
     except users.InvalidQuery as exc:
         raise ApiError(400, "bad_request", str(exc)) from None
@@ -144,13 +142,9 @@ def update_user(user_id: int):
 def delete_user(user_id: int):
     """Delete one user: the same Delete action as the console, run at once."""
     from cds.api.resources import job_json
-    from cds.jobs import service as jobs
+    from cds.jobs.actions import start_action
     _get(user_id)
-    if "delete" not in jobs.ACTIONS:
-        raise ApiError(404, "not_found", "Delete is not available in this version.")
-    job = jobs.create_job("delete", {"ids": [user_id]}, actor=g.actor)
-    jobs.run_job(job.id)
-    db.session.refresh(job)
+    job = start_action("delete", {"ids": [user_id]}, actor=g.actor, inline=True)
     if job.failed:
         raise ApiError(409, "conflict", "The user could not be deleted.", job_json(job, with_items=True))
     return Response(status=204)
@@ -163,7 +157,7 @@ def export_users():
     from cds.models import utcnow
     from cds.web import csv_download
     try:
-        filt = users.UserFilter.from_mapping(request.args)
+        filt = users.UserFilter.from_mapping(request.args, other_keys=())
     except users.InvalidQuery as exc:
         raise ApiError(400, "bad_request", str(exc)) from None
     _, chunks = start_export({"filter": filt.to_dict()}, actor=g.actor, via="api")

@@ -30,6 +30,18 @@ def scrub(detail):
     return detail
 
 
+# Actors that are not a person at the console: the shell, the scheduler, CDS itself.
+SYSTEM_ACTORS = ("cli", "scheduler", "system")
+
+
+def actor_type_of(actor: str | None) -> str:
+    """What kind of actor a name is: "api" for an API token (``api:<name>``), "system"
+    for the shell, the scheduler and CDS itself, otherwise an administrator."""
+    if not actor or actor in SYSTEM_ACTORS:
+        return "system"
+    return "api" if actor.startswith("api:") else "admin"
+
+
 def record_event(action: str, *, actor: str | None = None, actor_type: str | None = None,
                  user: User | None = None, count: int | None = None,
                  detail: dict | None = None, commit: bool = True) -> AuditEvent:
@@ -105,7 +117,7 @@ class AuditFilter:
                 query = query.where(AuditEvent.action == self.action)
         if self.user:
             by_login = func.lower(AuditEvent.login_id) == self.user.lower()
-            if self.user.isdigit():
+            if self.user.isdigit() and len(self.user) <= 9:
                 query = query.where(or_(AuditEvent.user_id == int(self.user), by_login))
             else:
                 query = query.where(by_login)
@@ -186,7 +198,7 @@ def audit_rows(filt: AuditFilter, batch_size: int = 2000) -> Iterator[list[str]]
     while True:
         query = base if last_id is None else base.where(AuditEvent.id < last_id)
         batch = db.session.execute(query.order_by(AuditEvent.id.desc()).limit(batch_size)).all()
-        for eid, at, actor, actor_type, action, user_id, login_id, count, ip, detail in batch:
+        for _id, at, actor, actor_type, action, user_id, login_id, count, ip, detail in batch:
             yield [at.strftime("%Y-%m-%dT%H:%M:%SZ"), actor, actor_type, action,
                    "" if user_id is None else str(user_id), login_id or "",
                    "" if count is None else str(count), ip or "",
@@ -199,6 +211,12 @@ def audit_rows(filt: AuditFilter, batch_size: int = 2000) -> Iterator[list[str]]
 def audit_csv(filt: AuditFilter) -> Iterator[str]:
     from cds.export.service import csv_chunks
     return csv_chunks(AUDIT_CSV_HEADER, audit_rows(filt))
+
+
+def export_audit_csv(filt: AuditFilter, *, actor: str) -> Iterator[str]:
+    """The audit log as CSV; the export itself is audited (``audit.export``) first."""
+    record_event("audit.export", actor=actor, detail={"filter": filt.to_dict()})
+    return audit_csv(filt)
 
 
 def detail_text(detail: dict | None) -> str:

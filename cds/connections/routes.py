@@ -3,7 +3,7 @@ from flask import Blueprint, abort, g, redirect, render_template, request, url_f
 
 from cds.connections.forms import (MAPPING_LABELS, AuthorizeForm, ConnectionCreateForm,
                                    ConnectionEditForm, create_defaults, form_data, ldap_defaults)
-from cds.connections.service import (ConnectionNotFound, ConnectionProblem, ConnectionSettings,
+from cds.connections.service import (ConnectionProblem, ConnectionSettings,
                                      create_connection, delete_connection, get_connection,
                                      host_of, imported_counts, list_connections, reauthorize,
                                      record_counts, start_sync, update_connection,
@@ -12,23 +12,20 @@ from cds.extensions import db
 from cds.jobs.service import JobError
 from cds.models import CONNECTION_KINDS, Job
 from cds.sources import LIMIT_DEFAULTS, SourceError
-from cds.web import primary_required, toast, write_required
+from cds.web import primary_required, row_id, toast, write_required
 
 bp = Blueprint("connections", __name__, url_prefix="/connections")
 
 
 def _load(connection_id: int):
-    try:
-        return get_connection(connection_id)
-    except ConnectionNotFound as exc:
-        abort(404, str(exc))
+    return get_connection(connection_id)  # ConnectionNotFound: 404
 
 
 @bp.route("")
 def index():
     job = None
-    if request.args.get("job", "").isdigit():
-        job = db.session.get(Job, int(request.args["job"]))
+    if row_id(request.args.get("job")):
+        job = db.session.get(Job, row_id(request.args.get("job")))
     return render_template("connections/page.html", connections=list_connections(),
                            kinds=CONNECTION_KINDS, host_of=host_of, imported=imported_counts(),
                            records=record_counts(), job=job, active_tab="connections")

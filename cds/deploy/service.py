@@ -25,7 +25,8 @@ from flask import current_app
 from sqlalchemy import select, update
 from sqlalchemy.orm import selectinload
 
-from cds.audit.service import record_event
+from cds.audit.service import actor_type_of, record_event
+from cds.clients import deploy_problem, kind_of
 from cds.extensions import db
 from cds.jobs.service import Outcome, action
 from cds.mail.compose import MailTemplates, TemplateProblem, build_message, mail_context, sample_context
@@ -67,9 +68,9 @@ def recipient_for(user: User) -> str:
     return central or (user.email or "").strip()
 
 
-def link_for(token: str) -> str:
-    from cds.settings.service import redirect_url
-    return f"{redirect_url()}/r/{token}"
+def link_for(token: str, profile=None) -> str:
+    """The link of the e-mail and its QR code, as the profile's client kind forms it."""
+    return kind_of(profile).link(token)
 
 
 def supersede_other_links(dep: Deployment, now: datetime) -> int:
@@ -103,7 +104,8 @@ def issue_deployments(users: list[User], *, actor: str | None = None, job_id: in
                          expires_at=expires, recipient=recipient_for(user), send_state=SEND_PENDING,
                          job_id=job_id)
         db.session.add(dep)
-        register_link(dep.token_hash, expires)
+        if kind_of(user.profile).uses_redirect():
+            register_link(dep.token_hash, expires)
         issued.append((user, dep, token))
     db.session.flush()
     return issued
@@ -122,8 +124,94 @@ def _rotate_token(dep: Deployment, user: User, now: datetime) -> str:
     token = new_token()
     dep.token_hash = token_hash(token)
     dep.expires_at = now + timedelta(hours=user.profile.link_validity_hours)
-    register_link(dep.token_hash, dep.expires_at)
+    if kind_of(user.profile).uses_redirect():
+        register_link(dep.token_hash, dep.expires_at)
     return token
+
+
+# --- who Deploy sends to ---------------------------------------------------------
+
+def deploy_refusal(user: User) -> tuple[str, str] | None:
+    """Why Deploy would not send to ``user``: ("skipped" | "failed", reason), or None.
+    The job and the confirmation's count (``plan_deploy``) both ask this."""
+    if user.profile.is_do_not_deploy:
+        return "skipped", SKIP_DO_NOT_DEPLOY
+    problem = deploy_problem(user)
+    if problem is not None:
+        # Nothing is sent that the client could not use (an empty host, no SIP account).
+        return "skipped", problem
+    if not recipient_for(user):
+        return "failed", NO_ADDRESS
+    return None
+
+
+@dataclass
+class DeployPlan:
+    """What Deploy would do with a selection, before anything is sent."""
+    total: int = 0
+    to_send: int = 0
+    # reason -> how many users Deploy would not send to for it
+    not_sent: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"total": self.total, "to_send": self.to_send,
+                "not_sent": [{"reason": r, "count": n} for r, n in self.not_sent.items()]}
+
+
+def classify_for_deploy(users) -> DeployPlan:
+    """Count ``users`` by what Deploy would do with each (see ``deploy_refusal``)."""
+    plan = DeployPlan()
+    for user in users:
+        plan.total += 1
+        refusal = deploy_refusal(user)
+        if refusal is None:
+            plan.to_send += 1
+        else:
+            plan.not_sent[refusal[1]] = plan.not_sent.get(refusal[1], 0) + 1
+    return plan
+
+
+def plan_deploy(selection: dict) -> DeployPlan:
+    """``classify_for_deploy`` of a selection (ids, or all users matching a filter),
+    counted per profile in SQL; only the users of a kind that asks something of each
+    user (Linphone: a SIP account) are loaded, so "all 100,000 matching" stays quick."""
+    from sqlalchemy import func
+
+    from cds.clients import checks_users, profile_refusal
+    from cds.profiles.service import all_profiles
+    from cds.users.service import selection_query
+
+    profiles = {p.id: p for p in all_profiles()}
+    selected = selection_query(selection)
+    per_profile = db.session.execute(selected.with_only_columns(User.profile_id, func.count(User.id))
+                                     .group_by(User.profile_id).order_by(None)).all()
+    plan = DeployPlan()
+
+    def not_sent(reason: str, n: int) -> None:
+        plan.not_sent[reason] = plan.not_sent.get(reason, 0) + n
+
+    for profile_id, n in per_profile:
+        profile = profiles[profile_id]
+        refusal = SKIP_DO_NOT_DEPLOY if profile.is_do_not_deploy else profile_refusal(profile)
+        if refusal is not None:
+            plan.total += n
+            not_sent(refusal, n)
+        elif checks_users(profile):
+            part = classify_for_deploy(db.session.scalars(
+                selected.where(User.profile_id == profile_id).order_by(User.id)))
+            plan.total += part.total
+            plan.to_send += part.to_send
+            for reason, count in part.not_sent.items():
+                not_sent(reason, count)
+        else:
+            no_address = 0 if (profile.central_email or "").strip() else db.session.scalar(
+                selected.where(User.profile_id == profile_id, func.trim(User.email) == "")
+                .with_only_columns(func.count(User.id)).order_by(None))
+            plan.total += n
+            plan.to_send += n - no_address
+            if no_address:
+                not_sent(NO_ADDRESS, no_address)
+    return plan
 
 
 # --- sending -----------------------------------------------------------------
@@ -142,7 +230,7 @@ class MailRun:
 
 def compose_deployment_mail(run: MailRun, user: User, dep: Deployment, token: str,
                             png: bytes | None = None):
-    link = link_for(token)
+    link = link_for(token, user.profile)
     rendered = run.templates.render(mail_context(user, link, dep.expires_at), user.profile)
     return build_message(rendered, run.transport.settings.sender, dep.recipient,
                          png if png is not None else qr_png(link))
@@ -208,7 +296,7 @@ def _record_delivery(dep: Deployment, user: User, delivery: Delivery, actor: str
     else:
         detail["state"], detail["reason"] = dep.send_state, delivery.detail
     record_event("deploy.sent" if state == SENT else f"deploy.{dep.send_state}", actor=actor or "system",
-                 actor_type="admin" if actor else "system", user=user, detail=detail, commit=False)
+                 actor_type=actor_type_of(actor), user=user, detail=detail, commit=False)
     db.session.commit()
     log.info("deployment %s for user %s: %s%s", dep.id, user.id, dep.send_state,
              "" if state == SENT else f" ({delivery.detail})")
@@ -302,11 +390,11 @@ def _deploy_users(job: Job, users: list[User]) -> list[Outcome]:
         dep = earlier.get(user.id)
         if dep is not None and dep.send_state != SEND_PENDING:
             outcomes[user.id] = _resumed_outcome(user, dep, actor)
-        elif user.profile.is_do_not_deploy:
-            outcomes[user.id] = Outcome(user, "skipped", SKIP_DO_NOT_DEPLOY)
-        elif not recipient_for(user):
-            user.send_error, user.send_error_at = NO_ADDRESS, utcnow()
-            outcomes[user.id] = Outcome(user, "failed", NO_ADDRESS)
+        elif (refusal := deploy_refusal(user)) is not None:
+            outcome, reason = refusal
+            if outcome == "failed":
+                user.send_error, user.send_error_at = reason, utcnow()
+            outcomes[user.id] = Outcome(user, outcome, reason)
         else:
             to_issue.append(user)
     run = _run_for(job)
@@ -320,7 +408,7 @@ def _deploy_users(job: Job, users: list[User]) -> list[Outcome]:
     if current_app.config["REDIRECT_MODE"] == "remote":
         from cds.redirect.service import push_outbox
         push_outbox()
-    pngs = run.qr.pngs([link_for(token) for _, _, token in issued])
+    pngs = run.qr.pngs([link_for(token, user.profile) for user, _, token in issued])
     for (user, dep, token), png in zip(issued, pngs):
         try:
             message = compose_deployment_mail(run, user, dep, token, png)
@@ -409,7 +497,7 @@ def settle_users(job: Job, users: list[User], reason: str) -> list[Outcome]:
     return outcomes
 
 
-@action("deploy", "Deploy", finish=_finish, settle=settle_users)
+@action("deploy", "Deploy", finish=_finish, schedulable=True, settle=settle_users)
 def deploy_batch(job: Job, users: list[User]) -> list[Outcome]:
     return deploy_users(job, users)
 
@@ -429,19 +517,19 @@ def force_config_users(job: Job | None, users: list[User], actor: str | None = N
         if not user.force_config:
             user.force_config = True
             user.config_version += 1
-        record_event("force_config.set", actor=actor or "system", actor_type="admin" if actor else "system",
+        record_event("force_config.set", actor=actor or "system", actor_type=actor_type_of(actor),
                      user=user, commit=False)
         outcomes.append(Outcome(user, "ok", "Force config set."))
     db.session.commit()
     return outcomes
 
 
-@action("force_config", "Set Force Config")
+@action("force_config", "Set Force Config", schedulable=True)
 def force_config_batch(job: Job, users: list[User]) -> list[Outcome]:
     return force_config_users(job, users)
 
 
-@action("auto_deploy", "Auto deploy", finish=_finish, settle=settle_users)
+@action("auto_deploy", "Auto deploy", finish=_finish, schedulable=True, settle=settle_users)
 def auto_deploy_batch(job: Job, users: list[User]) -> list[Outcome]:
     """Users whose client has downloaded get Set Force Config, all others Deploy."""
     downloaded = [u for u in users if u.downloaded_at is not None and not u.redeploy_required]
@@ -523,6 +611,9 @@ class LinkView:
     state: str  # valid, used, expired, superseded, revoked, unknown
     expires_at: datetime | None = None
     link: str | None = None
+    # The client kind of the link's profile: the app named, the button and install links.
+    kind: object = None
+    app_link: str | None = None
 
 
 def view_link(token: str) -> LinkView:
@@ -531,6 +622,10 @@ def view_link(token: str) -> LinkView:
         return LinkView("unknown")
     dep = db.session.scalar(select(Deployment).where(Deployment.token_hash == token_hash(token)))
     if dep is None:
-        return LinkView("unknown")
+        return LinkView("unknown", kind=kind_of(None))
     state = dep.status()
-    return LinkView(state, dep.expires_at, link_for(token) if state == "valid" else None)
+    kind = kind_of(dep.user.profile)
+    if state != "valid":
+        return LinkView(state, dep.expires_at, kind=kind)
+    link = kind.link(token)
+    return LinkView(state, dep.expires_at, link, kind, kind.app_link(link))

@@ -7,13 +7,13 @@ from cds.extensions import db
 from cds.imports.csv_import import (EMPTY_POLICIES, MAX_LISTED_ERRORS, CsvOptions, CsvProblem,
                                     CsvRejected, commit_import, plan_import, template_csv)
 from cds.imports.service import (PAGE_SIZES, ImportProblem, RecordFilter, connection_choices,
-                                 deploy_available, discard_upload, import_and_deploy,
+                                 discard_upload, import_and_deploy,
                                  import_records, list_records, parse_record_selection,
                                  read_upload, store_upload)
 from cds.jobs.service import JobError
 from cds.models import Job
 from cds.profiles.service import all_profiles, default_profile
-from cds.web import toast, write_required
+from cds.web import page_number, row_id, toast, write_required
 
 bp = Blueprint("imports", __name__, url_prefix="/import")
 
@@ -22,7 +22,9 @@ SESSION_KEY = "csv_import"
 
 def _int_arg(name: str, default: int) -> int:
     value = request.args.get(name, "")
-    return int(value) if value.isdigit() else default
+    if name == "page":
+        return page_number(value, default)
+    return int(value) if value.isdigit() and len(value) < 10 else default
 
 
 @bp.route("")
@@ -35,11 +37,11 @@ def index():
     if request.htmx and request.htmx.target == "records-table":
         return render_template("imports/_records.html", page=page)
     job = None
-    if request.args.get("job", "").isdigit():
-        job = db.session.get(Job, int(request.args["job"]))
+    if row_id(request.args.get("job")):
+        job = db.session.get(Job, row_id(request.args.get("job")))
     return render_template("imports/page.html", page=page, connections=connection_choices(),
                            profiles=all_profiles(), default_profile=default_profile(),
-                           deploy_ok=deploy_available(), page_sizes=PAGE_SIZES, job=job,
+                           page_sizes=PAGE_SIZES, job=job,
                            view="records", active_tab="import")
 
 
@@ -53,7 +55,7 @@ def import_selected():
         deploy = form.get("deploy") == "1"
         run = import_and_deploy if deploy else import_records
         result = run(selection, form.get("profile_id") or None, actor=g.get("actor"))
-    except (ImportProblem, JobError) as exc:
+    except (ImportProblem, JobError) as exc:  # shown on the page it returns to
         db.session.rollback()
         toast(str(exc), "error")
         return redirect(url_for("imports.index", **back))
@@ -102,7 +104,7 @@ def csv_template():
 def _options_from(form) -> CsvOptions:
     pid = form.get("profile_id", "")
     return CsvOptions(partial=form.get("partial") == "1", overwrite=form.get("overwrite") == "1",
-                      profile_id=int(pid) if pid.isdigit() else None,
+                      profile_id=row_id(pid),
                       empty_cells=form.get("empty_cells") if form.get("empty_cells") in EMPTY_POLICIES
                       else "keep")
 

@@ -76,6 +76,15 @@ class MailSettings:
         return not self.server
 
     @property
+    def sender_problem(self) -> str | None:
+        from cds.mail.addresses import AddressError, check_sender
+        try:
+            check_sender(self.sender)
+        except AddressError as exc:
+            return str(exc)
+        return None
+
+    @property
     def envelope_sender(self) -> str:
         return parseaddr(self.sender)[1] or "cds@localhost"
 
@@ -101,6 +110,7 @@ class MailTransport:
 
     def __init__(self, settings: MailSettings | None = None):
         self.settings = settings or MailSettings.load()
+        self._sender_problem = self.settings.sender_problem  # once per run
         self._smtp: smtplib.SMTP | None = None
         self._down_until = 0.0
         self._down_reason = ""
@@ -188,6 +198,10 @@ class MailTransport:
 
     def send(self, message: Message, label: str = "mail") -> Delivery:
         """Hand one message over. The caller records "sending" before calling this."""
+        problem = self._sender_problem
+        if problem:
+            # A sender stored before it was validated: say where to fix it, send nothing.
+            return Delivery(FAILED, f"{problem} Correct it in Settings › E-mail.")
         if message.has_bad_headers():
             return Delivery(FAILED, "The message has a line break in a header (recipient or subject).")
         data = message_bytes(message)

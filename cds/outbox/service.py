@@ -10,6 +10,7 @@ from email.parser import BytesHeaderParser, BytesParser
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
+from cds import errors
 from cds.mail.compose import qr_data_uri
 from cds.mail.transport import outbox_dir
 
@@ -17,8 +18,30 @@ PAGE_SIZE = 100
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.eml$")
 
 
-class OutboxError(Exception):
+class OutboxError(errors.NotFound):
     pass
+
+
+# A live deployment link is a credential (whoever opens it activates the user's client
+# and receives the four secrets), so only administrators who may deploy see one. For
+# the others every link token (43 URL-safe characters, see cds.security.new_token) is
+# replaced and the QR code left out, on every view of a message.
+_TOKEN = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])")
+HIDDEN_TOKEN = "HIDDEN-link-visible-to-administrators-who-deploy"
+
+
+def mask_links(text: str) -> str:
+    return _TOKEN.sub(HIDDEN_TOKEN, text)
+
+
+def masked(message: "OutboxMessage") -> "OutboxMessage":
+    """The message as a read-only administrator sees it: no link token, no QR code."""
+    message.subject = mask_links(message.subject)
+    message.text = mask_links(message.text)
+    message.html = mask_links(message.html) if message.html is not None else None
+    message.images = {}
+    message.links_hidden = True
+    return message
 
 
 @dataclass
@@ -37,6 +60,7 @@ class OutboxMessage(OutboxEntry):
     html: str | None = None
     # Content-ID (without <>) -> (content type, bytes), images only.
     images: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    links_hidden: bool = False
 
 
 def _files() -> list[Path]:
@@ -109,9 +133,12 @@ def html_with_inline_images(message: OutboxMessage) -> str:
     return html
 
 
-def delete_all() -> int:
+def delete_all(*, actor: str) -> int:
+    """Empty the Outbox (audited as ``outbox.empty``); returns how many messages went."""
+    from cds.audit.service import record_event
     count = 0
     for path in _files():
         path.unlink(missing_ok=True)
         count += 1
+    record_event("outbox.empty", actor=actor, count=count)
     return count

@@ -3,19 +3,23 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, g, redirect, render_template, request, url_for
 
+from cds.clients import kind_of
 from cds.extensions import db
 from cds.models import DeploymentProfile
 from cds.profiles.forms import DeleteProfileForm, ProfileForm
-from cds.profiles.service import (PROFILE_FIELDS, InvalidProfile, ProfileError, ProfileInUse,
-                                  all_profiles, delete_profile, get_profile, save_profile,
-                                  set_default, user_counts, validate_profile_fields)
+from cds.profiles.service import (PROFILE_FIELDS, InvalidProfile, ProfileInUse,
+                                  all_profiles, delete_profile, get_profile, profile_problems,
+                                  save_profile, set_default, user_counts, validate_profile_fields)
 from cds.web import app_response, current_admin, toast, write_required
 
 bp = Blueprint("profiles", __name__, url_prefix="/profiles")
 
 
 def _list_context(**extra):
-    return dict(profiles=all_profiles(), counts=user_counts(), active_tab="profiles",
+    profiles = all_profiles()
+    return dict(profiles=profiles, counts=user_counts(), active_tab="profiles",
+                problems={p.id: profile_problems(p) for p in profiles},
+                kinds={p.id: kind_of(p) for p in profiles},
                 can_write=current_admin().can_write, **extra)
 
 
@@ -25,10 +29,7 @@ def index():
 
 
 def _load(profile_id: int) -> DeploymentProfile:
-    try:
-        return get_profile(profile_id)
-    except ProfileError as exc:
-        abort(404, str(exc))
+    return get_profile(profile_id)  # ProfileNotFound: 404
 
 
 def _form_data(profile: DeploymentProfile) -> dict:
@@ -40,7 +41,10 @@ def _form_data(profile: DeploymentProfile) -> dict:
 
 def _render_form(form, profile, status=200):
     ctx = dict(form=form, profile=profile, count=user_counts().get(profile.id, 0) if profile else 0,
-               can_write=current_admin().can_write, active_tab="profiles")
+               can_write=current_admin().can_write, active_tab="profiles",
+               # What the saved profile lacks (the form may hold unsaved changes).
+               profile_missing=profile_problems(profile) if profile else [],
+               kind_label=kind_of(profile).label if profile else "")
     if request.htmx and request.headers.get("HX-Target") == "profile-form":
         return app_response(render_template("profiles/_form.html", **ctx), status)
     return render_template("profiles/edit.html", **ctx), status
@@ -104,10 +108,7 @@ def edit(profile_id: int):
 @write_required
 def make_default(profile_id: int):
     profile = _load(profile_id)
-    try:
-        set_default(profile, actor=g.get("actor"))
-    except ProfileError as exc:
-        abort(409, str(exc))
+    set_default(profile, actor=g.get("actor"))  # ProfileError: 409
     toast(f"New users now get the profile {profile.name}.", "success")
     return _list_fragment_or_page()
 
@@ -136,9 +137,7 @@ def delete(profile_id: int):
         toast(str(exc), "warning")
         others = [p for p in all_profiles() if p.id != profile.id]
         return _list_fragment_or_page(reassign=profile, reassign_count=exc.count, others=others)
-    except ProfileError as exc:
-        db.session.rollback()
-        abort(409, str(exc))
+    # Any other ProfileError (built-in or default profile): 409, rolled back by the renderer.
     name = profile.name
     if moved:
         toast(f"{moved} user{'s' if moved != 1 else ''} moved to {reassign_to.name}; "

@@ -1,5 +1,6 @@
 """Administrator accounts as Settings changes them: add, change role, reset password,
-disable and enable, and each administrator's own password.
+disable and enable, and each administrator's own password. Each change is audited
+here, in the same transaction as the change, with the acting administrator passed in.
 
 Rules: only the primary administrator changes accounts (the routes enforce it),
 and the last active primary administrator can be neither demoted nor disabled,
@@ -11,7 +12,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from cds.audit.service import record_event
-from cds.auth.service import AccountError, check_new_password, create_admin
+from cds.auth.service import AccountError, check_new_password, create_admin, end_sessions
 from cds.extensions import db
 from cds.models import ROLE_LABELS, ROLES, AdminAccount
 from cds.security import generate_password, hash_password, verify_password
@@ -44,18 +45,17 @@ def _keep_a_primary(admin: AdminAccount, action: str) -> None:
                                f"{action}. Make another account primary administrator first.")
 
 
-def add_admin(username: str, role: str, password: str = "") -> tuple[AdminAccount, str | None]:
+def add_admin(username: str, role: str, password: str = "", *, actor: str | None = None
+              ) -> tuple[AdminAccount, str | None]:
     """Create an account. With no password given one is generated and returned (shown once)."""
     generated = None
     if not password:
         password = generated = generate_password()
-    admin = create_admin(username, password, role)
-    record_event("admin.create", detail={"account": admin.username, "role": role,
-                                         "password_generated": bool(generated)})
+    admin = create_admin(username, password, role, actor=actor, password_generated=bool(generated))
     return admin, generated
 
 
-def change_role(admin_id: int, role: str) -> AdminAccount:
+def change_role(admin_id: int, role: str, *, actor: str) -> AdminAccount:
     admin = get_admin(admin_id)
     if role not in ROLES:
         raise AccountError(f"The role must be one of: {', '.join(ROLE_LABELS.values())}.")
@@ -65,13 +65,13 @@ def change_role(admin_id: int, role: str) -> AdminAccount:
         _keep_a_primary(admin, f"made {ROLE_LABELS[role].lower()}")
     old = admin.role
     admin.role = role
-    record_event("admin.role", commit=False,
+    record_event("admin.role", actor=actor, commit=False,
                  detail={"account": admin.username, "from": old, "to": role})
     db.session.commit()
     return admin
 
 
-def reset_password(admin_id: int, password: str = "") -> tuple[AdminAccount, str | None]:
+def reset_password(admin_id: int, password: str = "", *, actor: str) -> tuple[AdminAccount, str | None]:
     """Set a new password (or generate one, returned to be shown once); ends their sessions."""
     admin = get_admin(admin_id)
     generated = None
@@ -79,21 +79,21 @@ def reset_password(admin_id: int, password: str = "") -> tuple[AdminAccount, str
         password = generated = generate_password()
     check_new_password(password)
     admin.password_hash = hash_password(password)
-    admin.session_epoch += 1
-    record_event("admin.password_reset", commit=False, detail={"account": admin.username})
+    end_sessions(admin)
+    record_event("admin.password_reset", actor=actor, commit=False, detail={"account": admin.username})
     db.session.commit()
     return admin, generated
 
 
-def set_disabled(admin_id: int, disabled: bool) -> AdminAccount:
+def set_disabled(admin_id: int, disabled: bool, *, actor: str) -> AdminAccount:
     admin = get_admin(admin_id)
     if disabled == admin.disabled:
         return admin
     if disabled:
         _keep_a_primary(admin, "disabled")
-        admin.session_epoch += 1  # their open sessions end now
+        end_sessions(admin)  # their open sessions end now
     admin.disabled = disabled
-    record_event("admin.disable" if disabled else "admin.enable", commit=False,
+    record_event("admin.disable" if disabled else "admin.enable", actor=actor, commit=False,
                  detail={"account": admin.username})
     db.session.commit()
     return admin
@@ -110,7 +110,7 @@ def change_own_password(admin: AdminAccount, current: str, new: str, repeat: str
     if verify_password(admin.password_hash, new):
         raise AccountError("The new password is the same as the current one.")
     admin.password_hash = hash_password(new)
-    admin.session_epoch += 1
-    record_event("admin.password_change", commit=False, detail={"account": admin.username})
+    end_sessions(admin)
+    record_event("admin.password_change", actor=admin.username, commit=False, detail={"account": admin.username})
     db.session.commit()
     return admin.session_epoch

@@ -3,7 +3,7 @@ and My account. Mail server and e-mail template have their own pages in this sec
 (/settings/mail, /settings/template)."""
 from __future__ import annotations
 
-from flask import (Blueprint, abort, redirect, render_template, request, session, url_for)
+from flask import (Blueprint, abort, g, redirect, render_template, request, session, url_for)
 
 from cds.auth.service import AccountError
 from cds.models import ROLE_LABELS, ROLES
@@ -84,7 +84,7 @@ def _account_change(change, success: str):
 def add_admin():
     form = request.form
     return _account_change(lambda: accounts.add_admin(form.get("username", ""), form.get("role", ""),
-                                                      form.get("password", "")),
+                                                      form.get("password", ""), actor=g.actor),
                            "Administrator {name} added.")
 
 
@@ -92,28 +92,28 @@ def add_admin():
 @primary_required
 def change_role(admin_id: int):
     role = request.form.get("role", "")
-    return _account_change(lambda: accounts.change_role(admin_id, role),
+    return _account_change(lambda: accounts.change_role(admin_id, role, actor=g.actor),
                            "{name} is now " + ROLE_LABELS.get(role, role).lower() + ".")
 
 
 @bp.route("/admins/<int:admin_id>/password", methods=["POST"])
 @primary_required
 def reset_password(admin_id: int):
-    return _account_change(lambda: accounts.reset_password(admin_id, request.form.get("password", "")),
+    return _account_change(lambda: accounts.reset_password(admin_id, request.form.get("password", ""), actor=g.actor),
                            "Password of {name} reset; their sessions have ended.")
 
 
 @bp.route("/admins/<int:admin_id>/disable", methods=["POST"])
 @primary_required
 def disable(admin_id: int):
-    return _account_change(lambda: accounts.set_disabled(admin_id, True),
+    return _account_change(lambda: accounts.set_disabled(admin_id, True, actor=g.actor),
                            "{name} is disabled and signed out.")
 
 
 @bp.route("/admins/<int:admin_id>/enable", methods=["POST"])
 @primary_required
 def enable(admin_id: int):
-    return _account_change(lambda: accounts.set_disabled(admin_id, False), "{name} is enabled again.")
+    return _account_change(lambda: accounts.set_disabled(admin_id, False, actor=g.actor), "{name} is enabled again.")
 
 
 # --- My account ------------------------------------------------------------------

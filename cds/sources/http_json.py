@@ -18,6 +18,7 @@ import urllib.parse
 import urllib.request
 from datetime import datetime, timedelta, timezone
 
+from cds import safejson
 from cds.models import utcnow
 from cds.security import decrypt
 from cds.sources import Authorization, ReadBudget, SourceAuthError, SourceError, clean_record
@@ -108,7 +109,9 @@ def _call(method: str, url: str, options: dict, *, body: dict | None = None,
     if len(raw) > MAX_RESPONSE_BYTES:
         raise SourceError(f"{host} sent a response larger than {MAX_RESPONSE_BYTES // 2**20} MB.")
     try:
-        payload = json.loads(raw)
+        payload = safejson.loads(raw)
+    except safejson.UnsafeJSON as exc:
+        raise SourceError(f"{host} answered JSON that CDS cannot use: {exc}.") from None
     except (ValueError, UnicodeDecodeError):
         raise SourceError(f"{host} did not answer with JSON (the URL may point at the wrong "
                           f"service).") from None
@@ -135,7 +138,7 @@ def _read_body(resp, budget: ReadBudget | None) -> bytes:
 
 def _error_text(exc: urllib.error.HTTPError) -> str:
     try:
-        payload = json.loads(exc.read(4096) or b"{}")
+        payload = safejson.loads(exc.read(4096) or b"{}")
         message = payload.get("message") or payload.get("error") if isinstance(payload, dict) else None
     except (ValueError, OSError):
         message = None

@@ -7,21 +7,22 @@ from dataclasses import dataclass, field, fields
 from sqlalchemy import (Select, and_, bindparam, case, false, func, literal_column, or_, select,
                         table, update)
 
+from cds import errors
 from cds.extensions import db
 from cds.jobs.service import Outcome, action
-from cds.models import (SOURCE_CONNECTION, SOURCE_CSV, SOURCE_MANUAL, ClientDevice, Connection,
-                        Deployment, DeploymentProfile, User, utcnow)
+from cds.models import (SOURCE_CONNECTION, SOURCE_CSV, SOURCE_MANUAL, USER_SECRETS, ClientDevice,
+                        Connection, Deployment, DeploymentProfile, User, utcnow)
 
 
-class UserError(Exception):
+class UserError(errors.Conflict):
     """A request about users cannot be carried out; the message says why."""
 
 
-class NotFound(UserError):
+class NotFound(errors.NotFound, UserError):
     pass
 
 
-class InvalidQuery(UserError):
+class InvalidQuery(errors.Invalid, UserError):
     pass
 
 
@@ -46,6 +47,10 @@ SEARCH_COLUMNS = (User.first_name, User.last_name, User.number, User.email, User
 
 YES_NO = ("", "yes", "no")
 FLAGS = ("force", "redeploy", "send_failed", "not_in_source")
+FILTER_KEYS = ("search", "q", "profile", "source", "deployed", "downloaded") + FLAGS
+# What a Users-tab bulk form (and the Export link) carries besides the filter.
+SELECTION_FORM_KEYS = ("csrf_token", "ids", "all_matching", "profile_id", "confirm", "run_at",
+                       "sort", "page", "per_page")
 
 
 @dataclass
@@ -63,8 +68,18 @@ class UserFilter:
     not_in_source: bool = False
 
     @classmethod
-    def from_mapping(cls, data) -> "UserFilter":
-        """Parse request args or a JSON object; unknown values raise InvalidQuery."""
+    def from_mapping(cls, data, *, other_keys: tuple[str, ...] | None = None) -> "UserFilter":
+        """Parse request args or a JSON object; unknown values raise InvalidQuery.
+
+        With ``other_keys`` (what else the mapping may hold) an unknown key is refused
+        too: a selection that acts on users must never widen to everyone because of a
+        typo ({"deployd": "no"} would otherwise mean "all users")."""
+        if other_keys is not None:
+            unknown = sorted(str(k) for k in data.keys() if k not in FILTER_KEYS and k not in other_keys)
+            if unknown:
+                raise InvalidQuery(f"Unknown filter key{'s' if len(unknown) > 1 else ''} "
+                                   f"{', '.join(repr(k) for k in unknown)}; the filter keys are "
+                                   f"{', '.join(FILTER_KEYS)}.")
         f = cls()
         f.search = _CONTROL_RE.sub(" ", str(data.get("search", "") or data.get("q", "") or "")).strip()[:200]
         profile = data.get("profile") or None
@@ -197,6 +212,9 @@ class UserQuery:
             q.per_page = int(data.get("per_page", default_per_page) or default_per_page)
         except (TypeError, ValueError):
             raise InvalidQuery("page and per_page must be numbers.") from None
+        from cds.web import MAX_PAGE
+        if q.page > MAX_PAGE:
+            raise InvalidQuery(f"Page numbers go from 1 to {MAX_PAGE:,}.")
         if q.per_page not in PAGE_SIZES:
             raise InvalidQuery(f"per_page must be one of {', '.join(map(str, PAGE_SIZES))}.")
         return q
@@ -276,13 +294,48 @@ def list_users(q: UserQuery) -> UserPage:
 # --- selections: explicit ids, or "all matching this filter" --------------------
 
 def parse_selection(data) -> dict:
-    """From a form or JSON: {"ids": [...]} or {"filter": {...}} (select all matching)."""
-    if data.get("all_matching") in ("1", "true", True, 1):
-        return {"filter": UserFilter.from_mapping(data).to_dict()}
+    """The one reading of "which users": {"ids": [...]} or {"filter": {...}}.
+
+    From the Users tab (form fields or query string): the checked ``ids``, or
+    ``all_matching=1`` with the filter fields beside it. From the API (and the
+    CLI, which builds the same object): ``{"ids": [...]}`` or ``{"filter": {...}}``
+    (``{}`` = every user), not both. Raises InvalidQuery naming the field."""
+    if hasattr(data, "getlist"):
+        if data.get("all_matching") in ("1", "true"):
+            return {"filter": _filter_selection(data, SELECTION_FORM_KEYS)}
+        return {"ids": _selected_ids(data, "user")}
+    if not isinstance(data, dict):
+        raise InvalidQuery("Say which users: \"ids\" or \"filter\".")
+    if "ids" in data and "filter" in data:
+        raise InvalidQuery("Give either \"ids\" or \"filter\", not both.",
+                           {"ids": "not with filter", "filter": "not with ids"})
+    if "filter" in data:
+        if not isinstance(data["filter"], dict):
+            raise InvalidQuery("\"filter\" must be an object.", {"filter": "object expected"})
+        return {"filter": _filter_selection(data["filter"], ())}
+    if "ids" in data:
+        ids = data["ids"]
+        if not isinstance(ids, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
+            raise InvalidQuery("\"ids\" must be a non-empty list of user ids.",
+                               {"ids": "expected a non-empty list of integers"})
+        return {"ids": _selected_ids(data, "user")}
+    raise InvalidQuery("Say which users: \"ids\" or \"filter\" ({} for all users).",
+                       {"ids": "required (or filter)"})
+
+
+def _filter_selection(data, other_keys: tuple[str, ...]) -> dict:
+    # Strict: an unknown key is refused, never ignored (a typo must not select everyone).
     try:
-        return {"ids": parse_ids(data, "user")}
+        return UserFilter.from_mapping(data, other_keys=other_keys).to_dict()
+    except InvalidQuery as exc:
+        raise InvalidQuery(str(exc), {"filter": str(exc)}) from None
+
+
+def _selected_ids(data, noun: str) -> list[int]:
+    try:
+        return parse_ids(data, noun)
     except ValueError as exc:
-        raise InvalidQuery(str(exc)) from None
+        raise InvalidQuery(str(exc), {"ids": str(exc)}) from None
 
 
 def parse_ids(data, noun: str) -> list[int]:
@@ -352,7 +405,7 @@ def revoke_client_access(user: User, reason: str) -> tuple[int, int]:
 
 
 def apply_login_id_change(user: User, new_login_id: str) -> bool:
-    """The seed's ID change: the installed client stops working and must be redeployed.
+    """A user's Login ID changes: the installed client stops working and must be redeployed.
 
     Returns True when the ID changed. The caller commits."""
     if new_login_id == user.login_id:
@@ -386,6 +439,8 @@ USER_FIELD_LABELS = {"login_id": "Login ID", "first_name": "Firstname", "last_na
                      "pbx_sip_username": "PBX SIP User name", "mbg_sip_username": "MBG SIP User name",
                      "mcs_account": "MiCollab Client Service Account", "email": "Email address"}
 REQUIRED_USER_FIELDS = ("login_id", "last_name", "email")
+# The longest secret (password, PIN) any surface accepts: form, API, CLI and CSV import.
+MAX_SECRET_LENGTH = 256
 _PHONE_RE = re.compile(r"[0-9+*#() .\-]*")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -455,12 +510,11 @@ def login_id_taken(login_id: str, exclude_user_id: int | None = None) -> bool:
 
 # --- adding and editing users ------------------------------------------------------
 
-class InvalidUser(UserError):
+class InvalidUser(errors.Invalid, UserError):
     """Field errors: {field: message}. Nothing was written."""
 
-    def __init__(self, errors: dict[str, str]):
-        super().__init__("; ".join(errors.values()))
-        self.errors = errors
+    def __init__(self, field_errors: dict[str, str]):
+        super().__init__("; ".join(field_errors.values()), field_errors)
 
 
 EDITABLE_FIELDS = ("login_id", "first_name", "last_name", "number", "pbx_number",
@@ -477,6 +531,17 @@ class SaveResult:
     @property
     def id_changed(self) -> bool:
         return self.old_login_id is not None
+
+
+def secret_problem(name: str, value: str | None) -> str | None:
+    """What is wrong with a new value for the secret ``name`` (None clears it), or None:
+    the one rule for secrets, whoever writes them."""
+    if value is not None and (len(value) > MAX_SECRET_LENGTH or _CONTROL_RE.search(value)):
+        return f"{USER_SECRETS[name]} must be at most {MAX_SECRET_LENGTH} characters, without control characters."
+    if value and not value.strip():
+        # Stored exactly as given otherwise; only spaces is a slip, not a secret.
+        return f"{USER_SECRETS[name]} is only spaces; leave it empty to keep the stored value."
+    return None
 
 
 def _check_profile(profile_id, errors: dict) -> DeploymentProfile | None:
@@ -498,7 +563,6 @@ def save_user(user: User | None, values: dict, secrets: dict | None = None, *,
     ``secrets``: {name: new value} replaces, {name: None} clears, absent keeps.
     Raises InvalidUser with every field error; nothing is written then."""
     from cds.audit.service import record_event
-    from cds.models import USER_SECRETS
 
     secrets = secrets or {}
     imported = user is not None and user.is_imported
@@ -513,8 +577,8 @@ def save_user(user: User | None, values: dict, secrets: dict | None = None, *,
             errors[name] = "Unknown secret."
         elif imported:
             errors[name] = "The source of this user owns its secrets."
-        elif value is not None and (len(value) > 256 or _CONTROL_RE.search(value)):
-            errors[name] = f"{USER_SECRETS[name]} must be at most 256 characters, without control characters."
+        elif secret_problem(name, value):
+            errors[name] = secret_problem(name, value)
     if errors:
         raise InvalidUser(errors)
 
@@ -556,15 +620,13 @@ def save_user(user: User | None, values: dict, secrets: dict | None = None, *,
 
 def redeploy_after_id_change(user: User, *, actor: str | None = None):
     """With the setting AUTO_REDEPLOY_ON_ID_CHANGE on, start the Deploy job for the
-    user whose ID just changed. Returns the job, or None (setting off, or no Deploy action)."""
-    from cds.jobs.service import ACTIONS, create_job, submit
+    user whose ID just changed. Returns the job, or None (the setting is off)."""
+    from cds.jobs.actions import start_action
     from cds.settings.service import get_setting
 
-    if not get_setting("AUTO_REDEPLOY_ON_ID_CHANGE") or "deploy" not in ACTIONS:
+    if not get_setting("AUTO_REDEPLOY_ON_ID_CHANGE"):
         return None
-    job = create_job("deploy", {"ids": [user.id]}, actor=actor)
-    submit(job)
-    return job
+    return start_action("deploy", {"ids": [user.id]}, actor=actor or "system")
 
 
 # --- the user page: history, devices, audit ----------------------------------------
@@ -607,10 +669,10 @@ def revoke_device(user: User, device_id: int, *, actor: str | None = None) -> Cl
 
 # --- the Assign profile bulk action --------------------------------------------------
 
-@action("assign_profile", "Assign profile")
+@action("assign_profile", "Assign profile", options=("profile_id",))
 def assign_profile_batch(job, users: list[User]) -> list[Outcome]:
     """Put the users on the profile params["profile_id"]; their configuration changes."""
-    from cds.audit.service import record_event
+    from cds.audit.service import actor_type_of, record_event
 
     profile = db.session.get(DeploymentProfile, job.params.get("profile_id") or 0)
     if profile is None:
@@ -625,6 +687,6 @@ def assign_profile_batch(job, users: list[User]) -> list[Outcome]:
         moved += 1
         outcomes.append(Outcome(user, "ok"))
     if moved:
-        record_event("user.assign_profile", actor=job.created_by, count=moved,
-                     detail={"profile": profile.name, "job": job.id}, commit=False)
+        record_event("user.assign_profile", actor=job.created_by, actor_type=actor_type_of(job.created_by),
+                     count=moved, detail={"profile": profile.name, "job": job.id}, commit=False)
     return outcomes
