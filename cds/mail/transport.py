@@ -292,6 +292,12 @@ _WIRE_POLICY = compat32.clone(linesep="\r\n")
 def message_bytes(message: Message) -> bytes:
     """The message as sent on the wire (CRLF line ends, no line over 78 characters)."""
     mime = message._message()
+    for part in mime.walk():
+        if part.is_multipart() and part.get_boundary() is None:
+            # The generator would compile a regular expression per part to check that
+            # a boundary of its own choosing is not in the text: 128 random bits that
+            # no template or attachment can know cannot be in it either.
+            part.set_boundary("=" * 15 + secrets.token_hex(16) + "==")
     out = io.BytesIO()
     BytesGenerator(out, mangle_from_=False, policy=_WIRE_POLICY).flatten(mime)
     return out.getvalue()
