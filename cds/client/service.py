@@ -11,7 +11,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, insert, select, update
 
-from cds.client.statements import DriverStatement, GroupCommit
+from cds.client.statements import DriverStatement, GroupCommit, driver_cursor
+from cds.extensions import db
 from cds.models import AuditEvent, ClientDevice, Deployment, DeploymentProfile, User, link_state, utcnow
 from cds.security import SecretUnreadable, decrypt_secrets, new_token, token_hash
 
@@ -185,7 +186,25 @@ def status(client_key: str | None, ip: str | None) -> dict:
         _seen(cur, r, ip, now)
         return {"force_config": bool(r.force_config), "config_version": r.config_version}
 
-    return batches.run(check)
+    try:
+        return batches.run(check)
+    except ClientError:
+        raise
+    except Exception as exc:
+        if not _is_storage_error(exc):
+            raise
+    # The last-contact bookkeeping could not be written (full disk, read-only database):
+    # the status check is a read, and is answered from a read alone.
+    log.warning("client status: last contact not recorded (the database cannot be written)")
+    with driver_cursor() as (cur, connection):
+        r = _authenticate(cur, client_key)
+        connection.rollback()
+    return {"force_config": bool(r.force_config), "config_version": r.config_version}
+
+
+def _is_storage_error(exc: BaseException) -> bool:
+    dbapi = db.engine.dialect.dbapi
+    return isinstance(exc, (dbapi.OperationalError, dbapi.InterfaceError))
 
 
 def download_config(client_key: str | None, ip: str | None) -> dict:
