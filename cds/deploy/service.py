@@ -138,7 +138,7 @@ def compose_deployment_mail(run: MailRun, user: User, dep: Deployment, token: st
     link = link_for(token)
     rendered = run.templates.render(mail_context(user, link, dep.expires_at), user.profile)
     return build_message(rendered, run.transport.settings.sender, dep.recipient,
-                         png if png is not None else qr_png(link))
+                         png if png is not None else qr_png(link), recipient_name=user.display_name)
 
 
 def send_deployment_mail(run: MailRun, user: User, dep: Deployment, token: str, *,
