@@ -247,12 +247,15 @@ def job_items(job: Job, outcome: str | None = None, limit: int = 200) -> list[Jo
 
 
 def reason_counts(job: Job) -> list[tuple[str, str, int]]:
-    """(outcome, message, count) for skipped and failed users: the summary's reasons."""
+    """(outcome, message, count): the summary's split. Successes are split too (e.g. Auto
+    deploy: "Force config set." and "Sent."; an Outbox write is not a send), then
+    failures and skips with their reasons."""
     rows = db.session.execute(
         select(JobItem.outcome, JobItem.message, func.count())
-        .where(JobItem.job_id == job.id, JobItem.outcome != "ok")
-        .group_by(JobItem.outcome, JobItem.message).order_by(func.count().desc()).limit(20))
-    return [tuple(r) for r in rows]
+        .where(JobItem.job_id == job.id)
+        .group_by(JobItem.outcome, JobItem.message).order_by(func.count().desc()).limit(30))
+    order = {"ok": 0, "failed": 1, "skipped": 2}
+    return sorted((tuple(r) for r in rows), key=lambda r: order.get(r[0], 3))
 
 
 # --- what the Jobs tab shows ------------------------------------------------------

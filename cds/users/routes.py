@@ -125,6 +125,25 @@ def bulk_action(kind: str):
                            reasons=reason_counts(job) if job.finished else [])
 
 
+@bp.route("/actions/<kind>/preview", methods=["POST"])
+@write_required
+def bulk_preview(kind: str):
+    """What Deploy / Auto deploy would do with the selection, for the confirmation:
+    counted by the rules the job itself follows, before anything is sent."""
+    from cds.deploy.service import preview_deploy
+    from cds.mail.transport import MailSettings
+
+    if kind not in ("deploy", "auto_deploy") or kind not in ACTIONS:
+        abort(404, f"There is no preview for {kind!r}.")
+    try:
+        selection = parse_selection(request.form)
+    except InvalidQuery as exc:
+        return current_app.response_class(str(exc), status=400, mimetype="text/plain")
+    text = render_template("users/_deploy_preview.txt", preview=preview_deploy(kind, selection),
+                           outbox=MailSettings.load().uses_outbox)
+    return current_app.response_class(text, mimetype="text/plain")
+
+
 def _parse_run_at(value: str) -> datetime:
     """"Deploy at…": the page sends the chosen local time as UTC (ISO 8601)."""
     from cds.models import utcnow

@@ -317,6 +317,11 @@ def count_selection(selection: dict) -> int:
 
 
 def describe_selection(selection: dict, total: int) -> str:
+    """The job's title: one user is named (a list of "1 selected user" jobs says nothing)."""
+    if total == 1:
+        user = db.session.scalar(selection_query(selection).limit(1))
+        if user is not None:
+            return f"{user.display_name} ({user.login_id})"
     noun = "user" if total == 1 else "users"
     if "ids" in selection:
         return f"{total} selected {noun}"

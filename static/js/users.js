@@ -129,6 +129,11 @@
         ? " at " + $("#deploy-at").value.replace("T", " ") : "";
       question = label + " for " + plural(n) + when + "?";
     }
+    if (kind === "deploy" || kind === "auto_deploy") {
+      // Say what will happen, counted by the server with the job's own rules.
+      previewThenConfirm(elt, question, ev.detail.issueRequest);
+      return;
+    }
     if (!window.confirm(question)) return;
     var confirmInput = $("#bulk-confirm");
     if (confirmInput) confirmInput.value = "";
@@ -139,6 +144,34 @@
     }
     ev.detail.issueRequest(true);
   });
+
+  function previewThenConfirm(button, question, issueRequest) {
+    var form = $("#bulk");
+    var body = new FormData(form);
+    var headers = JSON.parse(document.body.getAttribute("hx-headers") || "{}");
+    button.disabled = true;
+    fetch(button.getAttribute("data-preview"), { method: "POST", body: body, headers: headers,
+                                                 credentials: "same-origin" })
+      .then(function (resp) {
+        var plain = (resp.headers.get("Content-Type") || "").indexOf("text/plain") === 0;
+        return resp.text().then(function (text) {
+          return { ok: resp.ok, text: plain ? text : "The selection could not be checked (HTTP " + resp.status + ")." };
+        });
+      })
+      .then(function (answer) {
+        button.disabled = false;
+        if (!answer.ok) { window.cdsToast(answer.text || "The selection could not be checked."); return; }
+        if (window.confirm(question + "\n\n" + answer.text.trim())) {
+          var confirmInput = $("#bulk-confirm");
+          if (confirmInput) confirmInput.value = "";
+          issueRequest(true);
+        }
+      })
+      .catch(function () {
+        button.disabled = false;
+        window.cdsToast("The server could not be reached. Check the connection and try again.");
+      });
+  }
 
   // A table that was replaced starts with nothing selected.
   document.addEventListener("htmx:afterSwap", function (ev) {
