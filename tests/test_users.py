@@ -452,8 +452,18 @@ def test_id_change_revokes_access_and_tells_the_admin(app, admin_client):
         db.session.add(ClientDevice(user_id=ids[0], key_hash="b" * 64, platform="android", app_version="9.1"))
         db.session.commit()
         profile_id = str(default_profile().id)
+    # Asked first, saying what will happen; nothing changes until confirmed.
     resp = admin_client.post(f"/users/{ids[0]}", headers={**HTMX, "HX-Target": "user-main"},
                              data=form_data(login_id="jdoe2", profile_id=profile_id))
+    html = resp.get_data(as_text=True)
+    assert resp.status_code == 200 and 'id="id-change-confirm"' in html
+    assert "Change the ID from jdoe to jdoe2?" in html and "1 device stops working" in html
+    assert "1 unused deployment link stops working" in html
+    with app.app_context():
+        assert db.session.get(User, ids[0]).login_id == "jdoe"
+        assert db.session.scalar(db.select(ClientDevice)).revoked_at is None
+    resp = admin_client.post(f"/users/{ids[0]}", headers={**HTMX, "HX-Target": "user-main"},
+                             data=form_data(login_id="jdoe2", profile_id=profile_id, confirm_id_change="jdoe2"))
     assert resp.status_code == 200
     html = resp.get_data(as_text=True)
     assert 'id="id-change-notice"' in html and "factory reset" in html and "new deployment e-mail" in html
@@ -482,6 +492,10 @@ def test_id_change_redeploys_automatically_when_set(app, admin_client):
         profile_id = str(default_profile().id)
     html = admin_client.post(f"/users/{ids[0]}", headers={**HTMX, "HX-Target": "user-main"},
                              data=form_data(login_id="jdoe2", profile_id=profile_id)).get_data(as_text=True)
+    assert "a new deployment e-mail is sent at once" in html  # the question says so
+    html = admin_client.post(f"/users/{ids[0]}", headers={**HTMX, "HX-Target": "user-main"},
+                             data=form_data(login_id="jdoe2", profile_id=profile_id,
+                                            confirm_id_change="jdoe2")).get_data(as_text=True)
     assert "being sent automatically" in html
     with app.app_context():
         job = db.session.scalar(db.select(Job).where(Job.kind == "deploy"))

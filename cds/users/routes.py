@@ -13,10 +13,10 @@ from cds.models import USER_SECRETS
 from cds.profiles.service import all_profiles
 from cds.users.forms import ImportedUserForm, UserForm
 from cds.users.service import (PAGE_SIZES, InvalidQuery, InvalidUser, NotFound, UserError,
-                               UserQuery, deployment_history, get_user, list_users,
-                               parse_selection, redeploy_after_id_change, revoke_device,
+                               UserQuery, deployment_history, get_user, id_change_consequences,
+                               list_users, parse_selection, redeploy_after_id_change, revoke_device,
                                save_user, source_choices, source_label, user_audit_events,
-                               user_devices)
+                               user_devices, user_errors)
 from cds.web import app_response, current_admin, toast, write_required
 
 bp = Blueprint("users", __name__, url_prefix="/users")
@@ -174,6 +174,7 @@ def _form_for(user, formdata=None):
 
 def _user_context(user, form, **extra):
     return dict(user=user, form=form, secrets=USER_SECRETS, source=source_label(user),
+                id_change_consequences=None if user.is_imported else id_change_consequences(user),
                 history=deployment_history(user), devices=user_devices(user),
                 events=user_audit_events(user), can_write=current_admin().can_write,
                 deploy_available="deploy" in ACTIONS, **extra)
@@ -229,6 +230,14 @@ def detail(user_id: int):
     form = _form_for(user, request.form)
     if not form.validate():
         return _render_user(user, form, 422)
+    new_id = None if user.is_imported else (form.login_id.data or "").strip()
+    if new_id and new_id != user.login_id and request.form.get("confirm_id_change") != new_id:
+        # Ask first, saying what will happen: nothing is saved until the administrator confirms.
+        errors = user_errors(user, form.values(), form.secret_changes())
+        if errors:
+            form.add_errors(errors)
+            return _render_user(user, form, 422)
+        return _render_user(user, form, confirm_id_change=new_id)
     try:
         result = save_user(user, form.values(), form.secret_changes(), actor=g.get("actor"))
     except InvalidUser as exc:

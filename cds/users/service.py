@@ -370,6 +370,27 @@ def apply_login_id_change(user: User, new_login_id: str) -> bool:
     return True
 
 
+def id_change_consequences(user: User) -> str:
+    """What changing this user's ID does, said before it is done (the page asks first)."""
+    from cds.settings.service import get_setting
+
+    devices = db.session.scalar(select(func.count(ClientDevice.id)).where(
+        ClientDevice.user_id == user.id, ClientDevice.revoked_at.is_(None))) or 0
+    links = db.session.scalar(select(func.count(Deployment.id)).where(
+        Deployment.user_id == user.id, Deployment.used_at.is_(None), Deployment.revoked_at.is_(None),
+        Deployment.superseded_at.is_(None), Deployment.expires_at > utcnow())) or 0
+    parts = []
+    if devices:
+        parts.append(f"the app on {devices} device{'s' if devices != 1 else ''} stops working "
+                     f"and must be factory reset")
+    if links:
+        parts.append(f"{links} unused deployment link{'s' if links != 1 else ''} stop{'s' if links == 1 else ''} working")
+    parts.append("the user is marked \"redeploy required\"")
+    then = ("a new deployment e-mail is sent at once (setting \"Redeploy on ID change\")"
+            if get_setting("AUTO_REDEPLOY_ON_ID_CHANGE") else "a new deployment e-mail must be sent")
+    return "Changing the ID of " + user.display_name + ": " + "; ".join(parts) + "; " + then + "."
+
+
 def source_label(user: User) -> str:
     if user.source == SOURCE_CONNECTION:
         return user.connection.name if user.connection else "connection (deleted)"
@@ -494,18 +515,10 @@ def _check_profile(profile_id, errors: dict) -> DeploymentProfile | None:
     return profile
 
 
-def save_user(user: User | None, values: dict, secrets: dict | None = None, *,
-              actor: str | None = None) -> SaveResult:
-    """Create (user=None) or edit a user from the console, API or CLI, in one transaction.
-
-    ``values`` holds the editable fields and ``profile_id``; for an imported user
-    only the profile may change (the source owns the rest; Sync changes it).
-    ``secrets``: {name: new value} replaces, {name: None} clears, absent keeps.
-    Raises InvalidUser with every field error; nothing is written then."""
-    from cds.audit.service import record_event
+def _checked(user: User | None, values: dict, secrets: dict):
+    """(fields, profile, errors) of an add or edit; reads the database, writes nothing."""
     from cds.models import USER_SECRETS
 
-    secrets = secrets or {}
     imported = user is not None and user.is_imported
     fields_in = {} if imported else {k: str(values.get(k, "") or "").strip() for k in EDITABLE_FIELDS}
     errors = validate_user_fields(fields_in)
@@ -520,8 +533,31 @@ def save_user(user: User | None, values: dict, secrets: dict | None = None, *,
             errors[name] = "The source of this user owns its secrets."
         elif value is not None and (len(value) > 256 or _CONTROL_RE.search(value)):
             errors[name] = f"{USER_SECRETS[name]} must be at most 256 characters, without control characters."
+    return fields_in, profile, errors
+
+
+def user_errors(user: User | None, values: dict, secrets: dict | None = None) -> dict[str, str]:
+    """The field errors ``save_user`` would report, without saving (e.g. before asking
+    the administrator to confirm an ID change)."""
+    return _checked(user, values, secrets or {})[2]
+
+
+def save_user(user: User | None, values: dict, secrets: dict | None = None, *,
+              actor: str | None = None) -> SaveResult:
+    """Create (user=None) or edit a user from the console, API or CLI, in one transaction.
+
+    ``values`` holds the editable fields and ``profile_id``; for an imported user
+    only the profile may change (the source owns the rest; Sync changes it).
+    ``secrets``: {name: new value} replaces, {name: None} clears, absent keeps.
+    Raises InvalidUser with every field error; nothing is written then."""
+    from cds.audit.service import record_event
+    from cds.models import USER_SECRETS
+
+    secrets = secrets or {}
+    fields_in, profile, errors = _checked(user, values, secrets)
     if errors:
         raise InvalidUser(errors)
+    login_id = fields_in.get("login_id")
 
     result = SaveResult(user=user, created=user is None)
     if user is None:

@@ -109,6 +109,28 @@
     window.location.href = form.getAttribute("data-export-url") + "?" + params.toString();
   }
 
+  // The user page: an ID change asks first, saying what it will do.
+  document.addEventListener("htmx:confirm", function (ev) {
+    var form = ev.detail.elt;
+    if (!form || form.id !== "user-form" || !form.hasAttribute("data-id-change")) return;
+    var input = form.querySelector("input[name=login_id]");
+    var confirmed = form.querySelector("input[type=hidden][name=confirm_id_change]");
+    var submitter = ev.detail.triggeringEvent && ev.detail.triggeringEvent.submitter;
+    if (!input || (submitter && submitter.name === "confirm_id_change")) return;
+    var newId = input.value.trim(), oldId = form.getAttribute("data-login-id");
+    if (!newId || newId === oldId) return;
+    ev.preventDefault();
+    if (!window.confirm("Change the ID from " + oldId + " to " + newId + "?\n\n" +
+                        form.getAttribute("data-id-change"))) return;
+    if (!confirmed) {
+      confirmed = document.createElement("input");
+      confirmed.type = "hidden"; confirmed.name = "confirm_id_change";
+      form.appendChild(confirmed);
+    }
+    confirmed.value = newId;
+    ev.detail.issueRequest(true);
+  });
+
   // Every bulk button asks first, with the count; Delete of many wants "all" typed.
   document.addEventListener("htmx:confirm", function (ev) {
     var elt = ev.detail.elt;
