@@ -122,6 +122,14 @@ def test_change_a_users_id_and_see_the_warning(signed_in_page, live_server):
     page.wait_for_url(re.compile(r".*/users/\d+$"))
     old = page.locator("#login_id").input_value()
     page.fill("#login_id", old + "-new")
+    questions = []
+    page.once("dialog", lambda d: (questions.append(d.message), d.dismiss()))
+    page.click("#user-form button[type=submit]")  # asked first; "Cancel" changes nothing
+    expect(page.locator("#login_id")).to_have_value(old + "-new")
+    assert f"Change the ID from {old} to {old}-new?" in questions[0]
+    assert "redeploy required" in questions[0] and "new deployment e-mail" in questions[0]
+    assert page.locator("#id-change-notice").count() == 0
+    page.once("dialog", lambda d: d.accept())
     page.click("#user-form button[type=submit]")
     notice = page.locator("#id-change-notice")
     expect(notice).to_contain_text("factory reset")
