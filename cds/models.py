@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from sqlalchemy import JSON, Index, String, Text, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 
 from cds.extensions import db
 from cds.security import decrypt, decrypt_secrets, encrypt, encrypt_secrets
@@ -116,10 +116,18 @@ SOURCE_OWNED_FIELDS = ("login_id", "first_name", "last_name", "number", "pbx_num
                        "pbx_sip_username", "mbg_sip_username", "mcs_account", "email")
 
 
+def login_key(login_id: str) -> str:
+    """Login IDs are unique ignoring case ("JDoe" is "jdoe"), in every script: casefold,
+    not SQL lower() (SQLite's folds ASCII only)."""
+    return (login_id or "").casefold()
+
+
 class User(db.Model):
     __tablename__ = "user"
     id: Mapped[int] = mapped_column(primary_key=True)
     login_id: Mapped[str] = mapped_column(String(113), unique=True)
+    # login_key(login_id), kept in step by set_login_key below; the unique index is the rule.
+    login_key: Mapped[str | None] = mapped_column(String(340), index=True, unique=True)
     profile_id: Mapped[int] = mapped_column(db.ForeignKey("deployment_profile.id"), index=True)
     first_name: Mapped[str] = mapped_column(String(100), default="")
     last_name: Mapped[str] = mapped_column(String(100), default="")
@@ -167,6 +175,11 @@ class User(db.Model):
         Index("ix_user_downloaded_at", "downloaded_at", "id"),
         Index("ix_user_profile_sort", "profile_id", "id"),
     )
+
+    @validates("login_id")
+    def set_login_key(self, _key, value):
+        self.login_key = login_key(value)
+        return value
 
     def secrets(self) -> dict[str, str]:
         """The secrets that are set, decrypted."""

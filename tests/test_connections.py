@@ -203,7 +203,7 @@ def test_import_all_matching_with_a_profile_and_skips(admin_client, source, app)
                              follow_redirects=True)
     page = resp.get_data(as_text=True)
     assert "Imported 7 users." in page and "2 skipped" in page
-    assert "not a valid e-mail address" in page and "already used by another user" in page
+    assert "not a valid e-mail address" in page and "is already used by" in page
     with app.app_context():
         imported = db.session.scalars(select(User).where(User.source == "connection")).all()
         assert len(imported) == 7 and {u.profile.name for u in imported} == {"Sales"}

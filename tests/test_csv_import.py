@@ -218,7 +218,7 @@ def test_duplicate_ids_login_ids_and_unknown_profile(admin_client, app):
     assert "Unknown columns (not imported): Shoe size" in page
     assert f"ID {existing_id} is also on line 2" in page
     assert "Login ID &#39;existing&#39; is also on line 2" in page
-    assert "Login ID &#39;taken&#39; already belongs to another user" in page
+    assert "Login ID &#39;taken&#39; is already used by" in page
     assert "Unknown profile &#39;Marketing&#39;" in page
     assert "Has 5 cells; the header has 6" in page
     admin_client.post("/import/csv/commit")

@@ -343,7 +343,11 @@ def test_add_user_validation_errors_keep_what_was_typed(app, admin_client):
     assert 'value="jane-at-example"' in html and 'value="Jane"' in html  # kept
     assert "482913" not in html  # a typed secret is not echoed back
     resp = admin_client.post("/users/new", headers=HTMX, data=form_data(login_id="taken", profile_id=profile_id))
-    assert resp.status_code == 422 and "already has the Login ID" in resp.get_data(as_text=True)
+    assert resp.status_code == 422 and "is already used by" in resp.get_data(as_text=True)
+    # Another case is the same ID; the message names who has it.
+    resp = admin_client.post("/users/new", headers=HTMX, data=form_data(login_id="TAKEN", profile_id=profile_id))
+    html = resp.get_data(as_text=True)
+    assert resp.status_code == 422 and "(taken)" in html and "differ only in upper/lower case" in html
     resp = admin_client.post("/users/new", headers=HTMX, data=form_data(profile_id="99999"))
     assert resp.status_code == 422 and "Not a valid choice" in resp.get_data(as_text=True)
     resp = admin_client.post("/users/new", headers=HTMX, data=form_data(login_id="y" * 114, profile_id=profile_id))
@@ -412,7 +416,7 @@ def test_edit_user_validation_and_save(app, admin_client):
     assert "not a valid e-mail address" in resp.get_data(as_text=True)
     resp = admin_client.post(f"/users/{ids[0]}", headers={**HTMX, "HX-Target": "user-main"},
                              data=form_data(login_id="other", profile_id=profile_id))
-    assert resp.status_code == 422 and "already has the Login ID" in resp.get_data(as_text=True)
+    assert resp.status_code == 422 and "is already used by" in resp.get_data(as_text=True)
     resp = admin_client.post(f"/users/{ids[0]}", headers={**HTMX, "HX-Target": "user-main"},
                              data=form_data(login_id="jdoe", profile_id=profile_id, first_name="Janet"))
     assert resp.status_code == 200 and "Saved." in resp.get_data(as_text=True)

@@ -11,6 +11,9 @@ from cds import __version__
 TS = {"type": ["string", "null"], "format": "date-time"}
 STR = {"type": "string"}
 NSTR = {"type": ["string", "null"]}
+# A user's profile by name, as GET returns it ("profile"), or by id ("profile_id"); both must agree.
+PROFILE_NAME = {"type": "string", "description": "The profile's name (case-insensitive); "
+                                                 "an alternative to profile_id."}
 INT = {"type": "integer"}
 BOOL = {"type": "boolean"}
 
@@ -150,9 +153,10 @@ SCHEMAS.update({
     "Secrets": {"type": "object", "description": "Write-only: a string sets a secret, null or \"\" clears it, "
                 "absent keeps it. Never returned.",
                 "properties": {k: NSTR for k in SECRET_NAMES}, "additionalProperties": False},
-    "UserCreate": obj({**USER_FIELD_PROPS, "profile_id": INT, "secrets": ref("Secrets")},
-                      ["login_id", "last_name", "email"]),
-    "UserUpdate": obj({**USER_FIELD_PROPS, "profile_id": INT, "secrets": ref("Secrets")}),
+    "UserCreate": obj({**USER_FIELD_PROPS, "profile_id": INT, "profile": PROFILE_NAME,
+                       "secrets": ref("Secrets")}, ["login_id", "last_name", "email"]),
+    "UserUpdate": obj({**USER_FIELD_PROPS, "profile_id": INT, "profile": PROFILE_NAME,
+                       "secrets": ref("Secrets")}),
     "Profile": obj({"id": INT, **PROFILE_PROPS, "is_default": BOOL, "is_do_not_deploy": BOOL,
                     "users": INT, "created_at": TS, "updated_at": TS}, ["id", "name", "is_default"]),
     "ProfileInput": obj({**PROFILE_PROPS, "is_default": BOOL}),

@@ -464,7 +464,8 @@ def sync_users(job: Job, users: list[User]) -> list[Outcome]:
 def _apply_record(user: User, rec: dict, fields: tuple[str, ...], claimed: set[str]
                   ) -> tuple[str, Outcome]:
     """Bring one imported user in line with its source record: (summary key, outcome)."""
-    from cds.users.service import (USER_FIELD_LABELS, apply_login_id_change, login_id_taken,
+    from cds.models import login_key
+    from cds.users.service import (USER_FIELD_LABELS, apply_login_id_change, login_id_owner,
                                    validate_user_fields)
 
     changes = {f: rec[f] for f in fields if rec[f] != getattr(user, f)}
@@ -475,10 +476,14 @@ def _apply_record(user: User, rec: dict, fields: tuple[str, ...], claimed: set[s
         return "failed", Outcome(user, "failed", "The source's data is not valid, nothing "
                                                  "changed: " + " ".join(errors.values()))
     new_login = changes.pop("login_id", None)
-    if new_login is not None and (new_login in claimed or login_id_taken(new_login, user.id)):
-        return "failed", Outcome(user, "failed", f"The source changed the login id to "
-                                                 f"{new_login!r}, which another user already has; "
-                                                 f"nothing changed.")
+    if new_login is not None:
+        owner = login_id_owner(new_login, user.id)
+        if owner is not None or login_key(new_login) in claimed:
+            who = f"{owner.display_name} ({owner.login_id})" if owner else "another user of this sync"
+            return "failed", Outcome(user, "failed", f"The source changed the login id to "
+                                                     f"{new_login!r}, which {who} already has (login "
+                                                     f"ids are the same ignoring upper/lower case); "
+                                                     f"nothing changed.")
     notes = []
     if user.not_in_source:
         user.not_in_source = False
@@ -491,7 +496,7 @@ def _apply_record(user: User, rec: dict, fields: tuple[str, ...], claimed: set[s
         notes.append("changed " + ", ".join(USER_FIELD_LABELS[f] for f in changes))
     if new_login is not None:
         old = user.login_id
-        claimed.add(new_login)
+        claimed.add(login_key(new_login))
         apply_login_id_change(user, new_login)
         notes.append(f"login id changed from {old!r} to {new_login!r}: devices revoked, "
                      f"redeploy required (factory reset the app and send a new deployment e-mail)")

@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from cds.cli import fail
 from cds.extensions import db
-from cds.models import User, utcnow
+from cds.models import User, login_key, utcnow
 
 
 def _selection(all_users: bool, login_ids: tuple[str, ...]) -> dict:
@@ -17,8 +17,9 @@ def _selection(all_users: bool, login_ids: tuple[str, ...]) -> dict:
     if all_users:
         return {"filter": {}}
     wanted = list(dict.fromkeys(login_ids))
-    rows = dict(db.session.execute(select(User.login_id, User.id).where(User.login_id.in_(wanted))).all())
-    missing = [x for x in wanted if x not in rows]
+    rows = dict(db.session.execute(select(User.login_key, User.id).where(
+        User.login_key.in_([login_key(x) for x in wanted]))).all())
+    missing = [x for x in wanted if login_key(x) not in rows]
     if missing:
         fail(f"no user with login id {', '.join(missing)}")
     return {"ids": sorted(rows.values())}

@@ -18,7 +18,7 @@ from sqlalchemy import bindparam, select, update
 from cds.extensions import db
 from cds.imports.service import insert_users
 from cds.models import (SOURCE_CONNECTION, SOURCE_CSV, USER_SECRETS, DeploymentProfile, User,
-                        utcnow)
+                        login_key, utcnow)
 from cds.security import decrypt_secrets, encrypt_secrets
 
 # The CSV format shared by import, export and the template: header -> key.
@@ -352,33 +352,34 @@ def _stored_secrets(ids: list[int]) -> dict[int, str | None]:
 
 def _check_login_ids(plans: list[RowPlan], existing: dict[int, dict]) -> None:
     """A login id may appear once in the file and must not belong to another user
-    (unless that user is given a new login id by this same file)."""
+    (unless that user is given a new login id by this same file). Ignoring case:
+    "JDoe" and "jdoe" are the same ID."""
+    from cds.users.service import login_id_in_use, login_id_owners
+
     first_line: dict[str, int] = {}
     for plan in plans:
         if plan.errors or plan.action not in ("create", "update") or not plan.login_id:
             continue
+        key = login_key(plan.login_id)
         if plan.action == "update" and "login_id" not in plan.values:
-            first_line.setdefault(plan.login_id, plan.line)
+            first_line.setdefault(key, plan.line)
             continue
-        if plan.login_id in first_line:
-            plan.errors.append(f"Login ID {plan.login_id!r} is also on line {first_line[plan.login_id]}.")
+        if key in first_line:
+            plan.errors.append(f"Login ID {plan.login_id!r} is also on line {first_line[key]}"
+                                " (Login IDs are the same ignoring upper/lower case).")
         else:
-            first_line[plan.login_id] = plan.line
-    wanted = sorted({p.login_id for p in plans if p.login_id and not p.errors
-                     and (p.action == "create" or "login_id" in p.values)})
-    owners: dict[str, int] = {}
-    for start in range(0, len(wanted), 900):
-        owners.update(db.session.execute(select(User.login_id, User.id).where(
-            User.login_id.in_(wanted[start:start + 900]))).all())
+            first_line[key] = plan.line
+    owners = login_id_owners(p.login_id for p in plans if p.login_id and not p.errors
+                             and (p.action == "create" or "login_id" in p.values))
     moving_away = {p.user_id for p in plans if p.action == "update" and "login_id" in p.values
                    and not p.errors}
     for plan in plans:
-        if plan.errors or plan.login_id not in owners:
+        owner = owners.get(login_key(plan.login_id)) if plan.login_id else None
+        if plan.errors or owner is None:
             continue
         if plan.action == "create" or "login_id" in plan.values:
-            owner = owners[plan.login_id]
-            if owner != plan.user_id and owner not in moving_away:
-                plan.errors.append(f"Login ID {plan.login_id!r} already belongs to another user.")
+            if owner[0] != plan.user_id and owner[0] not in moving_away:
+                plan.errors.append(login_id_in_use(plan.login_id, owner[1], owner[2]))
 
 
 # --- writing ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from sqlalchemy import (Select, and_, bindparam, case, false, func, literal_colu
 from cds.extensions import db
 from cds.jobs.service import Outcome, action
 from cds.models import (SOURCE_CONNECTION, SOURCE_CSV, SOURCE_MANUAL, ClientDevice, Connection,
+                        login_key,
                         Deployment, DeploymentProfile, User, utcnow)
 
 
@@ -421,7 +422,7 @@ def validate_user_fields(data: dict) -> dict[str, str]:
 
     Only the fields present in ``data`` are checked, so a partial update can be
     validated; values are expected already stripped. Uniqueness of the login id
-    needs the database: see ``login_id_taken``."""
+    needs the database: see ``login_id_owner``."""
     errors: dict[str, str] = {}
     for name, value in data.items():
         if name not in USER_FIELD_LIMITS:
@@ -472,11 +473,30 @@ def email_problem(value: str) -> str | None:
     return None
 
 
-def login_id_taken(login_id: str, exclude_user_id: int | None = None) -> bool:
-    query = select(User.id).where(User.login_id == login_id)
+def login_id_owner(login_id: str, exclude_user_id: int | None = None) -> User | None:
+    """The user who has this login ID, ignoring case ("JDoe" is "jdoe"), or None."""
+    query = select(User).where(User.login_key == login_key(login_id))
     if exclude_user_id is not None:
         query = query.where(User.id != exclude_user_id)
-    return db.session.scalar(query.limit(1)) is not None
+    return db.session.scalar(query.limit(1))
+
+
+def login_id_owners(login_ids) -> dict[str, tuple[int, str, str]]:
+    """For the login IDs already in use: login_key -> (user id, login ID, name)."""
+    keys = sorted({login_key(v) for v in login_ids if v})
+    out = {}
+    for start in range(0, len(keys), 900):
+        for row in db.session.execute(select(User.login_key, User.id, User.login_id, User.first_name,
+                                             User.last_name).where(User.login_key.in_(keys[start:start + 900]))):
+            name = " ".join(p for p in (row.first_name, row.last_name) if p) or row.login_id
+            out[row.login_key] = (row.id, row.login_id, name)
+    return out
+
+
+def login_id_in_use(login_id: str, owner_login_id: str, owner_name: str) -> str:
+    """The message for a login ID another user has: which user, and why a different case is no escape."""
+    same = "" if owner_login_id == login_id else " (Login IDs that differ only in upper/lower case are the same)"
+    return f"Login ID {login_id!r} is already used by {owner_name} ({owner_login_id}){same}."
 
 
 # --- adding and editing users ------------------------------------------------------
@@ -524,8 +544,9 @@ def _checked(user: User | None, values: dict, secrets: dict):
     errors = validate_user_fields(fields_in)
     profile = _check_profile(values.get("profile_id"), errors)
     login_id = fields_in.get("login_id")
-    if login_id and "login_id" not in errors and login_id_taken(login_id, user.id if user else None):
-        errors["login_id"] = f"Another user already has the Login ID {login_id!r}."
+    owner = login_id_owner(login_id, user.id if user else None) if login_id and "login_id" not in errors else None
+    if owner is not None:
+        errors["login_id"] = login_id_in_use(login_id, owner.login_id, owner.display_name)
     for name, value in secrets.items():
         if name not in USER_SECRETS:
             errors[name] = "Unknown secret."
