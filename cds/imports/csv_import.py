@@ -61,6 +61,9 @@ def header_key(name: str) -> str:
 
 HEADER_KEYS = {header_key(label): key for label, key in COLUMNS + SECRET_COLUMNS}
 LABELS = {key: label for label, key in COLUMNS + SECRET_COLUMNS}
+# The last column of the rejected-rows download: ignored when that file comes back fixed.
+HEADER_KEYS["reason"], LABELS["reason"] = "reason", "Reason"
+INFO_KEYS = INFO_KEYS + ("reason",)
 
 
 class CsvProblem(Exception):
@@ -470,6 +473,33 @@ def commit_import(data: bytes, options: CsvOptions, *, actor: str | None = None,
         db.session.rollback()
         raise
     return result
+
+
+REASON_COLUMN = LABELS["reason"]
+
+
+def rejected_rows_csv(data: bytes, rows: list[RowPlan]) -> str:
+    """The rows of the file that have errors, as the file wrote them, with a last
+    "Reason" column: to fix and import again (the Reason column is reported as unknown
+    and ignored then). The secret columns are left empty: this file is a download, and
+    downloads never carry a password or PIN."""
+    header, raw_rows = read_rows(decode(data))
+    reasons = {r.line: " ".join(r.errors) for r in rows if r.errors}
+    secret_at = {i for i, name in enumerate(header)
+                 if HEADER_KEYS.get(header_key(name)) in dict(SECRET_COLUMNS).values()}
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow([*header, REASON_COLUMN] if header_key(header[-1]) != header_key(REASON_COLUMN)
+                    else header)
+    drop_reason = header_key(header[-1]) == header_key(REASON_COLUMN)
+    for line, cells in raw_rows:
+        if line not in reasons:
+            continue
+        cells = ["" if i in secret_at else c for i, c in enumerate(cells)]
+        if drop_reason:
+            cells = cells[:len(header) - 1]
+        writer.writerow([*cells, reasons[line]])
+    return out.getvalue()
 
 
 def template_csv() -> str:
