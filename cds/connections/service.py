@@ -158,23 +158,31 @@ def create_connection(settings: ConnectionSettings, password: str, *, actor: str
         raise ConnectionProblem("Check the highlighted fields.", errors)
     url = settings.url.strip().rstrip("/")
     options = settings.options or {}
+    grant, unverified = None, None
     try:
         grant = authorize(settings.kind, url, settings.username.strip(), password, options)
-    except SourceError as exc:
+    except SourceAuthError as exc:
         raise ConnectionProblem(f"The source did not accept the connection: {exc}",
-                                {"url" if not isinstance(exc, SourceAuthError) else "password":
-                                 str(exc)}) from None
+                                {"password": str(exc)}) from None
+    except SourceError as exc:
+        # Unreachable (or answering nonsense) now: saved anyway, marked not verified;
+        # Test authorizes it once the source answers.
+        unverified = str(exc)
     now = utcnow()
     conn = Connection(name=settings.name.strip(), kind=settings.kind, url=url,
                       username=settings.username.strip(), options=options,
                       sync_interval_minutes=settings.sync_interval_minutes,
-                      enabled=settings.enabled, verified=True, verified_at=now,
-                      token_enc=encrypt(grant.token), token_expires_at=grant.expires_at,
+                      enabled=settings.enabled, verified=grant is not None,
+                      verified_at=now if grant else None,
+                      token_enc=encrypt(grant.token) if grant else None,
+                      token_expires_at=grant.expires_at if grant else None,
+                      last_sync_ok=False if unverified else None,
+                      last_sync_message=f"Not verified: {unverified}"[:2000] if unverified else None,
                       next_sync_at=now + timedelta(minutes=settings.sync_interval_minutes))
     conn.set_password(password)
     db.session.add(conn)
     db.session.flush()
-    _audit("connection.create", conn, actor, host=host_of(conn))
+    _audit("connection.create", conn, actor, host=host_of(conn), verified=grant is not None)
     db.session.commit()
     return conn
 
@@ -325,7 +333,19 @@ def refresh_source_records(conn: Connection) -> RefreshResult:
 
 
 def verify_connection(conn: Connection) -> RefreshResult:
-    """The Test button: read the source now (which also refreshes the Import Users view)."""
+    """The Test button: read the source now (which also refreshes the Import Users view).
+    A connection saved while its source was unreachable is authorized first, with the
+    credentials it was saved with."""
+    if not conn.verified and conn.token_enc is None:
+        try:
+            grant = authorize(conn.kind, conn.url, conn.username, conn.get_password() or "",
+                              conn.options or {})
+        except SourceError as exc:
+            _record_failure(conn.id, f"Not verified: {exc}")
+            raise
+        conn.token_enc = encrypt(grant.token)
+        conn.token_expires_at = grant.expires_at
+        db.session.commit()
     return refresh_source_records(conn)
 
 
