@@ -29,10 +29,11 @@ def index():
         page = max(1, int(request.args.get("page", 1)))
     except ValueError:
         page = 1
-    entries, total = service.list_messages(page)
+    to = request.args.get("to", "").strip()[:254]
+    entries, total = service.list_messages(page, to)
     pages = max(1, -(-total // service.PAGE_SIZE))
     return render_template("outbox/index.html", entries=entries, total=total, page=page, pages=pages,
-                           settings=MailSettings.load(), active_tab="settings")
+                           to=to, settings=MailSettings.load(), active_tab="settings")
 
 
 @bp.route("/<name>")

@@ -81,8 +81,10 @@ def index():
             resp.headers["HX-Push-Url"] = url_for("users.index", **q.to_args())
         return resp
     admin = current_admin()
+    from cds.mail.transport import MailSettings
     return render_template(
         "users/page.html", page=page, active_tab="users", profiles=all_profiles(),
+        uses_outbox=MailSettings.load().uses_outbox,
         sources=source_choices(), bulk_actions=BULK_ACTIONS, page_sizes=PAGE_SIZES,
         available={k for k in BULK_LABELS if k in ACTIONS or (k == "export" and _export_available())},
         can_write=admin.can_write)
@@ -172,8 +174,18 @@ def _form_for(user, formdata=None):
     return form
 
 
+def _outbox_link(user) -> str | None:
+    """Where this user's messages are when deployments went to the Outbox (no SMTP)."""
+    from cds.deploy.service import recipient_for
+    from cds.outbox.service import has_messages
+
+    address = recipient_for(user)
+    return url_for("outbox.index", to=address) if address and has_messages() else None
+
+
 def _user_context(user, form, **extra):
     return dict(user=user, form=form, secrets=USER_SECRETS, source=source_label(user),
+                outbox_link=_outbox_link(user),
                 id_change_consequences=None if user.is_imported else id_change_consequences(user),
                 history=deployment_history(user), devices=user_devices(user),
                 events=user_audit_events(user), can_write=current_admin().can_write,
