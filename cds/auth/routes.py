@@ -4,6 +4,7 @@ from cds.audit.service import record_event
 from cds.auth.forms import LoginForm
 from cds.auth.service import authenticate
 from cds.extensions import limiter
+from cds.web import toast
 
 bp = Blueprint("auth", __name__)
 
@@ -41,6 +42,9 @@ def login():
             # Only a local path: never an open redirect.
             if not target.startswith("/") or target.startswith("//"):
                 target = url_for("users.index")
+            if admin.password_change_due:
+                toast("You signed in with a one-time password: choose your own now.", "warning")
+                target = url_for("settings.account")
             return redirect(target)
         error = "Wrong user name or password."
         record_event("admin.login_failed", actor=form.username.data.strip()[:64] or "-")

@@ -186,7 +186,7 @@ def _record_delivery(dep: Deployment, user: User, delivery: Delivery, actor: str
     else:
         detail["state"], detail["reason"] = dep.send_state, delivery.detail
     record_event("deploy.sent" if state == SENT else f"deploy.{dep.send_state}", actor=actor or "system",
-                 actor_type="admin" if actor else "system", user=user, detail=detail, commit=False)
+                 user=user, detail=detail, commit=False)
     db.session.commit()
     log.info("deployment %s for user %s: %s%s", dep.id, user.id, dep.send_state,
              "" if state == SENT else f" ({delivery.detail})")
@@ -336,8 +336,7 @@ def force_config_users(job: Job | None, users: list[User], actor: str | None = N
         if not user.force_config:
             user.force_config = True
             user.config_version += 1
-        record_event("force_config.set", actor=actor or "system", actor_type="admin" if actor else "system",
-                     user=user, commit=False)
+        record_event("force_config.set", actor=actor or "system", user=user, commit=False)
         outcomes.append(Outcome(user, "ok", "Force config set."))
     db.session.commit()
     return outcomes

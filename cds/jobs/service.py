@@ -20,6 +20,7 @@ from typing import Callable
 from flask import current_app, g, has_request_context
 from sqlalchemy import delete, func, insert, select, update
 
+from cds.audit.service import acting_for
 from cds.extensions import db
 from cds.models import (JOB_CANCELLED, JOB_DONE, JOB_FAILED, JOB_QUEUED, JOB_RUNNING,
                         JOB_SCHEDULED, Job, JobItem, User, utcnow)
@@ -185,24 +186,25 @@ def run_job(job_id: int) -> Job | None:
     log.info("job %s (%s) started by %s: %s users", job.id, job.kind, RUNNER_ID, job.total)
     # Resume after the last user this job recorded (users are walked in id order).
     last_id = db.session.scalar(select(func.max(JobItem.user_id)).where(JobItem.job_id == job.id)) or 0
-    try:
-        while True:
-            query = selection_query(job.params["selection"]).where(User.id > last_id) \
-                .order_by(User.id).limit(act.batch_size)
-            users = list(db.session.scalars(query))
-            if not users:
-                break
-            outcomes = act.run_batch(job, users)
-            _record(job, outcomes)
-            last_id = users[-1].id
-            db.session.refresh(job)
-            if job.state == JOB_CANCELLED:
-                log.info("job %s cancelled after %s users", job.id, job.done)
-                return job
-            log.info("job %s progress %s/%s", job.id, job.done, job.total)
-    finally:
-        if act.finish:
-            act.finish(job)
+    with acting_for(job.created_by, job.params.get("actor_type")):
+        try:
+            while True:
+                query = selection_query(job.params["selection"]).where(User.id > last_id) \
+                    .order_by(User.id).limit(act.batch_size)
+                users = list(db.session.scalars(query))
+                if not users:
+                    break
+                outcomes = act.run_batch(job, users)
+                _record(job, outcomes)
+                last_id = users[-1].id
+                db.session.refresh(job)
+                if job.state == JOB_CANCELLED:
+                    log.info("job %s cancelled after %s users", job.id, job.done)
+                    return job
+                log.info("job %s progress %s/%s", job.id, job.done, job.total)
+        finally:
+            if act.finish:
+                act.finish(job)
     job.state = JOB_FAILED if job.failed and not job.succeeded and not job.skipped else JOB_DONE
     job.finished_at = utcnow()
     job.total = max(job.total, job.done)

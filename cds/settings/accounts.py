@@ -74,6 +74,7 @@ def add_admin(username: str, role: str, password: str = "") -> tuple[AdminAccoun
     if not password:
         password = generated = generate_password()
     admin = create_admin(username, password, role)
+    admin.password_change_due = True  # the primary administrator knows it: a one-time password
     record_event("admin.create", detail={"account": admin.username, "role": role,
                                          "password_generated": bool(generated)})
     return admin, generated
@@ -117,6 +118,7 @@ def reset_password(admin_id: int, password: str = "") -> tuple[AdminAccount, str
     check_new_password(password)
     admin.password_hash = hash_password(password)
     admin.session_epoch += 1
+    admin.password_change_due = True
     record_event("admin.password_reset", commit=False, detail={"account": admin.username})
     db.session.commit()
     return admin, generated
@@ -154,6 +156,7 @@ def change_own_password(admin: AdminAccount, current: str, new: str, repeat: str
         raise AccountError("The new password is the same as the current one.")
     admin.password_hash = hash_password(new)
     admin.session_epoch += 1
+    admin.password_change_due = False
     record_event("admin.password_change", commit=False, detail={"account": admin.username})
     db.session.commit()
     return admin.session_epoch

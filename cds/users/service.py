@@ -9,8 +9,8 @@ from sqlalchemy import (Select, and_, bindparam, case, false, func, literal_colu
 
 from cds.extensions import db
 from cds.jobs.service import Outcome, action
-from cds.models import (SOURCE_CONNECTION, SOURCE_CSV, SOURCE_MANUAL, ClientDevice, Connection,
-                        login_key,
+from cds.models import (SOURCE_CONNECTION, SOURCE_CSV, SOURCE_LABELS, SOURCE_MANUAL, ClientDevice,
+                        Connection, login_key,
                         Deployment, DeploymentProfile, User, utcnow)
 
 
@@ -395,12 +395,13 @@ def id_change_consequences(user: User) -> str:
 def source_label(user: User) -> str:
     if user.source == SOURCE_CONNECTION:
         return user.connection.name if user.connection else "connection (deleted)"
-    return {"manual": "Manual", "csv": "CSV"}.get(user.source, user.source)
+    return SOURCE_LABELS.get(user.source, user.source)
 
 
 def source_choices() -> list[tuple[str, str]]:
     rows = db.session.execute(select(Connection.id, Connection.name).order_by(Connection.name))
-    return [("manual", "Manual"), ("csv", "CSV import")] + [(f"c{i}", n) for i, n in rows]
+    return [(SOURCE_MANUAL, SOURCE_LABELS[SOURCE_MANUAL]), (SOURCE_CSV, SOURCE_LABELS[SOURCE_CSV])] + \
+        [(f"c{i}", n) for i, n in rows]
 
 
 # --- field rules, shared by the user form, the CSV import and the API ---------------
