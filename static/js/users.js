@@ -17,6 +17,13 @@
   function selectedCount() {
     return allMatching() ? total() : $all(".row-check:checked").length;
   }
+  var unambiguous = new Intl.DateTimeFormat(undefined, {
+    weekday: "short", day: "numeric", month: "short", year: "numeric", hour: "2-digit", minute: "2-digit"
+  });
+  function deployAtText() {
+    var runAt = $("#run-at");
+    return runAt && runAt.value ? unambiguous.format(new Date(runAt.value)) : "";
+  }
   function plural(n) { return n.toLocaleString() + (n === 1 ? " user" : " users"); }
 
   // The count, the bulk buttons, the row highlight and the "select all N" offer.
@@ -63,9 +70,12 @@
       var runAt = $("#run-at");
       var d = t.value ? new Date(t.value) : null;  // the admin's local time
       runAt.value = d && !isNaN(d) ? d.toISOString() : "";
+      // The picker shows the browser's own date order (12/01 or 01/12?): say it unambiguously.
+      var readout = $("#deploy-at-readout");
+      if (readout) readout.textContent = runAt.value ? deployAtText() + " (your time)" : "";
       $all("[data-bulk=deploy], [data-bulk=auto_deploy]").forEach(function (b) {
         var label = b.getAttribute("data-label");
-        b.textContent = runAt.value ? label + " at " + t.value.replace("T", " ") : label;
+        b.textContent = runAt.value ? label + " at " + deployAtText() : label;
       });
     }
   });
@@ -148,7 +158,7 @@
     } else {
       var runAt = $("#run-at");
       var when = (kind === "deploy" || kind === "auto_deploy") && runAt && runAt.value
-        ? " at " + $("#deploy-at").value.replace("T", " ") : "";
+        ? " at " + deployAtText() + " (your time)" : "";
       question = label + " for " + plural(n) + when + "?";
     }
     if (kind === "deploy" || kind === "auto_deploy") {
