@@ -32,8 +32,9 @@ def index():
     to = request.args.get("to", "").strip()[:254]
     entries, total = service.list_messages(page, to)
     pages = max(1, -(-total // service.PAGE_SIZE))
+    everything = service.count_messages() if to else total
     return render_template("outbox/index.html", entries=entries, total=total, page=page, pages=pages,
-                           to=to, settings=MailSettings.load(), active_tab="settings")
+                           to=to, everything=everything, settings=MailSettings.load(), active_tab="settings")
 
 
 @bp.route("/<name>")

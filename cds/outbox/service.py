@@ -77,6 +77,10 @@ def list_messages(page: int = 1, to: str = "") -> tuple[list[OutboxEntry], int]:
     return matching[start:start + PAGE_SIZE], len(matching)
 
 
+def count_messages() -> int:
+    return len(_files())
+
+
 def has_messages() -> bool:
     folder = outbox_dir()
     return folder.is_dir() and any(folder.glob("*.eml"))
