@@ -158,7 +158,7 @@ def serve_command(host, port):
             click.echo("First start: created the primary administrator.")
             click.echo("  user name: admin")
             click.echo(f"  password:  {password}")
-            click.echo("This password is shown once. Sign in and change it in Settings.")
+            click.echo("This password is shown once. CDS asks you to choose your own when you sign in.")
             click.echo("=" * 64)
         # Serve from a fresh interpreter (same process id): Alembic, loaded to migrate,
         # would otherwise stay in the console's memory for good.
