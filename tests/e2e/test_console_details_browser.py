@@ -49,8 +49,8 @@ def test_copy_button_for_a_new_api_token(browser, live_server):
     page.goto(live_server.url + "/settings/api-tokens")
     page.fill("input[name=name]", "nightly")
     page.click("button:has-text('Create token')")
-    token = page.locator("#new-token").inner_text().strip()
-    page.click("button[data-copy='#new-token']")
+    token = page.locator(".new-token code.token").inner_text().strip()
+    page.click(".new-token button[data-copy]")
     expect(page.locator(".toast")).to_contain_text("Copied.")
     assert page.evaluate("navigator.clipboard.readText()") == token
     context.close()
