@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test upgrade bench clean
+.PHONY: run test lint upgrade bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ upgrade: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	 if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+# The rules are in ruff.toml.
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
 
 bench: $(VENV)/.installed-dev
 	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done

@@ -59,9 +59,9 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
     return app
 
 
-# One package per area (STYLE.md). Each may have routes.py (a blueprint named
+# One package per area (README, Architecture). Each may have routes.py (a blueprint named
 # ``bp``) and cli.py (click commands in ``commands``, added to `flask cds`).
-AREAS = ("auth", "pages", "users", "profiles", "jobs", "deploy", "mail", "client", "redirect", "outbox",
+AREAS = ("auth", "users", "profiles", "jobs", "deploy", "mail", "client", "redirect", "outbox",
          "connections", "sources", "imports", "export", "deletion", "audit", "settings", "api",
          "apitokens", "health", "backup")
 

@@ -8,7 +8,20 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-@click.group("cds", cls=AppGroup)
+class CdsGroup(AppGroup):
+    """`flask cds …`: a service's refusal (``cds.errors.CdsError``) ends any command the
+    same way — its message on stderr, exit code 1, nothing changed."""
+
+    def invoke(self, ctx):
+        from cds.errors import CdsError
+        try:
+            return super().invoke(ctx)
+        except CdsError as exc:
+            # The command's app context has ended by now, and its session with it (rolled back).
+            fail(exc.message)
+
+
+@click.group("cds", cls=CdsGroup)
 @click.pass_context
 def cds_cli(ctx):
     """Client Deployment Service administration."""
@@ -104,16 +117,13 @@ def upgrade_command():
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 def create_admin_command(name, role, password_stdin):
     """Create an administrator account; the password is prompted for (or read from stdin)."""
-    from cds.auth.service import AccountError, create_admin
+    from cds.auth.service import create_admin
 
     if password_stdin or not sys.stdin.isatty():
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    try:
-        create_admin(name, password, stored_role(role))
-    except AccountError as exc:
-        fail(str(exc))
+    create_admin(name, password, stored_role(role), actor="cli")
     click.echo(f"administrator {name} created ({role})")
 
 
@@ -134,7 +144,7 @@ def set_admin_role_command(name, role):
         fail(f"no administrator {name!r}")
     old = admin.role
     try:
-        accounts.change_role(admin.id, stored_role(role))
+        accounts.change_role(admin.id, stored_role(role), actor="cli")
     except AccountError as exc:
         fail(str(exc))
     click.echo(f"administrator {name}: {role_text(old)} → {role}")

@@ -184,7 +184,7 @@ def validate(cfg) -> None:
         raise ConfigError("the encryption key (instance/encryption.key or CDS_ENCRYPTION_KEY) "
                           "is not a valid Fernet key") from None
     url = cfg["DATABASE_URL"]
-    if url and not url.split(":", 1)[0].split("+")[0] in {"sqlite", "postgresql", "postgres"}:
+    if url and url.split(":", 1)[0].split("+")[0] not in {"sqlite", "postgresql", "postgres"}:
         raise ConfigError(f"CDS_DATABASE_URL must be a sqlite:// or postgresql:// URL (got {url.split(':')[0]}:…)")
 
 

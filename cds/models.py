@@ -1,4 +1,4 @@
-"""The data of PRODUCT.md §2. All times are naive UTC (see ``utcnow``)."""
+"""Every table of CDS. All times are naive UTC (see ``utcnow``)."""
 from __future__ import annotations
 
 from datetime import datetime, timezone

@@ -13,6 +13,7 @@ from flask_wtf.csrf import CSRFError
 from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 
+from cds.errors import CdsError
 from cds.extensions import db
 from cds.models import ROLE_LABELS, AdminAccount
 
@@ -104,6 +105,8 @@ def init_app(app) -> None:
     )
     app.jinja_env.filters["dt"] = format_datetime
     app.jinja_env.filters["ago_days"] = days_from_now
+    # The console opens on the Users tab.
+    app.add_url_rule("/", "home", lambda: redirect(url_for("users.index")))
 
     @app.url_value_preprocessor
     def _ids_in_range(endpoint, values):
@@ -172,6 +175,15 @@ def init_app(app) -> None:
             extra = render_template("_toasts.html", messages=messages, oob=True)
             response.set_data(response.get_data(as_text=True) + extra)
         return response
+
+    @app.errorhandler(CdsError)
+    def _service_error(exc: CdsError):
+        # A refused action changes nothing: whatever the service had begun is rolled back.
+        db.session.rollback()
+        if request.path.startswith("/api/"):
+            from cds.api.routes import _service_error as api_error
+            return api_error(exc)
+        return _error_response(exc.status, exc.message)
 
     @app.errorhandler(CSRFError)
     def _csrf_error(exc):

@@ -141,10 +141,49 @@ def runner(app):
     return app.test_cli_runner()
 
 
+@pytest.fixture
+def smtp_server():
+    """A real SMTP server on loopback (tests/mailsink.py) that keeps every message."""
+    from tests.mailsink import MailSink
+    sink = MailSink().start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+def make_source():
+    """Start real HTTP JSON sources (tests/fixtures/source_server.py): ``make_source(n)``
+    holds Users and Services users 1..n, ``make_source([records…])`` those records."""
+    from tests.fixtures.source_server import SourceServer, usa_user
+    started = []
+
+    def start(users=10):
+        records = [usa_user(i) for i in range(1, users + 1)] if isinstance(users, int) else users
+        server = SourceServer(records).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def source(make_source, request):
+    """An HTTP source with the test module's ``SOURCE_USERS`` users (10 if it says nothing)."""
+    return make_source(getattr(request.module, "SOURCE_USERS", 10))
+
+
 def make_admin(app, username="alice", role="primary", password=TEST_PASSWORD):
-    from cds.auth.service import create_admin
+    """An administrator account as test setup: written directly, so it leaves no
+    ``admin.create`` audit event (tests count the events their actions write)."""
+    from cds.models import AdminAccount
+    from cds.security import hash_password
     with app.app_context():
-        return create_admin(username, password, role).id
+        admin = AdminAccount(username=username, password_hash=hash_password(password), role=role)
+        db.session.add(admin)
+        db.session.commit()
+        return admin.id
 
 
 def sign_in(client: CSRFClient, username: str, password: str = TEST_PASSWORD):
@@ -153,6 +192,27 @@ def sign_in(client: CSRFClient, username: str, password: str = TEST_PASSWORD):
                                        "csrf_token": client.csrf_token})
     client.refresh_csrf()
     return resp
+
+
+def make_token(app, role="admin", name="script", expires=None) -> str:
+    """An API token (the token itself, shown once)."""
+    from cds.api.tokens import create_api_token
+    with app.app_context():
+        return create_api_token(name, role, expires)[1]
+
+
+@pytest.fixture
+def api(app, client):
+    """The JSON API with an administrator token; every answer is checked against the
+    OpenAPI document (tests/api_support.py)."""
+    from tests.api_support import ApiClient
+    return ApiClient(client, make_token(app))
+
+
+@pytest.fixture
+def ro_api(app, client):
+    from tests.api_support import ApiClient
+    return ApiClient(client, make_token(app, "read-only", "reader"))
 
 
 @pytest.fixture

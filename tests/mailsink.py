@@ -1,5 +1,6 @@
-"""A real SMTP server on loopback (aiosmtpd) for the deployment tests, and helpers to
-read what it received: the text and HTML parts and the inline QR code, decoded."""
+"""A real SMTP server on loopback (aiosmtpd) — the ``smtp_server`` fixture of
+tests/conftest.py — and helpers to read what it received: the text and HTML parts,
+the deployment links and the inline QR code, decoded."""
 from __future__ import annotations
 
 import asyncio
@@ -27,6 +28,14 @@ class SinkHandler:
         self.release = threading.Event()
         self.holding = threading.Event()
         self.lock = threading.Lock()
+        # (user name, password) of each AUTH LOGIN/PLAIN; every login is accepted.
+        self.logins: list[tuple[str, str]] = []
+
+    def authenticate(self, server, session, envelope, mechanism, auth_data):
+        from aiosmtpd.smtp import AuthResult
+        with self.lock:
+            self.logins.append((auth_data.login.decode(), auth_data.password.decode()))
+        return AuthResult(success=True)
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         with self.lock:
@@ -59,10 +68,15 @@ class SinkHandler:
 
 
 class MailSink:
-    def __init__(self):
+    """The server and what it received. It offers AUTH (over plain text: loopback only)
+    and accepts any login, so CDS's SMTP user name and password settings are used as
+    with a real relay; ``handler.logins`` tells which were sent."""
+
+    def __init__(self, port: int | None = None):
         self.handler = SinkHandler()
-        self.port = free_port()
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        self.port = port or free_port()
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port,
+                                     authenticator=self.handler.authenticate, auth_require_tls=False)
 
     def start(self) -> "MailSink":
         self.controller.start()
@@ -75,6 +89,16 @@ class MailSink:
     @property
     def messages(self):
         return self.handler.messages
+
+    def tokens(self) -> list[str]:
+        """The deployment token of each message's link, in the order received."""
+        return [link_in(parts(raw)["text"]).rsplit("/", 1)[1] for _, raw in self.handler.messages]
+
+    def token_for(self, recipient: str) -> str:
+        for rcpts, raw in self.handler.messages:
+            if recipient in rcpts:
+                return link_in(parts(raw)["text"]).rsplit("/", 1)[1]
+        raise AssertionError(f"no message to {recipient}")
 
     def wait_for(self, count: int, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout

@@ -1,28 +1,11 @@
 """JSON API v1: tokens, authentication, the error shape, actions and jobs."""
 from datetime import timedelta
 
-import pytest
 
 from cds.extensions import db
 from cds.models import ApiToken, Job, User, utcnow
 from tests.api_support import ApiClient
-
-
-def make_token(app, role="admin", name="script", expires=None):
-    from cds.api.tokens import create_api_token
-    with app.app_context():
-        row, token = create_api_token(name, role, expires)
-        return token
-
-
-@pytest.fixture
-def api(app, client):
-    return ApiClient(client, make_token(app))
-
-
-@pytest.fixture
-def ro_api(app, client):
-    return ApiClient(client, make_token(app, "read-only", "reader"))
+from tests.conftest import make_token
 
 
 def add_users(app, n, **fields):
@@ -129,7 +112,7 @@ def test_action_runs_as_a_job_and_job_reports_progress(app, api):
 def test_scheduled_action_can_be_cancelled_and_never_runs(app, api):
     ids = add_users(app, 2)
     at = (utcnow() + timedelta(hours=1)).isoformat() + "Z"
-    resp = api.post("/api/v1/users/actions/assign-profile", json={"filter": {}, "profile_id": 1, "at": at})
+    resp = api.post("/api/v1/users/actions/force-config", json={"filter": {}, "at": at})
     assert resp.status_code == 202
     job = resp.get_json()
     assert job["state"] == "scheduled" and job["progress"]["total"] == len(ids)
@@ -146,7 +129,7 @@ def test_scheduled_action_can_be_cancelled_and_never_runs(app, api):
 
 def test_bad_time_and_filter_are_422(app, api):
     add_users(app, 1)
-    resp = api.post("/api/v1/users/actions/assign-profile", json={"filter": {}, "at": "tomorrow"})
+    resp = api.post("/api/v1/users/actions/deploy", json={"filter": {}, "at": "tomorrow"})
     assert resp.status_code == 422 and "at" in resp.get_json()["details"]
     resp = api.post("/api/v1/users/actions/assign-profile", json={"filter": {"deployed": "maybe"}})
     assert resp.status_code == 422

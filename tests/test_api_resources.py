@@ -8,8 +8,8 @@ import pytest
 from cds.extensions import db
 from cds.models import AuditEvent, Connection, DeploymentProfile, User
 from tests.api_support import ApiClient
-from tests.fixtures.source_server import PASSWORD, USERNAME, SourceServer, usa_user
-from tests.test_api import api, make_token, ro_api  # noqa: F401  (fixtures)
+from tests.fixtures.source_server import PASSWORD, USERNAME
+from tests.conftest import make_token
 
 
 @pytest.fixture
@@ -126,11 +126,8 @@ def test_profiles_crud_and_rules(app, api):
     assert {p["name"] for p in listing["items"]} == {"Default", "Do Not Deploy"}
 
 
-@pytest.fixture
-def source():
-    server = SourceServer([usa_user(i) for i in range(1, 6)]).start()
-    yield server
-    server.stop()
+# Users in the HTTP source the `source` fixture (tests/conftest.py) starts.
+SOURCE_USERS = 5
 
 
 def test_connections_crud_sync_and_primary_rule(app, api, primary_api, source):

@@ -4,7 +4,6 @@ still work; damaged, truncated, foreign-key and newer-schema archives refused wi
 changed; an archive from an older schema migrated."""
 from __future__ import annotations
 
-import email
 import io
 import json
 import re
@@ -15,17 +14,17 @@ import uuid
 from pathlib import Path
 
 import pytest
-from aiosmtpd.controller import Controller
 from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 
 from cds.backup import service as backup
 from cds.extensions import db
 from cds.models import (ClientDevice, Connection, Deployment, Job, RedirectEntry, User, utcnow)
 from cds.profiles.service import default_profile
 from cds.security import token_hash
-from tests.conftest import free_port, make_admin, sign_in
+from tests.conftest import make_admin, sign_in
 
 SECRETS = {"mcs_password": "mcs-Secret-71", "pbx_sip_password": "pbx-Secret-72",
            "teleworker_sip_password": "tw-Secret-73", "voicemail_pin": "739104"}
@@ -33,50 +32,6 @@ PASSPHRASE = "correct battery staple"
 
 
 # --- fixtures and helpers ------------------------------------------------------
-
-class HoldingSink:
-    """An SMTP server that keeps every message and can hold one (the job waits on it)."""
-
-    def __init__(self, hold_at: int | None = None):
-        self.messages: list[tuple[str, bytes]] = []
-        self.hold_at = hold_at
-        self.holding = threading.Event()
-        self.release = threading.Event()
-
-    async def handle_DATA(self, server, session, envelope):
-        if self.hold_at is not None and len(self.messages) + 1 == self.hold_at:
-            self.holding.set()
-            self.release.wait(30)
-        self.messages.append((envelope.rcpt_tos[0], envelope.original_content or envelope.content))
-        return "250 Message accepted"
-
-    def token_for(self, recipient: str) -> str:
-        for rcpt, raw in self.messages:
-            if rcpt == recipient:
-                msg = email.message_from_bytes(raw)
-                for part in msg.walk():
-                    if part.get_content_type() == "text/plain":
-                        body = part.get_payload(decode=True).decode()
-                        return re.search(r"/r/([A-Za-z0-9_-]{43})", body).group(1)
-        raise AssertionError(f"no message to {recipient}")
-
-
-def relay_login(server, session, envelope, mechanism, auth_data):
-    from aiosmtpd.smtp import AuthResult
-    ok = auth_data.login == b"relay-user" and auth_data.password == b"smtp-Relay-Secret-8"
-    return AuthResult(success=ok)
-
-
-@pytest.fixture
-def sink():
-    handler = HoldingSink(hold_at=3)
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port(),
-                            authenticator=relay_login, auth_require_tls=False)
-    controller.start()
-    yield handler, controller.port
-    handler.release.set()
-    controller.stop()
-
 
 @pytest.fixture
 def fresh_database(database_url, tmp_path):
@@ -176,11 +131,12 @@ def snapshot_of(app) -> dict:
 # --- the whole journey ----------------------------------------------------------
 
 def test_backup_during_a_deploy_restores_into_an_empty_instance_where_links_still_work(
-        app, make_app, sink, empty_instance, tmp_path):
+        app, make_app, smtp_server, empty_instance, tmp_path):
     from cds.jobs.service import create_job, run_job
 
-    handler, port = sink
-    source = make_app(MAIL_SERVER="127.0.0.1", MAIL_PORT=port)
+    handler = smtp_server.handler
+    handler.hold_after = 2  # the job sends two messages, then waits on the third
+    source = make_app(MAIL_SERVER="127.0.0.1", MAIL_PORT=smtp_server.port)
     seeded = seed_instance(source)
     with source.app_context():
         ids = list(db.session.scalars(select(User.id).where(User.login_id != "zoe").order_by(User.id)))
@@ -204,7 +160,9 @@ def test_backup_during_a_deploy_restores_into_an_empty_instance_where_links_stil
         runner.join(60)
     assert result.encrypted and result.counts["user"] == 6
     assert archive.stat().st_mode & 0o777 == 0o600
-    ann_token = handler.token_for("ann@example.test")
+    ann_token = smtp_server.token_for("ann@example.test")
+    # CDS signed in to the relay with the stored SMTP credentials.
+    assert set(handler.logins) == {("relay-user", "smtp-Relay-Secret-8")}
     with source.app_context():
         assert db.session.get(Job, job_id).state == "done"
 
@@ -378,7 +336,8 @@ def test_a_failure_while_loading_rolls_back_everything(populated_target, tmp_pat
         for name in ["manifest.json", *manifest["files"]]:
             tar.add(work / name, arcname=name)
     with target.app_context():
-        with pytest.raises(Exception):
+        # The archive's rows break a foreign key: the database refuses them mid-load.
+        with pytest.raises(IntegrityError):
             backup.restore_backup(broken)
     assert snapshot_of(target) == before
 

@@ -3,7 +3,7 @@ import json
 
 from cds.extensions import db
 from cds.models import User
-from tests.fixtures.source_server import PASSWORD, USERNAME, SourceServer, usa_user
+from tests.fixtures.source_server import PASSWORD, USERNAME
 
 
 def run(runner, *args, input=None):
@@ -51,21 +51,18 @@ def test_profiles_commands(app, runner):
     assert run(runner, "profiles", "delete", "Do Not Deploy").exit_code == 1
 
 
-def test_connections_commands_against_a_real_source(app, runner):
-    server = SourceServer([usa_user(i) for i in range(1, 4)]).start()
-    try:
-        r = run(runner, "connections", "add", "USA", "--kind", "usa", "--url", server.url,
-                "--username", USERNAME, input=PASSWORD + "\n")
-        assert r.exit_code == 0, r.output
-        assert "Read 3 users" in run(runner, "connections", "test", "USA").output
-        listed = json.loads(run(runner, "connections", "list", "--json").output)
-        assert listed[0]["verified"] is True and PASSWORD not in json.dumps(listed)
-        bad = run(runner, "connections", "add", "Other", "--kind", "usa", "--url", server.url,
-                  "--username", USERNAME, input="wrong\n")
-        assert bad.exit_code == 1
-        assert run(runner, "connections", "delete", "USA", "--yes").exit_code == 0
-    finally:
-        server.stop()
+def test_connections_commands_against_a_real_source(app, runner, make_source):
+    server = make_source(3)
+    r = run(runner, "connections", "add", "USA", "--kind", "usa", "--url", server.url,
+            "--username", USERNAME, input=PASSWORD + "\n")
+    assert r.exit_code == 0, r.output
+    assert "Read 3 users" in run(runner, "connections", "test", "USA").output
+    listed = json.loads(run(runner, "connections", "list", "--json").output)
+    assert listed[0]["verified"] is True and PASSWORD not in json.dumps(listed)
+    bad = run(runner, "connections", "add", "Other", "--kind", "usa", "--url", server.url,
+              "--username", USERNAME, input="wrong\n")
+    assert bad.exit_code == 1
+    assert run(runner, "connections", "delete", "USA", "--yes").exit_code == 0
 
 
 def test_jobs_list_and_cancel(app, runner):

@@ -1,4 +1,4 @@
-"""Client protocol v1 (PRODUCT.md §5): activation, status, configuration, and the
+"""Client protocol v1 (docs/client-protocol.md): activation, status, configuration, and the
 states that end a device's access."""
 from __future__ import annotations
 

@@ -5,20 +5,16 @@ from __future__ import annotations
 
 import re
 
-import pytest
 from sqlalchemy import select
 
 from cds.extensions import db
 from cds.models import AuditEvent, Connection, SourceRecord, User
 from tests.conftest import make_admin, sign_in
-from tests.fixtures.source_server import PASSWORD, USERNAME, SourceServer, usa_user
+from tests.fixtures.source_server import PASSWORD, USERNAME, usa_user
 
 
-@pytest.fixture
-def source():
-    server = SourceServer([usa_user(i) for i in range(1, 8)]).start()
-    yield server
-    server.stop()
+# Users in the HTTP source the `source` fixture (tests/conftest.py) starts.
+SOURCE_USERS = 7
 
 
 def create_form(server, **changes) -> dict:
@@ -218,28 +214,24 @@ def test_import_with_nothing_selected(admin_client, source):
     assert "No records are selected." in resp.get_data(as_text=True)
 
 
-def test_import_and_deploy_sends_the_new_users_their_deployment(make_app, app, source):
-    from tests.mailsink import MailSink
-    sink = MailSink().start()
-    try:
-        mail_app = make_app(MAIL_SERVER="127.0.0.1", MAIL_PORT=sink.port)
-        make_admin(mail_app, "alice", "primary")
-        client = mail_app.test_client()
-        sign_in(client, "alice")
-        add_connection(client, source)
-        with mail_app.app_context():
-            ids = [r.id for r in db.session.scalars(select(SourceRecord).order_by(SourceRecord.id))][:3]
-        resp = client.post("/import/records", data={"ids": ids, "deploy": "1"}, follow_redirects=True)
-        page = resp.get_data(as_text=True)
-        assert "Imported 3 users." in page and "Deployment started" in page
-        sink.wait_for(3)
-        assert sorted(sink.handler.recipients()) == ["user1@example.org", "user2@example.org",
-                                                      "user3@example.org"]
-        with mail_app.app_context():
-            users = db.session.scalars(select(User)).all()
-            assert len(users) == 3 and all(u.deployed_at is not None for u in users)
-    finally:
-        sink.stop()
+def test_import_and_deploy_sends_the_new_users_their_deployment(make_app, app, source, smtp_server):
+    sink = smtp_server
+    mail_app = make_app(MAIL_SERVER="127.0.0.1", MAIL_PORT=sink.port)
+    make_admin(mail_app, "alice", "primary")
+    client = mail_app.test_client()
+    sign_in(client, "alice")
+    add_connection(client, source)
+    with mail_app.app_context():
+        ids = [r.id for r in db.session.scalars(select(SourceRecord).order_by(SourceRecord.id))][:3]
+    resp = client.post("/import/records", data={"ids": ids, "deploy": "1"}, follow_redirects=True)
+    page = resp.get_data(as_text=True)
+    assert "Imported 3 users." in page and "Deployment started" in page
+    sink.wait_for(3)
+    assert sorted(sink.handler.recipients()) == ["user1@example.org", "user2@example.org",
+                                                  "user3@example.org"]
+    with mail_app.app_context():
+        users = db.session.scalars(select(User)).all()
+        assert len(users) == 3 and all(u.deployed_at is not None for u in users)
 
 
 def test_unreachable_source_is_saved_not_verified_and_test_verifies_it_later(admin_client, source, app):

@@ -419,3 +419,68 @@ def test_retry_with_partial_import_and_fix_the_rejected_rows(app, admin_client):
     assert "Unknown columns" not in page and "Reason" in page, page[page.find("csv-preview"):][:3000]
     done = admin_client.post("/import/csv/commit").get_data(as_text=True)
     assert count_users(app) == 17, re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", done))[:3000]
+
+
+# --- the same rules for secrets as the form, the API and the CLI ----------------------
+
+def test_a_secret_changed_by_csv_raises_config_version_as_the_form_does(admin_client, app):
+    """The client protocol promises a new configuration when a secret changes."""
+    with app.app_context():
+        db.session.add(User(login_id="p1", last_name="Last1", email="p1@example.org",
+                            profile_id=default_profile().id))
+        db.session.commit()
+        uid = db.session.scalar(select(User.id))
+        before = db.session.get(User, uid).config_version
+    header = ["ID", "Login ID", "Lastname", "Email address", "PBX SIP password"]
+    page = preview(admin_client, make_csv([[str(uid), "p1", "Last1", "p1@example.org", "new-Sip-9"]],
+                                          header=header), overwrite="1").get_data(as_text=True)
+    assert "Import 1 user" in page
+    admin_client.post("/import/csv/commit")
+    with app.app_context():
+        user = db.session.get(User, uid)
+        assert user.get_secret("pbx_sip_password") == "new-Sip-9"
+        assert user.config_version == before + 1
+    # The same change from the user form raises it the same way.
+    from tests.test_users import form_data
+    admin_client.post(f"/users/{uid}", data=form_data(login_id="p1", last_name="Last1", first_name="",
+                                                      number="", pbx_number="", pbx_sip_username="",
+                                                      mbg_sip_username="", mcs_account="",
+                                                      email="p1@example.org",
+                                                      profile_id=str(user.profile_id),
+                                                      pbx_sip_password="newer-Sip-10"))
+    with app.app_context():
+        assert db.session.get(User, uid).config_version == before + 2
+
+
+def test_one_secret_length_limit_on_form_api_cli_and_csv(admin_client, app, runner):
+    from cds.users.service import MAX_SECRET_LENGTH
+    from tests.api_support import ApiClient
+    from tests.test_users import form_data
+    from cds.api.tokens import create_api_token
+    longest, too_long = "7" * MAX_SECRET_LENGTH, "7" * (MAX_SECRET_LENGTH + 1)
+    message = f"Voicemail PIN must be at most {MAX_SECRET_LENGTH} characters"
+    with app.app_context():
+        profile_id = str(default_profile().id)
+        token = create_api_token("script", "admin")[1]
+    api = ApiClient(app.test_client(), token)
+
+    for value, accepted in ((too_long, False), (longest, True)):
+        n = 1 if accepted else 0
+        form = admin_client.post("/users/new", data=form_data(login_id=f"form{n}", profile_id=profile_id,
+                                                              voicemail_pin=value))
+        assert (form.status_code == 302) is accepted and (message in form.get_data(as_text=True)) is not accepted
+        resp = api.post("/api/v1/users", json={"login_id": f"api{n}", "last_name": "L", "email": "a@example.org",
+                                               "secrets": {"voicemail_pin": value}})
+        assert (resp.status_code == 201) is accepted
+        assert accepted or message in resp.get_json()["details"]["voicemail_pin"]
+        result = runner.invoke(args=["cds", "users", "add", f"cli{n}", "--last-name", "L", "--email",
+                                     "c@example.org", "--secret", "voicemail_pin"], input=value + "\n")
+        assert (result.exit_code == 0) is accepted and (message in result.output) is not accepted
+        page = preview(admin_client, make_csv([[f"csv{n}", "F", "L", "1", "v@example.org", value]],
+                                              header=HEADER + ["Voicemail PIN"])).get_data(as_text=True)
+        assert (message in page) is not accepted
+        if accepted:
+            admin_client.post("/import/csv/commit")
+    with app.app_context():
+        pins = {u.login_id: u.get_secret("voicemail_pin") for u in db.session.scalars(select(User))}
+    assert pins == {"form1": longest, "api1": longest, "cli1": longest, "csv1": longest}

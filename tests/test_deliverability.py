@@ -14,7 +14,7 @@ from email.utils import parseaddr
 import pytest
 
 from cds.jobs.service import create_job, run_job
-from tests.test_deploy import make_users, sink, use_smtp  # noqa: F401 (fixture)
+from tests.test_deploy import make_users, use_smtp
 
 SPAMASSASSIN = shutil.which("spamassassin")
 BUDGET = 1.0
@@ -29,13 +29,13 @@ def spam_score(raw: bytes) -> tuple[float, str]:
 
 
 @pytest.fixture
-def sent_message(app, sink):  # noqa: F811
-    use_smtp(app, sink, MAIL_DEFAULT_SENDER="Example IT <it@example.com>")
+def sent_message(app, smtp_server):
+    use_smtp(app, smtp_server, MAIL_DEFAULT_SENDER="Example IT <it@example.com>")
     make_users(app, 1, prefix="ann")
     with app.app_context():
         run_job(create_job("deploy", {"all": True}, actor="alice").id)
-    assert len(sink.messages) == 1
-    return sink.messages[0][1]
+    assert len(smtp_server.messages) == 1
+    return smtp_server.messages[0][1]
 
 
 def test_deployment_mail_headers_name_the_user_and_the_sender_domain(sent_message):

@@ -10,7 +10,6 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
 from sqlalchemy import func, select, update
 
 from cds.extensions import db
@@ -24,17 +23,10 @@ SECRETS = {"mcs_password": "Mcs-Secret-71", "pbx_sip_password": "Pbx-Secret-72",
            "teleworker_sip_password": "Tw-Secret-73", "voicemail_pin": "918273"}
 
 
-@pytest.fixture
-def sink():
-    s = MailSink().start()
-    yield s
-    s.stop()
-
-
-def use_smtp(app, sink, **extra):
+def use_smtp(app, smtp_server, **extra):
     from cds.settings.service import save_settings
     with app.app_context():
-        save_settings({"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": sink.port,
+        save_settings({"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": smtp_server.port,
                        "MAIL_DEFAULT_SENDER": "IT <it@example.com>", **extra})
 
 
@@ -79,12 +71,12 @@ def job_items(app, job_id):
 
 # --- the e-mail ------------------------------------------------------------------
 
-def test_deploy_sends_link_and_matching_qr_without_secrets(app, sink):
-    use_smtp(app, sink)
+def test_deploy_sends_link_and_matching_qr_without_secrets(app, smtp_server):
+    use_smtp(app, smtp_server)
     [uid] = make_users(app, 1)
     job_id = deploy(app, {"ids": [uid]})
-    assert len(sink.messages) == 1
-    rcpts, raw = sink.messages[0]
+    assert len(smtp_server.messages) == 1
+    rcpts, raw = smtp_server.messages[0]
     assert rcpts == ["user000@example.com"]
     m = parts(raw)
     link = link_in(m["text"])
@@ -111,14 +103,14 @@ def test_deploy_sends_link_and_matching_qr_without_secrets(app, sink):
         assert db.session.get(Job, job_id).state == "done"
 
 
-def test_resend_supersedes_old_link_and_keeps_passwords(app, sink):
-    use_smtp(app, sink)
+def test_resend_supersedes_old_link_and_keeps_passwords(app, smtp_server):
+    use_smtp(app, smtp_server)
     [uid] = make_users(app, 1)
     with app.app_context():
         before = {k: db.session.get(User, uid).get_secret(k) for k in SECRETS}
     deploy(app, {"ids": [uid]})
     deploy(app, {"ids": [uid]})
-    first, second = (link_in(parts(raw)["text"]) for _, raw in sink.messages)
+    first, second = (link_in(parts(raw)["text"]) for _, raw in smtp_server.messages)
     assert first != second
     with app.app_context():
         old = db.session.scalar(select(Deployment).where(Deployment.token_hash == token_hash(first.rsplit("/", 1)[1])))
@@ -127,8 +119,8 @@ def test_resend_supersedes_old_link_and_keeps_passwords(app, sink):
         assert {k: db.session.get(User, uid).get_secret(k) for k in SECRETS} == before
 
 
-def test_do_not_deploy_skipped_and_missing_address_failed(app, sink):
-    use_smtp(app, sink)
+def test_do_not_deploy_skipped_and_missing_address_failed(app, smtp_server):
+    use_smtp(app, smtp_server)
     from cds.models import DO_NOT_DEPLOY
     dnd = make_users(app, 2, prefix="dnd", profile_name=DO_NOT_DEPLOY)
     noaddr = make_users(app, 1, prefix="noaddr", email=False)
@@ -138,20 +130,20 @@ def test_do_not_deploy_skipped_and_missing_address_failed(app, sink):
     assert items["dnd000"][0] == "skipped" and "Do Not Deploy" in items["dnd000"][1]
     assert items["noaddr000"][0] == "failed" and "No e-mail address" in items["noaddr000"][1]
     assert items["ok000"][0] == "ok"
-    assert sink.handler.recipients() == ["ok000@example.com"]
+    assert smtp_server.handler.recipients() == ["ok000@example.com"]
     with app.app_context():
         assert db.session.scalar(select(func.count(Deployment.id)).where(Deployment.user_id.in_(dnd))) == 0
         assert "No e-mail address" in db.session.get(User, noaddr[0]).send_error
 
 
-def test_central_address_and_profile_override(app, sink):
-    use_smtp(app, sink)
+def test_central_address_and_profile_override(app, smtp_server):
+    use_smtp(app, smtp_server)
     make_profile(app, "Central", central_email="helpdesk@example.com", link_validity_hours=24,
                  email_subject="Setup for {{ name }}",
                  email_body="Hi {{ first_name }},\n\nuse {{ link }} before {{ expiry }}.")
     [uid] = make_users(app, 1, profile_name="Central")
     deploy(app, {"ids": [uid]})
-    rcpts, raw = sink.messages[0]
+    rcpts, raw = smtp_server.messages[0]
     assert rcpts == ["helpdesk@example.com"]
     m = parts(raw)
     assert m["subject"] == "Setup for Ann User 000"
@@ -164,21 +156,21 @@ def test_central_address_and_profile_override(app, sink):
         assert dep.expires_at - dep.issued_at == timedelta(hours=24)
 
 
-def test_one_smtp_connection_for_a_bulk_run(app, sink):
-    use_smtp(app, sink)
+def test_one_smtp_connection_for_a_bulk_run(app, smtp_server):
+    use_smtp(app, smtp_server)
     ids = make_users(app, 120)
     job_id = deploy(app, {"ids": ids})
-    assert len(sink.messages) == 120
-    assert sink.handler.connections == 1
+    assert len(smtp_server.messages) == 120
+    assert smtp_server.handler.connections == 1
     with app.app_context():
         job = db.session.get(Job, job_id)
         assert (job.succeeded, job.failed) == (120, 0)
-        links = {link_in(parts(raw)["text"]) for _, raw in sink.messages}
+        links = {link_in(parts(raw)["text"]) for _, raw in smtp_server.messages}
         assert len(links) == 120
 
 
-def test_rate_limit_paces_messages(app, sink, monkeypatch):
-    use_smtp(app, sink, MAIL_RATE_LIMIT=120)
+def test_rate_limit_paces_messages(app, smtp_server, monkeypatch):
+    use_smtp(app, smtp_server, MAIL_RATE_LIMIT=120)
     import cds.mail.transport as transport
     waits = []
     clock = [1000.0]
@@ -186,18 +178,18 @@ def test_rate_limit_paces_messages(app, sink, monkeypatch):
     monkeypatch.setattr(transport.time, "sleep", lambda s: (waits.append(round(s, 3)), clock.__setitem__(0, clock[0] + s)))
     ids = make_users(app, 3)
     deploy(app, {"ids": ids})
-    assert len(sink.messages) == 3
+    assert len(smtp_server.messages) == 3
     assert waits == [0.5, 0.5]  # 120 per minute: one every half second
 
 
 # --- failures, retries, exactly once -------------------------------------------
 
-def test_refused_recipient_recorded_others_sent(app, sink):
-    use_smtp(app, sink)
+def test_refused_recipient_recorded_others_sent(app, smtp_server):
+    use_smtp(app, smtp_server)
     ids = make_users(app, 3)
-    sink.handler.rcpt_refuse["user001@example.com"] = "550 5.1.1 No such mailbox"
+    smtp_server.handler.rcpt_refuse["user001@example.com"] = "550 5.1.1 No such mailbox"
     job_id = deploy(app, {"ids": ids})
-    assert sorted(sink.handler.recipients()) == ["user000@example.com", "user002@example.com"]
+    assert sorted(smtp_server.handler.recipients()) == ["user000@example.com", "user002@example.com"]
     items = job_items(app, job_id)
     assert items["user001"][0] == "failed" and "550 5.1.1 No such mailbox" in items["user001"][1]
     with app.app_context():
@@ -206,7 +198,7 @@ def test_refused_recipient_recorded_others_sent(app, sink):
         dep = db.session.scalar(select(Deployment).where(Deployment.user_id == ids[1]))
         assert dep.send_state == "failed" and dep.next_attempt_at is None
         # Success clears an earlier error.
-        sink.handler.rcpt_refuse.clear()
+        smtp_server.handler.rcpt_refuse.clear()
     deploy(app, {"ids": [ids[1]]})
     with app.app_context():
         u = db.session.get(User, ids[1])
@@ -220,12 +212,12 @@ def _make_due(app):
         db.session.commit()
 
 
-def test_temporary_failure_is_retried_once_with_a_new_link(app, sink):
-    use_smtp(app, sink)
+def test_temporary_failure_is_retried_once_with_a_new_link(app, smtp_server):
+    use_smtp(app, smtp_server)
     ids = make_users(app, 3)
-    sink.handler.rcpt_replies["user002@example.com"] = ["451 4.3.0 Mailbox busy, try later"]
+    smtp_server.handler.rcpt_replies["user002@example.com"] = ["451 4.3.0 Mailbox busy, try later"]
     job_id = deploy(app, {"ids": ids})
-    assert sorted(sink.handler.recipients()) == ["user000@example.com", "user001@example.com"]
+    assert sorted(smtp_server.handler.recipients()) == ["user000@example.com", "user001@example.com"]
     assert "retried automatically" in job_items(app, job_id)["user002"][1]
     with app.app_context():
         dep = db.session.scalar(select(Deployment).where(Deployment.user_id == ids[2]))
@@ -239,9 +231,9 @@ def test_temporary_failure_is_retried_once_with_a_new_link(app, sink):
         from cds.deploy.service import resend_due
         assert resend_due() == 1
         assert resend_due() == 0
-    assert sorted(sink.handler.recipients()) == ["user000@example.com", "user001@example.com",
+    assert sorted(smtp_server.handler.recipients()) == ["user000@example.com", "user001@example.com",
                                                  "user002@example.com"]
-    link = link_in(parts(sink.messages[-1][1])["text"])
+    link = link_in(parts(smtp_server.messages[-1][1])["text"])
     with app.app_context():
         dep = db.session.scalar(select(Deployment).where(Deployment.user_id == ids[2]))
         assert dep.send_state == "sent" and dep.token_hash == token_hash(link.rsplit("/", 1)[1])
@@ -263,30 +255,27 @@ def test_smtp_down_then_back(app):
     with app.app_context():
         assert db.session.scalar(select(func.count()).where(Deployment.send_state == "retry")) == 4
         assert all(db.session.get(User, i).deployed_at is None for i in ids)
-    sink = MailSink()
-    sink.port = port
-    from aiosmtpd.controller import Controller
-    sink.controller = Controller(sink.handler, hostname="127.0.0.1", port=port)
-    sink.start()
+    # The server comes up on the port CDS failed to reach.
+    smtp_server = MailSink(port=port).start()
     try:
         _make_due(app)
         with app.app_context():
             from cds.deploy.service import resend_due
             assert resend_due() == 4
             assert resend_due() == 0
-        assert sorted(sink.handler.recipients()) == [f"user{i:03d}@example.com" for i in range(4)]
-        assert sink.handler.connections == 1
+        assert sorted(smtp_server.handler.recipients()) == [f"user{i:03d}@example.com" for i in range(4)]
+        assert smtp_server.handler.connections == 1
         with app.app_context():
             assert all(db.session.get(User, i).deployed_at is not None for i in ids)
     finally:
-        sink.stop()
+        smtp_server.stop()
 
 
-def test_gives_up_after_the_last_retry(app, sink):
-    use_smtp(app, sink)
+def test_gives_up_after_the_last_retry(app, smtp_server):
+    use_smtp(app, smtp_server)
     [uid] = make_users(app, 1)
     from cds.deploy.service import RETRY_DELAYS, resend_due
-    sink.handler.rcpt_replies["user000@example.com"] = ["452 4.2.2 Over quota"] * (len(RETRY_DELAYS) + 1)
+    smtp_server.handler.rcpt_replies["user000@example.com"] = ["452 4.2.2 Over quota"] * (len(RETRY_DELAYS) + 1)
     deploy(app, {"ids": [uid]})
     for _ in range(len(RETRY_DELAYS)):
         _make_due(app)
@@ -296,13 +285,13 @@ def test_gives_up_after_the_last_retry(app, sink):
         dep = db.session.scalar(select(Deployment))
         assert dep.send_state == "failed" and "Gave up" in dep.send_error
         assert "Gave up" in db.session.get(User, uid).send_error
-    assert sink.messages == []
+    assert smtp_server.messages == []
 
 
-def test_interrupted_send_is_never_resent(app, sink):
+def test_interrupted_send_is_never_resent(app, smtp_server):
     """A run that died between "sending" and the SMTP reply: the resumed job reports the
     user as not sent and does not send again."""
-    use_smtp(app, sink)
+    use_smtp(app, smtp_server)
     ids = make_users(app, 3)
     with app.app_context():
         job = create_job("deploy", {"ids": ids}, actor="alice")
@@ -316,28 +305,28 @@ def test_interrupted_send_is_never_resent(app, sink):
         assert items["user001"].outcome == "failed" and "not resent" in items["user001"].message
         assert db.session.get(Deployment, dep.id).send_state == "unknown"
         assert "Interrupted" in db.session.get(User, ids[1]).send_error
-    assert sorted(sink.handler.recipients()) == ["user000@example.com", "user002@example.com"]
+    assert sorted(smtp_server.handler.recipients()) == ["user000@example.com", "user002@example.com"]
 
 
-def test_killed_bulk_deploy_resumes_without_double_sends(app, sink, database_url, instance_dir):
+def test_killed_bulk_deploy_resumes_without_double_sends(app, smtp_server, database_url, instance_dir):
     """`flask cds deploy --all` killed with SIGKILL in the middle of a message, then resumed."""
-    use_smtp(app, sink)
+    use_smtp(app, smtp_server)
     ids = make_users(app, 60)
-    sink.handler.hold_after = 25  # the 26th message is held until the process is dead
+    smtp_server.handler.hold_after = 25  # the 26th message is held until the process is dead
     env = dict(os.environ, CDS_DATABASE_URL=database_url, CDS_INSTANCE_PATH=instance_dir,
                CDS_PUBLIC_URL="http://cds.test", CDS_SCHEDULER_ENABLED="false", CDS_LOG_LEVEL="WARNING")
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen([sys.executable, "-m", "flask", "--app", "app", "cds", "deploy", "--all"],
                             cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        assert sink.handler.holding.wait(60), proc.stdout.read1(4000) if proc.poll() is not None else "no hold"
+        assert smtp_server.handler.holding.wait(60), proc.stdout.read1(4000) if proc.poll() is not None else "no hold"
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
         if proc.poll() is None:
             proc.kill()
-    sink.handler.release.set()
-    sink.handler.hold_after = None
+    smtp_server.handler.release.set()
+    smtp_server.handler.hold_after = None
     with app.app_context():
         job = db.session.scalar(select(Job).order_by(Job.id.desc()))
         assert job.state == "running"
@@ -349,7 +338,7 @@ def test_killed_bulk_deploy_resumes_without_double_sends(app, sink, database_url
         states = dict(db.session.execute(select(Deployment.user_id, Deployment.send_state)
                                           .where(Deployment.superseded_at.is_(None))).all())
         items = {i.user_id: i for i in db.session.scalars(select(JobItem).where(JobItem.job_id == job.id))}
-    received = sink.handler.recipients()
+    received = smtp_server.handler.recipients()
     # Nobody received two messages.
     assert len(received) == len(set(received))
     for uid in ids:
@@ -401,19 +390,19 @@ def _activate(client, link):
     return resp.get_json()["client_key"]
 
 
-def test_auto_deploy_and_force_config(app, sink, client):
-    use_smtp(app, sink)
+def test_auto_deploy_and_force_config(app, smtp_server, client):
+    use_smtp(app, smtp_server)
     ids = make_users(app, 3)
     deploy(app, {"ids": ids[:2]})
-    key = _activate(client, link_in(parts(sink.messages[0][1])["text"]))
-    sink.handler.messages.clear()
+    key = _activate(client, link_in(parts(smtp_server.messages[0][1])["text"]))
+    smtp_server.handler.messages.clear()
     job_id = deploy(app, {"ids": ids}, kind="auto_deploy")
     items = job_items(app, job_id)
     assert items["user000"] == ("ok", "Force config set.")
     # user001's link from the first e-mail is still valid and unused: not mailed again.
     assert items["user001"][0] == "skipped" and "still valid" in items["user001"][1]
     assert items["user002"] == ("ok", "Sent.")
-    assert sorted(sink.handler.recipients()) == ["user002@example.com"]
+    assert sorted(smtp_server.handler.recipients()) == ["user002@example.com"]
     status = client.get("/client/v1/status", headers={"Authorization": f"Bearer {key}"}).get_json()
     assert status["force_config"] is True
     job_id = deploy(app, {"ids": ids}, kind="force_config")
@@ -424,32 +413,32 @@ def test_auto_deploy_and_force_config(app, sink, client):
 
 # --- CLI and scheduled deployments -------------------------------------------------
 
-def test_cli_deploy_by_login_id_and_bad_input(app, sink):
-    use_smtp(app, sink)
+def test_cli_deploy_by_login_id_and_bad_input(app, smtp_server):
+    use_smtp(app, smtp_server)
     make_users(app, 3)
     runner = app.test_cli_runner()
     result = runner.invoke(args=["cds", "deploy", "--user", "user001", "--user", "user002"])
     assert result.exit_code == 0, result.output
     assert "2 succeeded, 0 skipped, 0 failed" in result.output
-    assert sorted(sink.handler.recipients()) == ["user001@example.com", "user002@example.com"]
+    assert sorted(smtp_server.handler.recipients()) == ["user001@example.com", "user002@example.com"]
     for bad in (["cds", "deploy"], ["cds", "deploy", "--all", "--user", "user001"],
                 ["cds", "deploy", "--user", "nobody"], ["cds", "deploy", "--all", "--at", "tomorrow"],
                 ["cds", "deploy", "--all", "--at", "2001-01-01T00:00"]):
         result = runner.invoke(args=bad)
         assert result.exit_code != 0, bad
         assert "error:" in result.output
-    assert len(sink.messages) == 2
+    assert len(smtp_server.messages) == 2
     result = runner.invoke(args=["cds", "force-config", "--all"])
     assert result.exit_code == 0 and "3 skipped" in result.output
 
 
-def test_scheduled_deploy_survives_restart(app, sink, make_app):
-    use_smtp(app, sink)
+def test_scheduled_deploy_survives_restart(app, smtp_server, make_app):
+    use_smtp(app, smtp_server)
     make_users(app, 2)
     when = (utcnow() + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%S+00:00")
     result = app.test_cli_runner().invoke(args=["cds", "deploy", "--all", "--at", when])
     assert result.exit_code == 0 and "scheduled" in result.output
-    assert sink.messages == []
+    assert smtp_server.messages == []
     # A new process: nothing in memory, only the database.
     restarted = make_app()
     with restarted.app_context():
@@ -460,21 +449,21 @@ def test_scheduled_deploy_survives_restart(app, sink, make_app):
         db.session.commit()
         from cds.jobs.service import run_due
         run_due(restarted)
-    sink.wait_for(2)
+    smtp_server.wait_for(2)
     deadline = time.monotonic() + 20
     with restarted.app_context():
         while db.session.get(Job, job_id).state != "done":
             assert time.monotonic() < deadline
             time.sleep(0.05)
             db.session.expire_all()
-    assert sorted(sink.handler.recipients()) == ["user000@example.com", "user001@example.com"]
+    assert sorted(smtp_server.handler.recipients()) == ["user000@example.com", "user001@example.com"]
 
 
-def test_tokens_absent_from_logs(app, sink, client):
-    use_smtp(app, sink)
+def test_tokens_absent_from_logs(app, smtp_server, client):
+    use_smtp(app, smtp_server)
     [uid] = make_users(app, 1)
     deploy(app, {"ids": [uid]})
-    link = link_in(parts(sink.messages[0][1])["text"])
+    link = link_in(parts(smtp_server.messages[0][1])["text"])
     token = link.rsplit("/", 1)[1]
     assert client.get(f"/r/{token}").status_code == 302
     assert client.get(f"/deploy/{token}").status_code == 200

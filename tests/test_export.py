@@ -202,7 +202,7 @@ def test_cli_export(app, people, tmp_path):
 
 
 def test_export_edit_reimport_round_trip(admin_client, app):
-    """The seed's workflow: export, edit in a spreadsheet, re-import with "allow overwrite"."""
+    """The administrators' workflow: export, edit in a spreadsheet, re-import with "allow overwrite"."""
     from cds.imports.csv_import import CsvOptions, commit_import, plan_import
     with app.app_context():
         ann = add_user("ann", first_name="=Ann", number="+44 20 7946 0000", pbx_number="-2001")

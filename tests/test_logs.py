@@ -7,20 +7,17 @@ them through real requests, a real deploy job and a real SMTP server, then searc
 log file for each of them."""
 from __future__ import annotations
 
-import email
 import logging
 import re
 
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult
 from sqlalchemy import select
 
 from cds.extensions import db
 from cds.models import User
 from cds.profiles.service import default_profile
 from cds.security import token_ref
-from tests.conftest import free_port, make_admin, sign_in
+from tests.conftest import make_admin, sign_in
 
 ADMIN_PASSWORD = "Planted-Admin-Pass-41"
 SMTP_PASSWORD = "Planted-Smtp-Pass-42"
@@ -28,50 +25,18 @@ USER_SECRETS = {"mcs_password": "Planted-Mcs-43", "pbx_sip_password": "Planted-P
                 "teleworker_sip_password": "Planted-Tw-45", "voicemail_pin": "918273"}
 
 
-class Sink:
-    def __init__(self):
-        self.messages: list[bytes] = []
-
-    async def handle_DATA(self, server, session, envelope):
-        self.messages.append(envelope.original_content or envelope.content)
-        return "250 Message accepted"
-
-    def tokens(self) -> list[str]:
-        found = []
-        for raw in self.messages:
-            for part in email.message_from_bytes(raw).walk():
-                if part.get_content_type() == "text/plain":
-                    found += re.findall(r"/r/([A-Za-z0-9_-]{43})", part.get_payload(decode=True).decode())
-        return found
-
-
-def relay_login(server, session, envelope, mechanism, auth_data):
-    return AuthResult(success=auth_data.password == SMTP_PASSWORD.encode())
-
-
 @pytest.fixture
-def sink():
-    handler = Sink()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port(),
-                            authenticator=relay_login, auth_require_tls=False)
-    controller.start()
-    yield handler, controller.port
-    controller.stop()
-
-
-@pytest.fixture
-def logged_app(app, make_app, sink, tmp_path):
+def logged_app(app, make_app, smtp_server, tmp_path):
     """An app whose log goes to a fresh instance folder, at the most talkative level."""
-    _, port = sink
+    port = smtp_server.port
     return make_app(instance_path=str(tmp_path), LOG_LEVEL="DEBUG", MAIL_SERVER="127.0.0.1",
                     MAIL_PORT=port, MAIL_USERNAME="relay")
 
 
-def test_the_log_has_requests_and_job_steps_but_no_secret(logged_app, sink):
+def test_the_log_has_requests_and_job_steps_but_no_secret(logged_app, smtp_server):
     from cds.jobs.service import create_job, run_job
     from cds.settings.service import save_settings
 
-    handler, _ = sink
     app = logged_app
     make_admin(app, "alice", "primary", password=ADMIN_PASSWORD)
     browser = app.test_client()
@@ -97,8 +62,9 @@ def test_the_log_has_requests_and_job_steps_but_no_secret(logged_app, sink):
         job = create_job("deploy", {"ids": ids}, actor="alice")
         run_job(job.id)
         job_id = job.id
-    tokens = handler.tokens()
+    tokens = smtp_server.tokens()
     assert len(tokens) == 2
+    assert set(smtp_server.handler.logins) == {("relay", SMTP_PASSWORD)}
     # The links as a phone and a mail scanner open them, then the client protocol.
     device = app.test_client()
     for token in tokens:

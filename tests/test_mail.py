@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import re
 
-import pytest
 from sqlalchemy import select
 
 from cds.extensions import db
 from cds.models import AuditEvent, Setting
-from tests.mailsink import MailSink, decode_qr, link_in, parts
+from tests.mailsink import decode_qr, link_in, parts
 from tests.test_deploy import deploy, make_users
-
-
-@pytest.fixture
-def sink():
-    s = MailSink().start()
-    yield s
-    s.stop()
 
 
 def csrf(client) -> dict:
@@ -68,17 +60,17 @@ def test_only_the_primary_administrator_changes_mail_settings(app, readonly_clie
     assert c.post("/settings/mail", data={**GOOD, **csrf(c)}).status_code == 403
 
 
-def test_send_test_email(app, admin_client, sink):
-    admin_client.post("/settings/mail", data={**GOOD, "port": str(sink.port), "username": "", "password": "",
+def test_send_test_email(app, admin_client, smtp_server):
+    admin_client.post("/settings/mail", data={**GOOD, "port": str(smtp_server.port), "username": "", "password": "",
                                              **csrf(admin_client)})
     resp = admin_client.post("/settings/mail/test", data={"to": "me@example.com", **csrf(admin_client)},
                              follow_redirects=True)
     assert "accepted the test e-mail" in resp.get_data(as_text=True)
-    assert sink.handler.recipients() == ["me@example.com"]
-    assert parts_subject(sink.messages[0][1]) == "CDS test e-mail"
+    assert smtp_server.handler.recipients() == ["me@example.com"]
+    assert parts_subject(smtp_server.messages[0][1]) == "CDS test e-mail"
     bad = admin_client.post("/settings/mail/test", data={"to": "not an address", **csrf(admin_client)})
     assert bad.status_code == 422
-    sink.handler.rcpt_refuse["no@example.com"] = "550 5.1.1 Unknown user"
+    smtp_server.handler.rcpt_refuse["no@example.com"] = "550 5.1.1 Unknown user"
     resp = admin_client.post("/settings/mail/test", data={"to": "no@example.com", **csrf(admin_client)},
                              follow_redirects=True)
     assert "Not sent" in resp.get_data(as_text=True) and "550 5.1.1" in resp.get_data(as_text=True)
@@ -116,10 +108,10 @@ def test_template_preview_and_errors(app, admin_client):
         assert db.session.get(Setting, "MAIL_TEMPLATE_TEXT") is None
 
 
-def test_saved_template_is_used_and_escaped(app, admin_client, sink):
+def test_saved_template_is_used_and_escaped(app, admin_client, smtp_server):
     from cds.settings.service import save_settings
     with app.app_context():
-        save_settings({"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": sink.port})
+        save_settings({"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": smtp_server.port})
     draft = {"subject": "Your app, {{ name }}", "text": "Link: {{ link }}\nUntil {{ expiry }}\n{{ instructions }}",
              "html": "<h1>Hi {{ name }}</h1><a href=\"{{ link }}\">Open</a>{{ qr }}", **csrf(admin_client)}
     assert admin_client.post("/settings/template", data=draft).status_code == 302
@@ -130,7 +122,7 @@ def test_saved_template_is_used_and_escaped(app, admin_client, sink):
         u.first_name, u.last_name = "<b>Eve</b>", "O'Hara & Co"
         db.session.commit()
     deploy(app, {"ids": [uid]})
-    m = parts(sink.messages[0][1])
+    m = parts(smtp_server.messages[0][1])
     link = link_in(m["text"])
     assert m["subject"] == "Your app, <b>Eve</b> O'Hara & Co"
     assert "<h1>Hi &lt;b&gt;Eve&lt;/b&gt; O&#39;Hara &amp; Co</h1>" in m["html"]

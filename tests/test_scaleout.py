@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import requests
-from aiosmtpd.controller import Controller
 from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
@@ -117,24 +116,6 @@ def scaleout_database():
     admin.dispose()
 
 
-class CountingSink:
-    def __init__(self):
-        self.recipients: list[str] = []
-
-    async def handle_DATA(self, server, session, envelope):
-        self.recipients.extend(envelope.rcpt_tos)
-        return "250 Message accepted"
-
-
-@pytest.fixture
-def sink():
-    handler = CountingSink()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    yield handler, controller.port
-    controller.stop()
-
-
 def schedule_deploy(app, login_ids: list[str], seconds_ahead: int = 3) -> int:
     from cds.jobs.service import create_job
     from cds.profiles.service import default_profile
@@ -168,8 +149,8 @@ def deployments_of(app, job_id: int) -> int:
 
 
 def test_one_scheduler_runs_scheduled_jobs_once_and_another_takes_over(
-        scaleout_database, servers, sink, make_app, tmp_path):
-    handler, smtp_port = sink
+        scaleout_database, servers, smtp_server, make_app, tmp_path):
+    smtp_port = smtp_server.port
     env = {"CDS_DATABASE_URL": scaleout_database, "CDS_SCHEDULER_TICK_SECONDS": "1",
            "CDS_MAIL_SERVER": "127.0.0.1", "CDS_MAIL_PORT": str(smtp_port)}
     # Started one after the other: the first start applies the migrations.
@@ -191,9 +172,13 @@ def test_one_scheduler_runs_scheduled_jobs_once_and_another_takes_over(
     job = poll(lambda: finished_job(console, job_id), 60, "the scheduled deploy never ran")
     assert (job.state, job.succeeded) == ("done", 5)
     assert job.runner.endswith(f":{active.process.pid}")
-    # Two more ticks of both schedulers: nothing is sent a second time.
-    time.sleep(2.5)
-    assert sorted(handler.recipients) == sorted(f"{x}@example.com" for x in logins)
+    # Two more scheduled jobs, each started once the one before has ended: when the second
+    # has finished, later ticks of the scheduler have run, and nothing was sent a second time.
+    for n in range(2):
+        marker = schedule_deploy(console, [f"mark{n}"], seconds_ahead=1)
+        poll(lambda marker=marker: finished_job(console, marker), 60, "a later scheduled job never ran")
+    assert sorted(smtp_server.handler.recipients()) == \
+        sorted(f"{x}@example.com" for x in [*logins, "mark0", "mark1"])
     assert deployments_of(console, job_id) == 5
 
     # The active node dies without a chance to clean up; the other takes over.
@@ -205,7 +190,7 @@ def test_one_scheduler_runs_scheduled_jobs_once_and_another_takes_over(
     job = poll(lambda: finished_job(console, later), 60, "no scheduler ran the job after the takeover")
     assert (job.state, job.succeeded) == ("done", 2)
     assert job.runner.endswith(f":{standby.process.pid}")
-    assert sorted(r for r in handler.recipients if r.startswith("late")) == \
+    assert sorted(r for r in smtp_server.handler.recipients() if r.startswith("late")) == \
         ["late0@example.com", "late1@example.com"]
 
 

@@ -13,14 +13,11 @@ from cds.connections.service import (ConnectionProblem, ConnectionSettings, crea
 from cds.extensions import db
 from cds.models import Connection, SourceRecord, utcnow
 from cds.sources import SourceAuthError, SourceError
-from tests.fixtures.source_server import PASSWORD, USERNAME, SourceServer, mbg_user, usa_user
+from tests.fixtures.source_server import PASSWORD, USERNAME, mbg_user, usa_user
 
 
-@pytest.fixture
-def source():
-    server = SourceServer([usa_user(i) for i in range(1, 26)]).start()
-    yield server
-    server.stop()
+# Users in the HTTP source the `source` fixture (tests/conftest.py) starts.
+SOURCE_USERS = 25
 
 
 def make_connection(server, kind="usa", name="Users and Services", **options) -> Connection:
@@ -68,16 +65,13 @@ def test_paging_reads_every_user_with_the_kind_field_names(ctx, source):
     assert conn.last_sync_ok and "Read 25 users" in conn.last_sync_message
 
 
-def test_mbg_kind_maps_its_own_fields(ctx):
-    server = SourceServer([mbg_user(1), mbg_user(2, sipUserName="tw-2")]).start()
-    try:
-        conn = make_connection(server, kind="mbg", name="MBG")
-        refresh_source_records(conn)
-        rec = records(conn.id)["2"]
-        assert (rec.login_id, rec.number, rec.mbg_sip_username, rec.mcs_account) == \
-            ("user2", "4002", "tw-2", "")
-    finally:
-        server.stop()
+def test_mbg_kind_maps_its_own_fields(ctx, make_source):
+    server = make_source([mbg_user(1), mbg_user(2, sipUserName="tw-2")])
+    conn = make_connection(server, kind="mbg", name="MBG")
+    refresh_source_records(conn)
+    rec = records(conn.id)["2"]
+    assert (rec.login_id, rec.number, rec.mbg_sip_username, rec.mcs_account) == \
+        ("user2", "4002", "tw-2", "")
 
 
 def test_refresh_applies_changes_and_removals(ctx, source):

@@ -15,14 +15,11 @@ from cds.extensions import db
 from cds.imports.service import import_records
 from cds.models import ClientDevice, Connection, Job, JobItem, User, utcnow
 from cds.profiles.service import default_profile
-from tests.fixtures.source_server import PASSWORD, USERNAME, SourceServer, usa_user
+from tests.fixtures.source_server import PASSWORD, USERNAME, usa_user
 
 
-@pytest.fixture
-def source():
-    server = SourceServer([usa_user(i) for i in range(1, 11)]).start()
-    yield server
-    server.stop()
+# Users in the HTTP source the `source` fixture (tests/conftest.py) starts.
+SOURCE_USERS = 10
 
 
 def connect_and_import(server, name="USA") -> int:
@@ -142,35 +139,29 @@ def test_manual_and_csv_users_have_nothing_to_sync(ctx, source):
     assert messages["file"] == "Nothing to sync (imported from a CSV file)."
 
 
-def test_the_source_is_read_once_per_job(ctx):
-    server = SourceServer([usa_user(i) for i in range(1, 2501)]).start()
+def test_the_source_is_read_once_per_job(ctx, make_source):
+    server = make_source(2500)
     server.page_limit = 1000
-    try:
-        conn = create_connection(ConnectionSettings(
-            name="Big", kind="usa", url=server.url, username=USERNAME,
-            options={"timeout": 5, "page_size": 1000}), PASSWORD)
-        refresh_source_records(conn)
-        import_records({"filter": {}})
-        server.user_requests = 0
-        job = sync_all(conn.id)
-        assert job.done == 2500 and job.summary["unchanged"] == 2500
-        assert server.user_requests == 3  # one read (three pages of 1000) for the whole job
-    finally:
-        server.stop()
+    conn = create_connection(ConnectionSettings(
+        name="Big", kind="usa", url=server.url, username=USERNAME,
+        options={"timeout": 5, "page_size": 1000}), PASSWORD)
+    refresh_source_records(conn)
+    import_records({"filter": {}})
+    server.user_requests = 0
+    job = sync_all(conn.id)
+    assert job.done == 2500 and job.summary["unchanged"] == 2500
+    assert server.user_requests == 3  # one read (three pages of 1000) for the whole job
 
 
-def test_two_connections_in_one_job(ctx, source):
-    other = SourceServer([usa_user(i) for i in range(100, 103)]).start()
-    try:
-        connect_and_import(source, "A")
-        connect_and_import(other, "B")
-        other.mode = "error"
-        source.users[0]["firstName"] = "New"
-        job = db.session.get(Job, sync_selection({"filter": {}}).id)
-        assert job.summary["updated"] == 1 and job.summary["failed"] == 3
-        assert "B: " in job.message and user("user1").first_name == "New"
-    finally:
-        other.stop()
+def test_two_connections_in_one_job(ctx, source, make_source):
+    other = make_source([usa_user(i) for i in range(100, 103)])
+    connect_and_import(source, "A")
+    connect_and_import(other, "B")
+    other.mode = "error"
+    source.users[0]["firstName"] = "New"
+    job = db.session.get(Job, sync_selection({"filter": {}}).id)
+    assert job.summary["updated"] == 1 and job.summary["failed"] == 3
+    assert "B: " in job.message and user("user1").first_name == "New"
 
 
 def test_the_users_tab_button_creates_a_sync_job(app, admin_client, source):

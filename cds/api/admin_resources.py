@@ -92,7 +92,7 @@ def update_profile(profile_id: int):
 @bp.delete("/profiles/<int:profile_id>")
 def delete_profile(profile_id: int):
     """?reassign_to=ID moves the profile's users there first; without it, a profile in use is refused."""
-    from cds.profiles.service import ProfileError, ProfileInUse, delete_profile as remove
+    from cds.profiles.service import ProfileInUse, delete_profile as remove
     profile = _profile(profile_id)
     target = request.args.get("reassign_to")
     reassign = None
@@ -106,8 +106,6 @@ def delete_profile(profile_id: int):
         remove(profile, reassign_to=reassign, actor=g.actor)
     except ProfileInUse as exc:
         raise ApiError(409, "conflict", str(exc), {"users": exc.count}) from None
-    except ProfileError as exc:
-        raise ApiError(409, "conflict", str(exc)) from None
     return Response(status=204)
 
 
@@ -187,24 +185,21 @@ def get_connection(connection_id: int):
 
 @bp.post("/connections")
 def create_connection():
-    from cds.connections.service import ConnectionProblem, create_connection as create
+    from cds.connections.service import create_connection as create
     data = body_json()
     _require_primary()
     password = data.get("password", "")
     if not isinstance(password, str):
         raise ApiError(422, "invalid", "password must be a string.", {"password": "must be a string"})
     settings = _settings_from(data, None)
-    try:
-        conn = create(settings, password, actor=g.actor)
-    except ConnectionProblem as exc:
-        raise ApiError(422, "invalid", str(exc), exc.errors) from None
+    conn = create(settings, password, actor=g.actor)  # ConnectionProblem: 422 with its field errors
     return connection_json(conn), 201, {"Location": f"/api/v1/connections/{conn.id}"}
 
 
 @bp.post("/connections/<int:connection_id>/authorize")
 def reauthorize_connection(connection_id: int):
     """Authorize again: a new token from the source, or a new URL / credentials."""
-    from cds.connections.service import ConnectionProblem, reauthorize
+    from cds.connections.service import reauthorize
     conn = _connection(connection_id)
     data = body_json()
     _require_primary()
@@ -212,24 +207,18 @@ def reauthorize_connection(connection_id: int):
     if unknown or not all(isinstance(data.get(k, ""), str) for k in ("url", "username", "password")):
         raise ApiError(422, "invalid", "Send url, username and password as strings.",
                        {k: "not settable" for k in unknown} or {"body": "strings expected"})
-    try:
-        conn = reauthorize(conn, data.get("url", conn.url), data.get("username", conn.username),
-                           data.get("password") or None, actor=g.actor)
-    except ConnectionProblem as exc:
-        raise ApiError(422, "invalid", str(exc), exc.errors) from None
+    conn = reauthorize(conn, data.get("url", conn.url), data.get("username", conn.username),
+                       data.get("password") or None, actor=g.actor)
     return connection_json(conn)
 
 
 @bp.patch("/connections/<int:connection_id>")
 def update_connection(connection_id: int):
-    from cds.connections.service import ConnectionProblem, update_connection as save
+    from cds.connections.service import update_connection as save
     conn = _connection(connection_id)
     data = body_json()
     settings = _settings_from(data, conn)
-    try:
-        conn = save(conn, settings, actor=g.actor)
-    except ConnectionProblem as exc:
-        raise ApiError(422, "invalid", str(exc), exc.errors) from None
+    conn = save(conn, settings, actor=g.actor)
     return connection_json(conn)
 
 

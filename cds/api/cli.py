@@ -3,8 +3,8 @@ import json
 
 import click
 
-from cds.api.tokens import TokenError, create_api_token, list_api_tokens, revoke_api_token
-from cds.cli import RoleChoice, fail, role_text
+from cds.api.tokens import create_api_token, list_api_tokens, revoke_api_token
+from cds.cli import RoleChoice, role_text
 
 
 @click.command("create-api-token")
@@ -14,10 +14,7 @@ from cds.cli import RoleChoice, fail, role_text
 @click.option("--expires", "expires_days", type=int, default=None, help="Days until it stops working.")
 def create_api_token_command(name, role, expires_days):
     """Create an API token and print it once (only its hash is stored)."""
-    try:
-        row, token = create_api_token(name, role, expires_days, created_by="cli")
-    except TokenError as exc:
-        fail(str(exc))
+    row, token = create_api_token(name, role, expires_days, created_by="cli")
     click.echo(token)
     expiry = row.expires_at.strftime("%Y-%m-%d %H:%M UTC") if row.expires_at else "never"
     click.echo(f"token {row.id} '{row.name}' ({role}), expires {expiry}. "
@@ -46,10 +43,7 @@ def list_api_tokens_command(as_json):
 @click.argument("token_id", type=int)
 def revoke_api_token_command(token_id):
     """Revoke an API token: it stops working at once."""
-    try:
-        row = revoke_api_token(token_id)
-    except TokenError as exc:
-        fail(str(exc))
+    row = revoke_api_token(token_id, actor="cli")
     click.echo(f"token {row.id} '{row.name}' revoked")
 
 

@@ -7,6 +7,7 @@ the API from it in CI.
 from __future__ import annotations
 
 from cds import __version__
+from cds.users.service import MAX_SECRET_LENGTH
 
 TS = {"type": ["string", "null"], "format": "date-time"}
 STR = {"type": "string"}
@@ -123,7 +124,9 @@ SCHEMAS: dict = {
         "properties": {
             "ids": {"type": "array", "items": {"type": "integer"}, "minItems": 1},
             "filter": ref("UserFilter"),
-            "at": {"type": "string", "format": "date-time"},
+            "at": {"type": "string", "description": "ISO 8601; with an offset or Z that instant, "
+                   "without one UTC. Only deploy, auto-deploy and force-config can be scheduled; "
+                   "the time must be in the future."},
             "profile_id": INT,
             "confirm": STR,
         },
@@ -152,7 +155,8 @@ SCHEMAS.update({
     }, ["id", "login_id", "profile_id", "email", "source", "secrets"]),
     "Secrets": {"type": "object", "description": "Write-only: a string sets a secret, null or \"\" clears it, "
                 "absent keeps it. Never returned.",
-                "properties": {k: NSTR for k in SECRET_NAMES}, "additionalProperties": False},
+                "properties": {k: {**NSTR, "maxLength": MAX_SECRET_LENGTH} for k in SECRET_NAMES},
+                "additionalProperties": False},
     "UserCreate": obj({**USER_FIELD_PROPS, "profile_id": INT, "profile": PROFILE_NAME,
                        "secrets": ref("Secrets")}, ["login_id", "last_name", "email"]),
     "UserUpdate": obj({**USER_FIELD_PROPS, "profile_id": INT, "profile": PROFILE_NAME,

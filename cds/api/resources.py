@@ -1,40 +1,23 @@
 """API resources. Each endpoint parses JSON, calls the area's service, answers JSON."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from flask import g, request
 from sqlalchemy import func, select
 
 from cds.api.routes import ApiError, bp, body_json, iso, paginated
 from cds.extensions import db
 from cds.jobs import service as jobs
+from cds.jobs.actions import start_action
 from cds.models import Job, JobItem
-from cds.web import MAX_ID
+from cds.users.service import parse_selection
 
 # URL names of the bulk actions -> job kinds.
 ACTION_KINDS = {"deploy": "deploy", "auto-deploy": "auto_deploy", "force-config": "force_config",
                 "sync": "sync", "delete": "delete", "assign-profile": "assign_profile"}
 
 
-# Options an action may take besides the selection and the time.
+# Options an action may take besides the selection and the time (each action reads its own).
 ACTION_OPTIONS = {"profile_id", "confirm"}
-
-
-def parse_time(value) -> datetime | None:
-    """An ISO 8601 time; naive times are taken as UTC. Stored as naive UTC."""
-    if value in (None, ""):
-        return None
-    if not isinstance(value, str):
-        raise ApiError(422, "invalid", "\"at\" must be an ISO 8601 date and time.", {"at": "not a string"})
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ApiError(422, "invalid", "\"at\" must be an ISO 8601 date and time.",
-                       {"at": f"cannot read {value!r}"}) from None
-    if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(timezone.utc).replace(tzinfo=None)
-    return parsed.replace(microsecond=0)
 
 
 def job_json(job: Job, with_items: bool = False) -> dict:
@@ -55,60 +38,18 @@ def job_json(job: Job, with_items: bool = False) -> dict:
     return out
 
 
-def selection_from(data: dict) -> dict:
-    """{"ids": [...]} or {"filter": {...}} — the API form of a Users-tab selection."""
-    from cds.users.service import InvalidQuery, UserFilter
-
-    if "ids" in data and "filter" in data:
-        raise ApiError(422, "invalid", "Give either \"ids\" or \"filter\", not both.")
-    if "ids" in data:
-        ids = data["ids"]
-        if not isinstance(ids, list) or not ids or not all(
-                isinstance(i, int) and not isinstance(i, bool) and 1 <= i <= MAX_ID for i in ids):
-            raise ApiError(422, "invalid", "\"ids\" must be a non-empty list of user ids.",
-                           {"ids": "expected a non-empty list of integers"})
-        return {"ids": sorted(set(ids))}
-    if "filter" in data:
-        filt = data["filter"]
-        if not isinstance(filt, dict):
-            raise ApiError(422, "invalid", "\"filter\" must be an object.")
-        try:
-            return {"filter": UserFilter.from_mapping(filt).to_dict()}
-        except InvalidQuery as exc:
-            raise ApiError(422, "invalid", str(exc), {"filter": str(exc)}) from None
-    raise ApiError(422, "invalid", "Say which users: \"ids\" or \"filter\" ({} for all users).")
-
-
 @bp.post("/users/actions/<action>")
 def user_action(action: str):
+    """Start a bulk action; ``start_action`` checks it (its refusals answer 404/422)."""
     kind = ACTION_KINDS.get(action)
     if kind is None:
         raise ApiError(404, "not_found", f"Unknown action {action!r}; one of: {', '.join(ACTION_KINDS)}.")
-    if kind not in jobs.ACTIONS:
-        raise ApiError(404, "not_found", f"The {action} action is not available in this version.")
     data = body_json()
-    selection = selection_from(data)
-    run_at = parse_time(data.get("at"))
     unknown = sorted(set(data) - {"ids", "filter", "at"} - ACTION_OPTIONS)
     if unknown:
         raise ApiError(422, "invalid", "Unknown fields: " + ", ".join(unknown) + ".",
                        {k: "unknown field" for k in unknown})
-    params = {k: v for k, v in data.items() if k in ACTION_OPTIONS}
-    if "profile_id" in params and (not isinstance(params["profile_id"], int)
-                                   or isinstance(params["profile_id"], bool)
-                                   or not 1 <= params["profile_id"] <= MAX_ID):
-        raise ApiError(422, "invalid", "profile_id must be a profile id.", {"profile_id": "integer expected"})
-    if "confirm" in params and not isinstance(params["confirm"], str):
-        raise ApiError(422, "invalid", "confirm must be a string.", {"confirm": "string expected"})
-    try:
-        job = jobs.create_job(kind, selection, params=params, run_at=run_at, actor=g.actor)
-    except jobs.JobError as exc:
-        raise ApiError(422, "invalid", str(exc)) from None
-    from cds.audit.service import record_event
-    record_event(f"job.{kind}", count=job.total,
-                 detail={"job": job.id, "scheduled_for": iso(job.run_at)})
-    jobs.submit(job)
-    db.session.refresh(job)
+    job = start_action(kind, parse_selection(data), params=data, run_at=data.get("at"), actor=g.actor)
     return job_json(job), 202, {"Location": f"/api/v1/jobs/{job.id}"}
 
 
@@ -127,23 +68,12 @@ def list_jobs():
 
 @bp.get("/jobs/<int:job_id>")
 def get_job(job_id: int):
-    job = db.session.get(Job, job_id)
-    if job is None:
-        raise ApiError(404, "not_found", f"Job {job_id} does not exist.")
-    return job_json(job, with_items=True)
+    return job_json(jobs.get_job(job_id), with_items=True)
 
 
 @bp.delete("/jobs/<int:job_id>")
 def cancel_job(job_id: int):
-    try:
-        job = jobs.cancel_job(job_id)
-    except jobs.JobNotFound as exc:
-        raise ApiError(404, "not_found", str(exc)) from None
-    except jobs.JobError as exc:
-        raise ApiError(409, "conflict", str(exc)) from None
-    from cds.audit.service import record_event
-    record_event("job.cancel", detail={"job": job.id, "kind": job.kind})
-    return job_json(job)
+    return job_json(jobs.cancel_job(job_id, actor=g.actor))
 
 
 def page_args(default_per_page: int = 50, max_per_page: int = 500) -> tuple[int, int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, g, jsonify, request, url_for
 from werkzeug.exceptions import HTTPException
 
+from cds.errors import CdsError
 from cds.extensions import csrf, limiter
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -40,6 +41,14 @@ HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "n
 @bp.errorhandler(ApiError)
 def _api_error(exc: ApiError):
     return error_response(exc.status, exc.code, exc.message, exc.details)
+
+
+@bp.errorhandler(CdsError)
+def _service_error(exc: CdsError):
+    """A service's refusal, in the API's shape; the same status as on the console's pages."""
+    from cds.extensions import db
+    db.session.rollback()
+    return error_response(exc.status, exc.code, exc.message, exc.errors or None)
 
 
 @bp.errorhandler(HTTPException)

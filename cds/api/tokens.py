@@ -5,6 +5,7 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
+from cds import errors
 from cds.extensions import db
 from cds.models import ApiToken, utcnow
 from cds.security import new_token, same_secret, token_hash
@@ -14,13 +15,20 @@ TOKEN_PREFIX = "cds_"
 API_ROLES = {"primary": "primary", "admin": "admin", "read-only": "readonly", "readonly": "readonly"}
 
 
-class TokenError(Exception):
+class TokenError(errors.Invalid):
     """A token cannot be created or revoked as asked."""
+
+
+class TokenNotFound(errors.NotFound, TokenError):
+    pass
 
 
 def create_api_token(name: str, role: str = "admin", expires_days: int | None = None,
                      created_by: str | None = None) -> tuple[ApiToken, str]:
-    """Returns the stored row and the token itself, which is never retrievable again."""
+    """Returns the stored row and the token itself, which is never retrievable again.
+    ``created_by`` (who asks: an administrator, ``cli``) is also the audit event's actor."""
+    from cds.audit.service import record_event
+
     name = (name or "").strip()
     if not 1 <= len(name) <= 64:
         raise TokenError("A token name has 1-64 characters.")
@@ -32,6 +40,10 @@ def create_api_token(name: str, role: str = "admin", expires_days: int | None = 
     row = ApiToken(name=name, token_hash=token_hash(token), role=API_ROLES[role], created_by=created_by,
                    expires_at=utcnow() + timedelta(days=expires_days) if expires_days else None)
     db.session.add(row)
+    db.session.flush()
+    record_event("api_token.create", actor=created_by, commit=False,
+                 detail={"name": row.name, "role": row.role, "token_id": row.id,
+                         "expires_days": expires_days})
     db.session.commit()
     return row, token
 
@@ -40,12 +52,17 @@ def list_api_tokens() -> list[ApiToken]:
     return list(db.session.scalars(select(ApiToken).order_by(ApiToken.id)))
 
 
-def revoke_api_token(token_id: int) -> ApiToken:
+def revoke_api_token(token_id: int, *, actor: str | None = None) -> ApiToken:
+    """The token stops working at once. Revoking a revoked token changes (and audits) nothing."""
+    from cds.audit.service import record_event
+
     row = db.session.get(ApiToken, token_id)
     if row is None:
-        raise TokenError(f"API token {token_id} does not exist.")
+        raise TokenNotFound(f"API token {token_id} does not exist.")
     if row.revoked_at is None:
         row.revoked_at = utcnow()
+        record_event("api_token.revoke", actor=actor, commit=False,
+                     detail={"name": row.name, "token_id": row.id})
         db.session.commit()
     return row
 

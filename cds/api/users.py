@@ -90,10 +90,7 @@ def _split_body(data: dict, user: User | None) -> tuple[dict, dict]:
 
 
 def _get(user_id: int) -> User:
-    try:
-        return users.get_user(user_id)
-    except users.NotFound as exc:
-        raise ApiError(404, "not_found", str(exc)) from None
+    return users.get_user(user_id)  # NotFound: 404
 
 
 @bp.get("/users")
@@ -158,13 +155,9 @@ def update_user(user_id: int):
 def delete_user(user_id: int):
     """Delete one user: the same Delete action as the console, run at once."""
     from cds.api.resources import job_json
-    from cds.jobs import service as jobs
+    from cds.jobs.actions import start_action
     _get(user_id)
-    if "delete" not in jobs.ACTIONS:
-        raise ApiError(404, "not_found", "Delete is not available in this version.")
-    job = jobs.create_job("delete", {"ids": [user_id]}, actor=g.actor)
-    jobs.run_job(job.id)
-    db.session.refresh(job)
+    job = start_action("delete", {"ids": [user_id]}, actor=g.actor, inline=True)
     if job.failed:
         raise ApiError(409, "conflict", "The user could not be deleted.", job_json(job, with_items=True))
     return Response(status=204)

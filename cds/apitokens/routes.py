@@ -2,7 +2,6 @@
 from flask import Blueprint, g, render_template, request
 
 from cds.api.tokens import TokenError, create_api_token, list_api_tokens, revoke_api_token
-from cds.audit.service import record_event
 from cds.web import primary_required, toast
 
 bp = Blueprint("apitokens", __name__, url_prefix="/settings/api-tokens")
@@ -34,7 +33,6 @@ def create():
                                       days, created_by=g.admin.username)
     except TokenError as exc:
         return _page(422, error=str(exc))
-    record_event("api_token.create", detail={"name": row.name, "role": row.role})
     return _page(new_token=token)
 
 
@@ -42,9 +40,8 @@ def create():
 @primary_required
 def revoke(token_id: int):
     try:
-        row = revoke_api_token(token_id)
+        row = revoke_api_token(token_id, actor=g.actor)
     except TokenError as exc:
         return _page(404, error=str(exc))
-    record_event("api_token.revoke", detail={"name": row.name})
     toast(f"API token {row.name!r} revoked: it stopped working.", "success")
     return _page()

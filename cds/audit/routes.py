@@ -1,8 +1,8 @@
 """The Audit log tab: search and filter the trail, page through it, export it as CSV."""
-from flask import Blueprint, abort, render_template, request
+from flask import Blueprint, abort, g, render_template, request
 
 from cds.audit.service import (AuditFilter, InvalidAuditQuery, action_names, actor_names,
-                               audit_csv, detail_text, list_events, record_event)
+                               detail_text, export_audit_csv, list_events)
 from cds.models import utcnow
 from cds.web import csv_download
 
@@ -40,8 +40,8 @@ def export_csv():
         filt = AuditFilter.from_mapping(request.args)
     except InvalidAuditQuery as exc:
         abort(400, str(exc))
-    record_event("audit.export", detail={"filter": filt.to_dict()})
-    return csv_download(audit_csv(filt), f'cds-audit-{utcnow().strftime("%Y%m%d-%H%M%S")}.csv')
+    return csv_download(export_audit_csv(filt, actor=g.actor),
+                        f'cds-audit-{utcnow().strftime("%Y%m%d-%H%M%S")}.csv')
 
 
 @bp.app_template_filter("truncate_action")

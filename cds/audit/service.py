@@ -32,6 +32,18 @@ def scrub(detail):
     return detail
 
 
+# Actors that are not a person at the console: the shell, the scheduler, CDS itself.
+SYSTEM_ACTORS = ("cli", "scheduler", "system")
+
+
+def actor_type_of(actor: str | None) -> str:
+    """What kind of actor a name is: "api" for an API token (``api:<name>``), "system"
+    for the shell, the scheduler and CDS itself, otherwise an administrator."""
+    if not actor or actor in SYSTEM_ACTORS:
+        return "system"
+    return "api" if actor.startswith("api:") else "admin"
+
+
 # Who a job acts for while it runs outside the request that started it (a background
 # thread, the scheduler): its events carry that actor and kind, not "system".
 _acting_for: ContextVar[tuple[str, str] | None] = ContextVar("cds_acting_for", default=None)
@@ -39,7 +51,7 @@ _acting_for: ContextVar[tuple[str, str] | None] = ContextVar("cds_acting_for", d
 
 @contextmanager
 def acting_for(actor: str | None, actor_type: str | None):
-    kind = actor_type or ("system" if actor in ("system", "cli") else "admin")
+    kind = actor_type or actor_type_of(actor)
     token = _acting_for.set((actor, kind) if actor else None)
     try:
         yield
@@ -61,7 +73,7 @@ def record_event(action: str, *, actor: str | None = None, actor_type: str | Non
         elif job is not None and job[0] == actor:
             actor_type = job[1]
         else:
-            actor_type = "system" if actor in ("system", "cli") else "admin"
+            actor_type = actor_type_of(actor)
     event = AuditEvent(
         action=action, actor=actor[:64], actor_type=actor_type,
         user_id=user.id if user is not None else None,
@@ -208,7 +220,7 @@ def audit_rows(filt: AuditFilter, batch_size: int = 2000) -> Iterator[list[str]]
     while True:
         query = base if last_id is None else base.where(AuditEvent.id < last_id)
         batch = db.session.execute(query.order_by(AuditEvent.id.desc()).limit(batch_size)).all()
-        for eid, at, actor, actor_type, action, user_id, login_id, count, ip, detail in batch:
+        for _id, at, actor, actor_type, action, user_id, login_id, count, ip, detail in batch:
             yield [at.strftime("%Y-%m-%dT%H:%M:%SZ"), actor, actor_type, action,
                    "" if user_id is None else str(user_id), login_id or "",
                    "" if count is None else str(count), ip or "",
@@ -221,6 +233,12 @@ def audit_rows(filt: AuditFilter, batch_size: int = 2000) -> Iterator[list[str]]
 def audit_csv(filt: AuditFilter) -> Iterator[str]:
     from cds.export.service import csv_chunks
     return csv_chunks(AUDIT_CSV_HEADER, audit_rows(filt))
+
+
+def export_audit_csv(filt: AuditFilter, *, actor: str) -> Iterator[str]:
+    """The audit log as CSV; the export itself is audited (``audit.export``) first."""
+    record_event("audit.export", actor=actor, detail={"filter": filt.to_dict()})
+    return audit_csv(filt)
 
 
 def detail_text(detail: dict | None) -> str:

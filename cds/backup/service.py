@@ -46,7 +46,7 @@ from sqlalchemy import (JSON, Boolean, Date, DateTime, Float, Integer, LargeBina
                         Numeric, create_engine, func, select, text)
 from sqlalchemy.engine import Connection
 
-from cds import __version__
+from cds import __version__, errors
 from cds.extensions import db
 from cds.models import utcnow
 
@@ -66,7 +66,7 @@ CHUNK = 1024 * 1024
 INSERT_BATCH = 2000
 
 
-class BackupError(Exception):
+class BackupError(errors.Invalid):
     """The backup or restore cannot be done; the message says why in one line."""
 
 

@@ -1,4 +1,4 @@
-"""Client protocol v1 (PRODUCT.md §5, docs/client-protocol.md).
+"""Client protocol v1 (docs/client-protocol.md).
 
 The configuration document built here is the only place the four user secrets
 ever leave the CDS decrypted. Activation consumes a token with one conditional

@@ -3,7 +3,7 @@ from flask import Blueprint, abort, g, redirect, render_template, request, url_f
 
 from cds.connections.forms import (MAPPING_LABELS, AuthorizeForm, ConnectionCreateForm,
                                    ConnectionEditForm, create_defaults, form_data, ldap_defaults)
-from cds.connections.service import (ConnectionNotFound, ConnectionProblem, ConnectionSettings,
+from cds.connections.service import (ConnectionProblem, ConnectionSettings,
                                      create_connection, delete_connection, get_connection,
                                      host_of, imported_counts, list_connections, reauthorize,
                                      record_counts, start_sync, update_connection,
@@ -18,10 +18,7 @@ bp = Blueprint("connections", __name__, url_prefix="/connections")
 
 
 def _load(connection_id: int):
-    try:
-        return get_connection(connection_id)
-    except ConnectionNotFound as exc:
-        abort(404, str(exc))
+    return get_connection(connection_id)  # ConnectionNotFound: 404
 
 
 @bp.route("")

@@ -4,9 +4,10 @@ A connection is authorized once by the primary administrator (web services hand
 out a token that expires; LDAP checks the bind). ``refresh_source_records``
 reads every user the source holds into SourceRecord — the Import Users view —
 and refuses a source that fails or suddenly reports nobody, changing nothing.
-The "sync" job compares imported users with those records. The Users tab's
-Sync data button, the scheduler, the CLI and the API all go through
-``start_sync`` / ``sync_selection``.
+The "sync" job compares imported users with those records; like every bulk
+action it is started through ``cds.jobs.actions.start_action`` (the Users tab's
+Sync data button directly; Sync now, the scheduler, the CLI and the API through
+``start_sync``).
 """
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 
+from cds import errors
 from cds.extensions import db
-from cds.jobs.service import Outcome, action, create_job, run_job, submit
+from cds.jobs.actions import start_action
+from cds.jobs.service import Outcome, action
 from cds.models import (CONNECTION_KINDS, SOURCE_CONNECTION, SOURCE_CSV, SOURCE_MANUAL, Connection,
                         Job, SourceRecord, User, utcnow)
 from cds.scheduler import tick_task
@@ -37,15 +40,11 @@ DEFAULT_INTERVAL = 60
 MIN_INTERVAL, MAX_INTERVAL = 5, 7 * 24 * 60
 
 
-class ConnectionProblem(Exception):
+class ConnectionProblem(errors.Invalid):
     """A connection cannot be saved or changed as asked. ``errors`` maps form fields to messages."""
 
-    def __init__(self, message: str, errors: dict[str, str] | None = None):
-        super().__init__(message)
-        self.errors = errors or {}
 
-
-class ConnectionNotFound(ConnectionProblem):
+class ConnectionNotFound(errors.NotFound, ConnectionProblem):
     pass
 
 
@@ -118,7 +117,7 @@ def _validate(settings: ConnectionSettings, existing: Connection | None) -> dict
     if len(url) > 512:
         errors["url"] = "The URL is longer than 512 characters."
     try:
-        parts.port
+        _ = parts.port  # urlsplit checks the port only when it is read
     except ValueError:
         errors["url"] = "The port in the URL is not a number."
     if not MIN_INTERVAL <= settings.sync_interval_minutes <= MAX_INTERVAL:
@@ -351,18 +350,9 @@ def verify_connection(conn: Connection) -> RefreshResult:
 
 # --- Sync data ---------------------------------------------------------------------
 
-def _start(job: Job, wait: bool) -> None:
-    if wait:
-        run_job(job.id)  # the CLI: run here, whatever JOB_EXECUTION says
-    else:
-        submit(job)
-
-
 def sync_selection(selection: dict, *, actor: str | None = None, wait: bool = False) -> Job:
-    """Sync the selected users (ids or "all matching"): the Users tab button and the API."""
-    job = create_job("sync", selection, actor=actor)
-    _start(job, wait)
-    return job
+    """Sync the selected users (ids or "all matching")."""
+    return start_action("sync", selection, actor=actor or "system", inline=wait)
 
 
 def start_sync(conn: Connection, *, actor: str | None = None, wait: bool = False
@@ -371,8 +361,9 @@ def start_sync(conn: Connection, *, actor: str | None = None, wait: bool = False
     sync job (which reads the source once); otherwise only the records are refreshed."""
     has_users = db.session.scalar(select(User.id).where(User.connection_id == conn.id).limit(1))
     if has_users:
-        job = create_job("sync", {"filter": {"source": f"c{conn.id}"}}, actor=actor)
-        _start(job, wait)
+        # wait: the CLI runs it here, whatever JOB_EXECUTION says.
+        job = start_action("sync", {"filter": {"source": f"c{conn.id}"}}, actor=actor or "system",
+                           inline=wait)
         return job, None
     return None, refresh_source_records(conn)
 

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from cds.audit.service import record_event
 from cds.extensions import db
-from cds.jobs.service import JobError, Outcome, action
+from cds.jobs.service import InvalidJob, Outcome, action
 from cds.models import Deployment, Job, User, utcnow
 from cds.redirect.service import withdraw_links
 from cds.users.service import revoke_client_access
@@ -20,7 +20,7 @@ from cds.users.service import revoke_client_access
 CONFIRM_ALL_ABOVE = 100
 
 
-class DeleteNotConfirmed(JobError):
+class DeleteNotConfirmed(InvalidJob):
     """A large delete was asked for without typing "all"."""
 
 
@@ -62,7 +62,7 @@ def delete_user(user: User, *, reason: str = "deleted", job: Job | None = None) 
     return {"devices": devices, "links": links}
 
 
-@action("delete", "Delete", check=_check_job)
+@action("delete", "Delete", check=_check_job, options=("confirm",))
 def delete_batch(job: Job, users: list[User]) -> list[Outcome]:
     """The Delete bulk action: one savepoint per user, so one failure never stops the rest."""
     try:

@@ -1,14 +1,18 @@
-"""`flask --app app cds deploy …` and `… force-config …`: the same jobs as the Users tab."""
+"""`flask --app app cds deploy …`, `… auto-deploy …`, `… force-config …` and
+`… assign-profile …`: the same bulk actions as the Users tab, started the same way
+(``start_action``), run here to their end unless scheduled."""
 from __future__ import annotations
-
-from datetime import datetime, timezone
 
 import click
 from sqlalchemy import select
 
 from cds.cli import fail
 from cds.extensions import db
-from cds.models import User, login_key, utcnow
+from cds.jobs.actions import RUN_AT_HELP, start_action
+from cds.models import User, login_key
+from cds.users.service import parse_selection
+
+AT_HELP = f"Schedule for later: {RUN_AT_HELP}."
 
 
 def _selection(all_users: bool, login_ids: tuple[str, ...]) -> dict:
@@ -22,72 +26,72 @@ def _selection(all_users: bool, login_ids: tuple[str, ...]) -> dict:
     missing = [x for x in wanted if login_key(x) not in rows]
     if missing:
         fail(f"no user with login id {', '.join(missing)}")
-    return {"ids": sorted(rows.values())}
+    return parse_selection({"ids": sorted(rows.values())})
 
 
-def _parse_at(at: str | None) -> datetime | None:
-    """ISO 8601; without an offset the time is this machine's local time. Stored as naive UTC."""
-    if not at:
-        return None
-    try:
-        when = datetime.fromisoformat(at.strip().replace("Z", "+00:00"))
-    except ValueError:
-        fail(f"--at must be an ISO 8601 time such as 2030-03-01T08:00 or 2030-03-01T08:00+01:00 (got {at!r})")
-    if when.tzinfo is None:
-        when = when.astimezone()  # local time of this machine
-    when = when.astimezone(timezone.utc).replace(tzinfo=None, microsecond=0)
-    if when <= utcnow():
-        fail(f"--at {at} is in the past")
-    return when
+def _run(kind: str, all_users: bool, login_ids: tuple[str, ...], at: str | None,
+         params: dict | None = None) -> None:
+    from cds.jobs.service import reason_counts
 
-
-def _run(kind: str, all_users: bool, login_ids: tuple[str, ...], at: str | None) -> None:
-    from cds.jobs.service import JobError, create_job, reason_counts, run_job
-
-    selection = _selection(all_users, login_ids)
-    run_at = _parse_at(at)
-    try:
-        job = create_job(kind, selection, run_at=run_at, actor="cli")
-    except JobError as exc:
-        fail(str(exc))
-    if run_at is not None:
-        click.echo(f"job {job.id} scheduled for {run_at:%Y-%m-%d %H:%M} UTC: {job.description}")
+    job = start_action(kind, _selection(all_users, login_ids), params=params, run_at=at,
+                       actor="cli", inline=True)
+    if job.run_at is not None:
+        click.echo(f"job {job.id} scheduled for {job.run_at:%Y-%m-%d %H:%M} UTC: {job.description}")
         click.echo("It runs when the CDS server is running at that time; cancel it in the Jobs tab.")
         return
     click.echo(f"job {job.id}: {job.description}")
-    job = run_job(job.id) or db.session.get(type(job), job.id)
     click.echo(f"{job.succeeded} succeeded, {job.skipped} skipped, {job.failed} failed "
                f"(of {job.total})")
     for outcome, message, count in reason_counts(job):
         click.echo(f"  {outcome}: {count} × {message}")
 
 
+def _who(all_help: str = "Every user."):
+    """--all or --user LOGIN_ID…: the shell's way to say which users."""
+    def options(fn):
+        fn = click.option("--user", "login_ids", multiple=True, metavar="LOGIN_ID",
+                          help="A user's login id (repeatable).")(fn)
+        return click.option("--all", "all_users", is_flag=True, help=all_help)(fn)
+    return options
+
+
+def _when(fn):
+    return click.option("--at", default=None, metavar="ISO_TIME", help=AT_HELP)(fn)
+
+
 @click.command("deploy")
-@click.option("--all", "all_users", is_flag=True, help="Every user (Do Not Deploy users are skipped).")
-@click.option("--user", "login_ids", multiple=True, metavar="LOGIN_ID", help="A user's login id (repeatable).")
-@click.option("--at", default=None, metavar="ISO_TIME",
-              help="Schedule for later, e.g. 2030-03-01T08:00 (local time) or with an offset.")
+@_who("Every user (Do Not Deploy users are skipped).")
+@_when
 def deploy_command(all_users, login_ids, at):
     """Send deployment e-mails (new links) to users, now or at a set time."""
     _run("deploy", all_users, login_ids, at)
 
 
 @click.command("auto-deploy")
-@click.option("--all", "all_users", is_flag=True, help="Every user.")
-@click.option("--user", "login_ids", multiple=True, metavar="LOGIN_ID", help="A user's login id (repeatable).")
-@click.option("--at", default=None, metavar="ISO_TIME", help="Schedule for later.")
+@_who()
+@_when
 def auto_deploy_command(all_users, login_ids, at):
     """Set Force Config for users whose client has downloaded, Deploy for the others."""
     _run("auto_deploy", all_users, login_ids, at)
 
 
 @click.command("force-config")
-@click.option("--all", "all_users", is_flag=True, help="Every user.")
-@click.option("--user", "login_ids", multiple=True, metavar="LOGIN_ID", help="A user's login id (repeatable).")
-@click.option("--at", default=None, metavar="ISO_TIME", help="Schedule for later.")
+@_who()
+@_when
 def force_config_command(all_users, login_ids, at):
     """Make clients download their configuration again at their next status check."""
     _run("force_config", all_users, login_ids, at)
 
 
-commands = [deploy_command, auto_deploy_command, force_config_command]
+@click.command("assign-profile")
+@click.argument("profile_name")
+@_who()
+def assign_profile_command(profile_name, all_users, login_ids):
+    """Put users on the deployment profile PROFILE_NAME (their clients download again)."""
+    from cds.profiles.service import find_profile_by_name
+    profile = find_profile_by_name(profile_name)
+    _run("assign_profile", all_users, login_ids, None,
+         {"profile_id": profile.id if profile is not None else None})
+
+
+commands = [deploy_command, auto_deploy_command, force_config_command, assign_profile_command]

@@ -316,7 +316,7 @@ def _resumed_outcome(user: User, dep: Deployment, actor: str | None) -> Outcome:
     return Outcome(user, "failed", dep.send_error or "Not sent.")
 
 
-@action("deploy", "Deploy", finish=_finish)
+@action("deploy", "Deploy", finish=_finish, schedulable=True)
 def deploy_batch(job: Job, users: list[User]) -> list[Outcome]:
     return deploy_users(job, users)
 
@@ -342,12 +342,12 @@ def force_config_users(job: Job | None, users: list[User], actor: str | None = N
     return outcomes
 
 
-@action("force_config", "Set Force Config")
+@action("force_config", "Set Force Config", schedulable=True)
 def force_config_batch(job: Job, users: list[User]) -> list[Outcome]:
     return force_config_users(job, users)
 
 
-@action("auto_deploy", "Auto deploy", finish=_finish)
+@action("auto_deploy", "Auto deploy", finish=_finish, schedulable=True)
 def auto_deploy_batch(job: Job, users: list[User]) -> list[Outcome]:
     """Users whose client has downloaded get Set Force Config; users with a link that is
     still open are left alone; all others Deploy (see ``classify``)."""

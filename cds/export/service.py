@@ -1,4 +1,5 @@
-"""Export (CSV): the one place that turns users into rows of the PRODUCT.md §4 format.
+"""Export (CSV): the one place that turns users into rows of the CSV format
+(docs/sources.md, CSV files), which the CSV import reads back.
 
 The page, the JSON API and the CLI all stream ``export_csv``: a generator that
 reads the selection in id-ordered batches (keyset, not OFFSET) and yields the
@@ -23,7 +24,7 @@ from cds.users.service import count_selection, describe_selection, selection_que
 BATCH_SIZE = 2000
 BOM = "\ufeff"
 
-# Header (PRODUCT.md §4) -> the User column it comes from.
+# Header -> the User column it comes from.
 EXPORT_COLUMNS = (
     ("ID", User.id),
     ("Login ID", User.login_id),
@@ -42,7 +43,7 @@ EXPORT_COLUMNS = (
 )
 HEADER = [name for name, _ in EXPORT_COLUMNS]
 
-# The seed: an export never carries the MiCollab Client password, PBX SIP password,
+# An export never carries the MiCollab Client password, PBX SIP password,
 # Teleworker SIP password or Voicemail PIN. Rows are built only from the columns
 # above (the encrypted secrets are never even read), and this check keeps
 # anyone from adding one of them to the list.

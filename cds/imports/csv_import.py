@@ -1,4 +1,4 @@
-"""CSV import (PRODUCT.md §4): parse, plan with every row's errors, then write.
+"""CSV import (the format of docs/sources.md, CSV files): parse, plan with every row's errors, then write.
 
 ``plan_import`` reads the whole file and decides, row by row, what would happen
 (create, update, unchanged, or the errors that stop it) without writing
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import bindparam, select, update
 
+from cds import errors
 from cds.extensions import db
 from cds.imports.service import insert_users
 from cds.models import (SOURCE_CONNECTION, SOURCE_CSV, USER_SECRETS, DeploymentProfile, User,
@@ -46,7 +47,6 @@ USER_FIELDS = ("login_id", "first_name", "last_name", "number", "pbx_number", "p
 INFO_KEYS = ("source", "deployed", "downloaded")
 TEMPLATE_HEADER = [label for label, key in COLUMNS if key not in INFO_KEYS] + \
     [label for label, _ in SECRET_COLUMNS]
-MAX_SECRET_LENGTH = 128
 MAX_LISTED_ERRORS = 1000
 EMPTY_POLICIES = {
     "keep": "Empty cells leave the user's current value unchanged.",
@@ -66,7 +66,7 @@ HEADER_KEYS["reason"], LABELS["reason"] = "reason", "Reason"
 INFO_KEYS = INFO_KEYS + ("reason",)
 
 
-class CsvProblem(Exception):
+class CsvProblem(errors.Invalid):
     """The file as a whole cannot be read (encoding, structure, no header)."""
 
 
@@ -192,7 +192,7 @@ def read_rows(text: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
 
 def plan_import(data: bytes, options: CsvOptions) -> ImportPlan:
     from cds.profiles.service import default_profile
-    from cds.users.service import validate_user_fields
+    from cds.users.service import secret_problem, validate_user_fields
 
     header, raw_rows = read_rows(decode(data))
     index: dict[str, int] = {}
@@ -278,9 +278,9 @@ def plan_import(data: bytes, options: CsvOptions) -> ImportPlan:
         for key in USER_SECRETS:
             value = cells.get(key, "")
             if value:
-                if len(value) > MAX_SECRET_LENGTH or re.search(r"[\x00-\x1f\x7f]", value):
-                    plan.errors.append(f"{LABELS[key]} must be at most {MAX_SECRET_LENGTH} "
-                                       f"characters, without control characters.")
+                problem = secret_problem(key, value)
+                if problem:
+                    plan.errors.append(problem)
                 else:
                     plan.secrets[key] = value
         if user is None:
@@ -451,7 +451,8 @@ def commit_import(data: bytes, options: CsvOptions, *, actor: str | None = None,
                 row["profile_id"] = p.profile_id
             if p.secrets:
                 row["secrets_enc"] = encrypt_secrets({**decrypt_secrets(stored.get(p.user_id)), **p.secrets})
-            bump = any(f in CONFIG_FIELDS for f in values) or p.profile_id is not None
+            # A new secret changes the client's configuration, as it does from the form.
+            bump = any(f in CONFIG_FIELDS for f in values) or p.profile_id is not None or bool(p.secrets)
             row["config_bump"] = 1 if bump else 0
             groups.setdefault(tuple(sorted(row)), []).append({**row, "uid": p.user_id})
         table = User.__table__

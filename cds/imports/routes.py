@@ -8,7 +8,7 @@ from cds.imports.csv_import import (EMPTY_POLICIES, MAX_LISTED_ERRORS, CsvOption
                                     CsvRejected, commit_import, plan_import, rejected_rows_csv,
                                     template_csv)
 from cds.imports.service import (PAGE_SIZES, ImportProblem, RecordFilter, connection_choices,
-                                 deploy_available, discard_upload, import_and_deploy,
+                                 discard_upload, import_and_deploy,
                                  import_records, list_records, parse_record_selection,
                                  read_upload, store_upload)
 from cds.jobs.service import JobError
@@ -41,7 +41,7 @@ def index():
         job = db.session.get(Job, int(request.args["job"]))
     return render_template("imports/page.html", page=page, connections=connection_choices(),
                            profiles=all_profiles(), default_profile=default_profile(),
-                           deploy_ok=deploy_available(), page_sizes=PAGE_SIZES, job=job,
+                           page_sizes=PAGE_SIZES, job=job,
                            view="records", active_tab="import")
 
 
@@ -55,7 +55,7 @@ def import_selected():
         deploy = form.get("deploy") == "1"
         run = import_and_deploy if deploy else import_records
         result = run(selection, form.get("profile_id") or None, actor=g.get("actor"))
-    except (ImportProblem, JobError) as exc:
+    except (ImportProblem, JobError) as exc:  # shown on the page it returns to
         db.session.rollback()
         toast(str(exc), "error")
         return redirect(url_for("imports.index", **back))

@@ -17,6 +17,7 @@ from flask import current_app
 from sqlalchemy import Select, and_, false, func, insert, or_, select, text
 from sqlalchemy.orm import aliased
 
+from cds import errors
 from cds.extensions import db
 from cds.models import (SOURCE_CONNECTION, Connection, DeploymentProfile, SourceRecord, User, login_key,
                         utcnow)
@@ -33,7 +34,7 @@ RECORD_SEARCH_COLUMNS = (SourceRecord.first_name, SourceRecord.last_name, Source
 STATES = ("", "new", "imported")
 
 
-class ImportProblem(Exception):
+class ImportProblem(errors.Invalid):
     """An import cannot be carried out as asked; the message says why."""
 
 
@@ -291,23 +292,14 @@ def _ids_of(pairs: list[tuple[int, str]]) -> list[int]:
     return sorted(ids)
 
 
-def deploy_available() -> bool:
-    from cds.jobs.service import ACTIONS
-    return "deploy" in ACTIONS
-
-
 def import_and_deploy(selection: dict, profile_id=None, *, actor: str | None = None) -> ImportResult:
     """Import, then send the new users their deployment (one Deploy job)."""
-    from cds.jobs.service import create_job, submit
+    from cds.jobs.actions import start_action
 
-    if not deploy_available():
-        raise ImportProblem("Deploy is not available in this installation; use Import, then "
-                            "deploy from the Users tab.")
     result = import_records(selection, profile_id, actor=actor)
     if result.created_ids:
-        job = create_job("deploy", {"ids": result.created_ids}, actor=actor)
+        job = start_action("deploy", {"ids": result.created_ids}, actor=actor or "system")
         result.job_id = job.id
-        submit(job)
     return result
 
 

@@ -4,7 +4,6 @@ import json
 import click
 from sqlalchemy import select
 
-from cds.cli import fail
 from cds.extensions import db
 from cds.jobs import service as jobs
 from cds.models import Job
@@ -41,9 +40,7 @@ def list_command(state, limit, as_json):
 def show_command(job_id, as_json):
     """A job's progress and the users it skipped or failed."""
     from cds.api.resources import job_json
-    job = db.session.get(Job, job_id)
-    if job is None:
-        fail(f"job {job_id} does not exist")
+    job = jobs.get_job(job_id)
     data = job_json(job, with_items=True)
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -58,12 +55,7 @@ def show_command(job_id, as_json):
 @click.argument("job_id", type=int)
 def cancel_command(job_id):
     """Cancel a scheduled or queued job (a running one stops after its current batch)."""
-    from cds.audit.service import record_event
-    try:
-        job = jobs.cancel_job(job_id)
-    except jobs.JobError as exc:
-        fail(str(exc))
-    record_event("job.cancel", actor="cli", detail={"job": job.id, "kind": job.kind})
+    job = jobs.cancel_job(job_id, actor="cli")
     click.echo(f"job {job.id} cancelled")
 
 

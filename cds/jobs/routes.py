@@ -1,9 +1,8 @@
 """The Jobs tab: running jobs with live progress, scheduled ones (cancellable),
 finished ones with their per-user report, and the periodic sync schedules."""
-from flask import Blueprint, abort, redirect, render_template, request, url_for
+from flask import Blueprint, g, redirect, render_template, request, url_for
 
-from cds.extensions import db
-from cds.jobs.service import (ITEM_OUTCOMES, JobError, JobNotFound, active_jobs, cancel_job,
+from cds.jobs.service import (ITEM_OUTCOMES, active_jobs, cancel_job, get_job,
                               finished_jobs, item_page, reason_counts, scheduled_jobs,
                               sync_schedules)
 from cds.models import Job
@@ -40,10 +39,7 @@ def index():
 
 
 def _get_job(job_id: int) -> Job:
-    job = db.session.get(Job, job_id)
-    if job is None:
-        abort(404, f"Job {job_id} does not exist (finished jobs are pruned after a while).")
-    return job
+    return get_job(job_id)  # JobNotFound: 404
 
 
 @bp.route("/<int:job_id>")
@@ -72,12 +68,7 @@ def progress(job_id: int):
 @bp.route("/<int:job_id>/cancel", methods=["POST"])
 @write_required
 def cancel(job_id: int):
-    try:
-        job = cancel_job(job_id)
-    except JobNotFound as exc:
-        abort(404, str(exc))
-    except JobError as exc:
-        abort(409, str(exc))
+    job = cancel_job(job_id, actor=g.actor)  # JobNotFound: 404, JobFinished: 409
     toast(f"Cancelled: {job.description}. {job.message}", "success")
     if request.htmx and request.htmx.target == "job-lists":
         return render_template("jobs/_lists.html", **_lists_context(_page_arg()))

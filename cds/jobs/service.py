@@ -1,7 +1,8 @@
 """Jobs: every bulk action runs as one, with progress the pages poll.
 
 An action registers a batch function with ``@action``; ``create_job`` records
-what to act on (explicit ids or a filter, resolved when the job runs), and
+what to act on (explicit ids or a filter, resolved when the job runs) — every
+surface reaches it through ``cds.jobs.actions.start_action`` — and
 ``run_job`` walks the selected users in id order, a batch at a time, writing one
 ``JobItem`` per user. A job whose process died is resumed after the last user it
 recorded, so no user is acted on twice.
@@ -20,6 +21,7 @@ from typing import Callable
 from flask import current_app, g, has_request_context
 from sqlalchemy import delete, func, insert, select, update
 
+from cds import errors
 from cds.audit.service import acting_for
 from cds.extensions import db
 from cds.models import (JOB_CANCELLED, JOB_DONE, JOB_FAILED, JOB_QUEUED, JOB_RUNNING,
@@ -33,12 +35,20 @@ STALE_AFTER = timedelta(seconds=60)
 RUNNER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 
-class JobError(Exception):
+class JobError(errors.CdsError):
     """A job cannot be created or changed as asked."""
 
 
-class JobNotFound(JobError):
+class JobNotFound(errors.NotFound, JobError):
     pass
+
+
+class InvalidJob(errors.Invalid, JobError):
+    """The job was not created: the action, selection or parameters are not acceptable."""
+
+
+class JobFinished(errors.Conflict, JobError):
+    """Only scheduled, queued or running jobs can be cancelled."""
 
 
 @dataclass
@@ -58,56 +68,111 @@ class Action:
     # Batch size: actions that talk to slow peers may want smaller batches.
     batch_size: int = BATCH_SIZE
     # Called by create_job with (total, params) before anything is recorded; raises
-    # JobError when the request is not acceptable (e.g. a missing confirmation).
+    # InvalidJob when the request is not acceptable (e.g. a missing confirmation).
     check: Callable[[int, dict], None] | None = None
+    # May it run at a set time ("Deploy at…", --at, "at")? Others run at once.
+    schedulable: bool = False
+    # The parameters it takes besides the selection (other keys given are ignored).
+    options: tuple[str, ...] = ()
 
 
 ACTIONS: dict[str, Action] = {}
 
 
-def action(kind: str, label: str, *, finish=None, batch_size: int = BATCH_SIZE, check=None):
+def action(kind: str, label: str, *, finish=None, batch_size: int = BATCH_SIZE, check=None,
+           schedulable: bool = False, options: tuple[str, ...] = ()):
     def register(fn):
-        ACTIONS[kind] = Action(kind, label, fn, finish, batch_size, check)
+        ACTIONS[kind] = Action(kind, label, fn, finish, batch_size, check, schedulable, options)
         return fn
     return register
 
 
 # --- creating and cancelling ---------------------------------------------------
 
+def _profile_id(value) -> int:
+    from cds.profiles.service import ProfileNotFound, get_profile
+
+    number = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.strip().isdigit():
+        number = int(value.strip())
+    if number is None or not 1 <= number <= 2**31 - 1:
+        raise InvalidJob("Choose the profile to assign.", {"profile_id": "a profile id is required"})
+    try:
+        return get_profile(number).id
+    except ProfileNotFound:
+        raise InvalidJob(f"Choose the profile to assign: profile {number} does not exist.",
+                         {"profile_id": "no such profile"}) from None
+
+
+def read_params(kind: str, given) -> dict:
+    """The parameters ``kind`` takes, read and checked; others given are ignored."""
+    params = {}
+    for name in ACTIONS[kind].options:
+        value = given.get(name) if given is not None else None
+        if name == "profile_id":
+            params[name] = _profile_id(value)
+        elif name == "confirm":
+            if value is not None and not isinstance(value, str):
+                raise InvalidJob("confirm must be text (the word \"all\").", {"confirm": "string expected"})
+            params[name] = value or ""
+        else:
+            params[name] = value
+    return params
+
+
+
 def create_job(kind: str, selection: dict, *, params: dict | None = None,
-               run_at: datetime | None = None, actor: str | None = None) -> Job:
-    """Record a job; it runs now (queued) or at ``run_at`` (scheduled)."""
+               run_at: datetime | None = None, actor: str | None = None,
+               actor_type: str | None = None, commit: bool = True) -> Job:
+    """Record a job; it runs now (queued) or at ``run_at`` (scheduled). ``params`` is any
+    mapping holding the action's parameters (a form, a JSON body, a dict). With
+    ``commit=False`` it joins the caller's transaction (``start_action`` commits it
+    with the creation's audit event)."""
     from cds.users.service import count_selection, describe_selection
 
     if kind not in ACTIONS:
-        raise JobError(f"Unknown action {kind!r}.")
+        raise errors.NotFound(f"There is no bulk action {kind!r}.")
     total = count_selection(selection)
     if total == 0:
-        raise JobError("No users are selected.")
+        raise InvalidJob("No users are selected.")
+    params = read_params(kind, params)
     if ACTIONS[kind].check:
-        ACTIONS[kind].check(total, params or {})
+        ACTIONS[kind].check(total, params)
     now = utcnow()
     scheduled = run_at is not None and run_at > now
-    params = {"selection": selection, **(params or {})}
+    params = {"selection": selection, **params}
     # Whoever asked (an administrator, an API token…), for audit events written while it runs.
-    if has_request_context() and (g.get("actor_type") or g.get("admin")):
-        params.setdefault("actor_type", g.get("actor_type") or "admin")
+    if actor_type is None and has_request_context() and (g.get("actor_type") or g.get("admin")):
+        actor_type = g.get("actor_type") or "admin"
+    if actor_type is not None:
+        params.setdefault("actor_type", actor_type)
     job = Job(kind=kind, state=JOB_SCHEDULED if scheduled else JOB_QUEUED,
               params=params,
               description=f"{ACTIONS[kind].label}: {describe_selection(selection, total)}",
               run_at=run_at if scheduled else None, created_by=actor, total=total)
     db.session.add(job)
-    db.session.commit()
+    if commit:
+        db.session.commit()
+    else:
+        db.session.flush()
     return job
 
 
-def cancel_job(job_id: int, actor: str | None = None) -> Job:
-    """Cancel a scheduled or queued job (it never runs), or stop a running one after its batch."""
-    from cds.audit.service import record_event
-
+def get_job(job_id: int) -> Job:
     job = db.session.get(Job, job_id)
     if job is None:
-        raise JobNotFound(f"Job {job_id} does not exist.")
+        raise JobNotFound(f"Job {job_id} does not exist (finished jobs are pruned after a while).")
+    return job
+
+
+def cancel_job(job_id: int, *, actor: str | None = None, actor_type: str | None = None) -> Job:
+    """Cancel a scheduled or queued job (it never runs), or stop a running one after its batch.
+    Writes the one ``job.cancel`` audit event, in the same transaction."""
+    from cds.audit.service import record_event
+
+    job = get_job(job_id)
     changed = db.session.execute(
         update(Job).where(Job.id == job_id, Job.state.in_([JOB_SCHEDULED, JOB_QUEUED, JOB_RUNNING]))
         .values(state=JOB_CANCELLED, finished_at=utcnow(),
@@ -116,8 +181,8 @@ def cancel_job(job_id: int, actor: str | None = None) -> Job:
     ).rowcount
     if not changed:
         db.session.rollback()
-        raise JobError(f"Job {job_id} has already finished ({job.state}).")
-    record_event("job.cancel", actor=actor, count=job.total, commit=False,
+        raise JobFinished(f"Job {job_id} has already finished ({job.state}).")
+    record_event("job.cancel", actor=actor, actor_type=actor_type, count=job.total, commit=False,
                  detail={"job": job.id, "kind": job.kind, "description": job.description})
     db.session.commit()
     db.session.refresh(job)

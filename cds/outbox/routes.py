@@ -3,10 +3,8 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, current_app, g, redirect, render_template, request, url_for
 
-from cds.audit.service import record_event
 from cds.mail.transport import MailSettings
 from cds.outbox import service
-from cds.outbox.service import OutboxError
 from cds.web import primary_required, toast
 
 bp = Blueprint("outbox", __name__, url_prefix="/outbox")
@@ -17,10 +15,7 @@ FRAME_CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
 
 
 def _message(name: str):
-    try:
-        return service.read_message(name)
-    except OutboxError as exc:
-        abort(404, str(exc))
+    return service.read_message(name)  # OutboxError: 404
 
 
 @bp.route("")
@@ -64,10 +59,7 @@ def inline_image(name: str, cid: str):
 
 @bp.route("/<name>/raw")
 def raw(name: str):
-    try:
-        data = service.raw_message(name)
-    except OutboxError as exc:
-        abort(404, str(exc))
+    data = service.raw_message(name)  # OutboxError: 404
     resp = current_app.response_class(data, mimetype="message/rfc822")
     resp.headers["Content-Disposition"] = f'attachment; filename="{name}"'
     return resp
@@ -76,7 +68,6 @@ def raw(name: str):
 @bp.route("/empty", methods=["POST"])
 @primary_required
 def empty():
-    count = service.delete_all()
-    record_event("outbox.empty", actor=g.actor, count=count)
+    count = service.delete_all(actor=g.actor)
     toast(f"Deleted {count} message{'s' if count != 1 else ''} from the Outbox.", "success")
     return redirect(url_for("outbox.index"))

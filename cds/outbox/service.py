@@ -10,6 +10,7 @@ from email.parser import BytesHeaderParser, BytesParser
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
+from cds import errors
 from cds.mail.compose import qr_data_uri
 from cds.mail.transport import outbox_dir
 
@@ -17,7 +18,7 @@ PAGE_SIZE = 50
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.eml$")
 
 
-class OutboxError(Exception):
+class OutboxError(errors.NotFound):
     pass
 
 
@@ -124,9 +125,12 @@ def html_with_inline_images(message: OutboxMessage) -> str:
     return html
 
 
-def delete_all() -> int:
+def delete_all(*, actor: str) -> int:
+    """Empty the Outbox (audited as ``outbox.empty``); returns how many messages went."""
+    from cds.audit.service import record_event
     count = 0
     for path in _files():
         path.unlink(missing_ok=True)
         count += 1
+    record_event("outbox.empty", actor=actor, count=count)
     return count

@@ -68,10 +68,7 @@ def show_command(name, as_json):
 def add_command(name, make_default, as_json, **fields):
     data = {k: v for k, v in fields.items() if v is not None}
     data["name"] = name
-    try:
-        profile = profiles.save_profile(None, data, actor="cli", make_default=make_default)
-    except profiles.InvalidProfile as exc:
-        fail(str(exc))
+    profile = profiles.save_profile(None, data, actor="cli", make_default=make_default)
     _show(profile, as_json) if as_json else click.echo(f"profile {profile.name} added (id {profile.id})")
 
 
@@ -84,20 +81,14 @@ def edit_command(name, new_name, as_json, **fields):
     data = {k: v for k, v in fields.items() if v is not None}
     if new_name:
         data["name"] = new_name
-    try:
-        profile = profiles.save_profile(profile, data, actor="cli")
-    except profiles.InvalidProfile as exc:
-        fail(str(exc))
+    profile = profiles.save_profile(profile, data, actor="cli")
     _show(profile, as_json) if as_json else click.echo(f"profile {profile.name} saved")
 
 
 @profiles_group.command("set-default")
 @click.argument("name")
 def set_default_command(name):
-    try:
-        profiles.set_default(_find(name), actor="cli")
-    except profiles.ProfileError as exc:
-        fail(str(exc))
+    profiles.set_default(_find(name), actor="cli")
     click.echo(f"{name} is now the default profile for new users")
 
 
@@ -107,10 +98,7 @@ def set_default_command(name):
 def delete_command(name, reassign_to):
     profile = _find(name)
     target = _find(reassign_to) if reassign_to else None
-    try:
-        moved = profiles.delete_profile(profile, reassign_to=target, actor="cli")
-    except profiles.ProfileError as exc:
-        fail(str(exc))
+    moved = profiles.delete_profile(profile, reassign_to=target, actor="cli")
     click.echo(f"profile {name} deleted" + (f"; {moved} users moved to {target.name}" if moved else ""))
 
 

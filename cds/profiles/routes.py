@@ -6,7 +6,7 @@ from flask import Blueprint, abort, g, redirect, render_template, request, url_f
 from cds.extensions import db
 from cds.models import DeploymentProfile
 from cds.profiles.forms import DeleteProfileForm, ProfileForm
-from cds.profiles.service import (PROFILE_FIELDS, InvalidProfile, ProfileError, ProfileInUse,
+from cds.profiles.service import (PROFILE_FIELDS, InvalidProfile, ProfileInUse,
                                   all_profiles, delete_profile, get_profile, save_profile,
                                   set_default, user_counts, validate_profile_fields)
 from cds.web import app_response, current_admin, toast, write_required
@@ -25,10 +25,7 @@ def index():
 
 
 def _load(profile_id: int) -> DeploymentProfile:
-    try:
-        return get_profile(profile_id)
-    except ProfileError as exc:
-        abort(404, str(exc))
+    return get_profile(profile_id)  # ProfileNotFound: 404
 
 
 def _form_data(profile: DeploymentProfile) -> dict:
@@ -104,10 +101,7 @@ def edit(profile_id: int):
 @write_required
 def make_default(profile_id: int):
     profile = _load(profile_id)
-    try:
-        set_default(profile, actor=g.get("actor"))
-    except ProfileError as exc:
-        abort(409, str(exc))
+    set_default(profile, actor=g.get("actor"))  # ProfileError: 409
     toast(f"New users now get the profile {profile.name}.", "success")
     return _list_fragment_or_page()
 
@@ -136,9 +130,7 @@ def delete(profile_id: int):
         toast(str(exc), "warning")
         others = [p for p in all_profiles() if p.id != profile.id]
         return _list_fragment_or_page(reassign=profile, reassign_count=exc.count, others=others)
-    except ProfileError as exc:
-        db.session.rollback()
-        abort(409, str(exc))
+    # Any other ProfileError (built-in or default profile): 409, rolled back by the renderer.
     name = profile.name
     if moved:
         toast(f"{moved} user{'s' if moved != 1 else ''} moved to {reassign_to.name}; "

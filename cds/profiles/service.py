@@ -6,12 +6,17 @@ import re
 
 from sqlalchemy import func, select, update
 
+from cds import errors
 from cds.extensions import db
 from cds.models import CLIENT_TYPES, DO_NOT_DEPLOY, TRANSPORTS, DeploymentProfile, User
 
 
-class ProfileError(Exception):
+class ProfileError(errors.Conflict):
     """A profile cannot be changed as asked; the message says why."""
+
+
+class ProfileNotFound(errors.NotFound, ProfileError):
+    pass
 
 
 class ProfileInUse(ProfileError):
@@ -57,7 +62,7 @@ def all_profiles() -> list[DeploymentProfile]:
 def get_profile(profile_id: int) -> DeploymentProfile:
     profile = db.session.get(DeploymentProfile, profile_id)
     if profile is None:
-        raise ProfileError(f"Deployment profile {profile_id} does not exist.")
+        raise ProfileNotFound(f"Deployment profile {profile_id} does not exist.")
     return profile
 
 
@@ -93,10 +98,9 @@ PROFILE_FIELDS = ("name", "description", "client_types", "mbg_sip_host", "mbg_si
 DO_NOT_DEPLOY_FIELDS = ("description",)
 
 
-class InvalidProfile(ProfileError):
-    def __init__(self, errors: dict[str, str]):
-        super().__init__("; ".join(errors.values()))
-        self.errors = errors
+class InvalidProfile(errors.Invalid, ProfileError):
+    def __init__(self, field_errors: dict[str, str]):
+        super().__init__("; ".join(field_errors.values()), field_errors)
 
 
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")

@@ -1,5 +1,6 @@
 """Administrator accounts as Settings changes them: add, change role, reset password,
-disable and enable, and each administrator's own password.
+disable and enable, and each administrator's own password. Each change is audited
+here, in the same transaction as the change, with the acting administrator passed in.
 
 Rules: only the primary administrator changes accounts (the routes enforce it),
 and the last active primary administrator can be neither demoted nor disabled,
@@ -35,11 +36,11 @@ ROLE_POWERS = {
 }
 
 
-def role_change_question(admin: AdminAccount, role: str, actor: AdminAccount | None) -> str:
-    """What a role change will do, said before it is done."""
+def role_change_question(admin: AdminAccount, role: str, actor: str | None) -> str:
+    """What a role change will do, said before it is done (``actor``: who asks, by name)."""
     text = (f"Change {admin.username} from {ROLE_LABELS[admin.role].lower()} to "
             f"{ROLE_LABELS[role].lower()}? {admin.username} will be able to {ROLE_POWERS[role]}.")
-    if actor is not None and actor.id == admin.id:
+    if actor == admin.username:
         text += (" This is your own account: you lose the rights of a primary administrator at once "
                  "and cannot take them back yourself.")
     return text
@@ -68,15 +69,15 @@ def _keep_a_primary(admin: AdminAccount, action: str) -> None:
                                f"{action}. Make another account primary administrator first.")
 
 
-def add_admin(username: str, role: str, password: str = "") -> tuple[AdminAccount, str | None]:
+def add_admin(username: str, role: str, password: str = "", *, actor: str | None = None
+              ) -> tuple[AdminAccount, str | None]:
     """Create an account. With no password given one is generated and returned (shown once)."""
     generated = None
     if not password:
         password = generated = generate_password()
-    admin = create_admin(username, password, role)
+    admin = create_admin(username, password, role, actor=actor, password_generated=bool(generated))
     admin.password_change_due = True  # the primary administrator knows it: a one-time password
-    record_event("admin.create", detail={"account": admin.username, "role": role,
-                                         "password_generated": bool(generated)})
+    db.session.commit()
     return admin, generated
 
 
@@ -91,25 +92,24 @@ def check_role_change(admin_id: int, role: str) -> AdminAccount:
     return admin
 
 
-def change_role(admin_id: int, role: str, *, actor: AdminAccount | None = None,
-                confirmed: bool = False) -> AdminAccount:
+def change_role(admin_id: int, role: str, *, actor: str, confirmed: bool = False) -> AdminAccount:
     """Change an account's role. Never the last active primary administrator's; one's own
-    (``actor``) only when ``confirmed``."""
+    (``actor`` is the account's name) only when ``confirmed``."""
     admin = check_role_change(admin_id, role)
     role = "readonly" if role == "read-only" else role
     if role == admin.role:
         return admin
-    if actor is not None and actor.id == admin.id and not confirmed:
+    if actor == admin.username and not confirmed:
         raise ConfirmationNeeded(role_change_question(admin, role, actor))
     old = admin.role
     admin.role = role
-    record_event("admin.role", commit=False,
+    record_event("admin.role", actor=actor, commit=False,
                  detail={"account": admin.username, "from": old, "to": role})
     db.session.commit()
     return admin
 
 
-def reset_password(admin_id: int, password: str = "") -> tuple[AdminAccount, str | None]:
+def reset_password(admin_id: int, password: str = "", *, actor: str) -> tuple[AdminAccount, str | None]:
     """Set a new password (or generate one, returned to be shown once); ends their sessions."""
     admin = get_admin(admin_id)
     generated = None
@@ -119,13 +119,12 @@ def reset_password(admin_id: int, password: str = "") -> tuple[AdminAccount, str
     admin.password_hash = hash_password(password)
     admin.session_epoch += 1
     admin.password_change_due = True
-    record_event("admin.password_reset", commit=False, detail={"account": admin.username})
+    record_event("admin.password_reset", actor=actor, commit=False, detail={"account": admin.username})
     db.session.commit()
     return admin, generated
 
 
-def set_disabled(admin_id: int, disabled: bool, *, actor: AdminAccount | None = None,
-                 confirmed: bool = False) -> AdminAccount:
+def set_disabled(admin_id: int, disabled: bool, *, actor: str, confirmed: bool = False) -> AdminAccount:
     """Disable or enable an account. Never the last active primary administrator; one's
     own account (``actor``) only when ``confirmed``."""
     admin = get_admin(admin_id)
@@ -133,12 +132,12 @@ def set_disabled(admin_id: int, disabled: bool, *, actor: AdminAccount | None = 
         return admin
     if disabled:
         _keep_a_primary(admin, "disabled")
-        if actor is not None and actor.id == admin.id and not confirmed:
+        if actor == admin.username and not confirmed:
             raise ConfirmationNeeded("This is your own account: disabling it signs you out at once, "
                                      "and only another primary administrator can enable it again.")
         admin.session_epoch += 1  # their open sessions end now
     admin.disabled = disabled
-    record_event("admin.disable" if disabled else "admin.enable", commit=False,
+    record_event("admin.disable" if disabled else "admin.enable", actor=actor, commit=False,
                  detail={"account": admin.username})
     db.session.commit()
     return admin
@@ -157,6 +156,6 @@ def change_own_password(admin: AdminAccount, current: str, new: str, repeat: str
     admin.password_hash = hash_password(new)
     admin.session_epoch += 1
     admin.password_change_due = False
-    record_event("admin.password_change", commit=False, detail={"account": admin.username})
+    record_event("admin.password_change", actor=admin.username, commit=False, detail={"account": admin.username})
     db.session.commit()
     return admin.session_epoch

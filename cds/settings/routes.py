@@ -3,7 +3,7 @@ and My account. Mail server and e-mail template have their own pages in this sec
 (/settings/mail, /settings/template)."""
 from __future__ import annotations
 
-from flask import Blueprint, abort, redirect, render_template, request, session, url_for
+from flask import Blueprint, abort, g, redirect, render_template, request, session, url_for
 
 from cds.auth.service import AccountError
 from cds.models import ROLE_LABELS, ROLES
@@ -93,7 +93,7 @@ def _account_change(change, success: str):
 def add_admin():
     form = request.form
     return _account_change(lambda: accounts.add_admin(form.get("username", ""), form.get("role", ""),
-                                                      form.get("password", "")),
+                                                      form.get("password", ""), actor=g.actor),
                            "Administrator {name} added.")
 
 
@@ -111,25 +111,25 @@ def change_role(admin_id: int):
         if role == admin.role:
             toast(f"{admin.username} already is {ROLE_LABELS[role].lower()}.", "info")
             return _admins_page()
-        question = {"text": accounts.role_change_question(admin, role, current_admin()),
+        question = {"text": accounts.role_change_question(admin, role, g.actor),
                     "action": url_for("settings.change_role", admin_id=admin.id),
                     "fields": {"role": role}, "button": "Change role"}
         return _admins_page(question=question)
-    return _account_change(lambda: accounts.change_role(admin_id, role, actor=current_admin(), confirmed=True),
+    return _account_change(lambda: accounts.change_role(admin_id, role, actor=g.actor, confirmed=True),
                            "{name} is now " + ROLE_LABELS.get(role, role).lower() + ".")
 
 
 @bp.route("/admins/<int:admin_id>/password", methods=["POST"])
 @primary_required
 def reset_password(admin_id: int):
-    return _account_change(lambda: accounts.reset_password(admin_id, request.form.get("password", "")),
+    return _account_change(lambda: accounts.reset_password(admin_id, request.form.get("password", ""), actor=g.actor),
                            "Password of {name} reset; their sessions have ended.")
 
 
 @bp.route("/admins/<int:admin_id>/disable", methods=["POST"])
 @primary_required
 def disable(admin_id: int):
-    return _account_change(lambda: accounts.set_disabled(admin_id, True, actor=current_admin(),
+    return _account_change(lambda: accounts.set_disabled(admin_id, True, actor=g.actor,
                                                          confirmed=_confirmed()),
                            "{name} is disabled and signed out.")
 
@@ -137,7 +137,7 @@ def disable(admin_id: int):
 @bp.route("/admins/<int:admin_id>/enable", methods=["POST"])
 @primary_required
 def enable(admin_id: int):
-    return _account_change(lambda: accounts.set_disabled(admin_id, False), "{name} is enabled again.")
+    return _account_change(lambda: accounts.set_disabled(admin_id, False, actor=g.actor), "{name} is enabled again.")
 
 
 # --- My account ------------------------------------------------------------------

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from flask import current_app
 from sqlalchemy import select
 
+from cds import errors
 from cds.extensions import db
 from cds.models import Setting
 from cds.security import decrypt, encrypt
 
 
-class SettingError(Exception):
+class SettingError(errors.Invalid):
     """A setting value is not acceptable; the message says why."""
 
 

@@ -84,10 +84,7 @@ def list_command(search, profile_name, sort, page, per_page, as_json):
     args = {"search": search, "sort": sort, "page": page, "per_page": per_page}
     if profile_name:
         args["profile"] = _profile_id(profile_name)
-    try:
-        result = users.list_users(users.UserQuery.from_mapping(args))
-    except users.InvalidQuery as exc:
-        fail(str(exc))
+    result = users.list_users(users.UserQuery.from_mapping(args))
     if as_json:
         click.echo(json.dumps({"total": result.total, "page": result.query.page,
                                "items": [user_json(u) for u in result.users]}, indent=2))
@@ -117,10 +114,7 @@ def add_command(login_id, profile_name, secret_names, as_json, **fields):
     values = {k: (v or "") for k, v in fields.items()}
     values["login_id"] = login_id
     values["profile_id"] = _profile_id(profile_name) or default_profile().id
-    try:
-        result = users.save_user(None, values, _secrets_from_stdin(secret_names), actor="cli")
-    except users.InvalidUser as exc:
-        fail(str(exc))
+    result = users.save_user(None, values, _secrets_from_stdin(secret_names), actor="cli")
     _print_user(result.user, as_json) if as_json else click.echo(f"user {login_id} added (id {result.user.id})")
 
 
@@ -135,10 +129,7 @@ def edit_command(login_id, new_login_id, profile_name, secret_names, as_json, **
     values.update({k: v for k, v in fields.items() if v is not None})
     values["login_id"] = new_login_id or user.login_id
     values["profile_id"] = _profile_id(profile_name) or user.profile_id
-    try:
-        result = users.save_user(user, values, _secrets_from_stdin(secret_names), actor="cli")
-    except users.InvalidUser as exc:
-        fail(str(exc))
+    result = users.save_user(user, values, _secrets_from_stdin(secret_names), actor="cli")
     if result.id_changed:
         users.redeploy_after_id_change(result.user, actor="cli")
         click.echo("The ID changed: the client app must be factory reset and a new deployment "
@@ -152,17 +143,13 @@ def edit_command(login_id, new_login_id, profile_name, secret_names, as_json, **
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def delete_command(login_ids, yes):
     """Delete users: their links and device credentials stop working."""
-    from cds.jobs import service as jobs
+    from cds.jobs.actions import start_action
     ids = [_user_by_login(login).id for login in login_ids]
     if not yes and not click.confirm(f"Delete {len(ids)} user(s)?"):
         fail("nothing deleted")
-    params = {"confirm": "all"} if len(ids) > 100 else {}
-    try:
-        job = jobs.create_job("delete", {"ids": ids}, params=params, actor="cli")
-    except jobs.JobError as exc:
-        fail(str(exc))
-    jobs.run_job(job.id)
-    db.session.refresh(job)
+    # Naming each user (or --yes) is the shell's confirmation, however many there are.
+    job = start_action("delete", users.parse_selection({"ids": ids}), params={"confirm": "all"},
+                       actor="cli", inline=True)
     click.echo(f"{job.succeeded} deleted, {job.failed} failed")
     if job.failed:
         sys.exit(1)

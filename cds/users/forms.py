@@ -5,7 +5,9 @@ from wtforms import BooleanField, EmailField, PasswordField, SelectField, String
 from wtforms.validators import ValidationError
 
 from cds.models import USER_SECRETS
-from cds.users.service import USER_FIELD_LABELS, validate_user_fields
+from cds.users.service import MAX_SECRET_LENGTH, USER_FIELD_LABELS, validate_user_fields
+
+SECRET_INPUT = {"maxlength": MAX_SECRET_LENGTH}
 
 
 def service_rule(form, field):
@@ -26,7 +28,7 @@ class ProfileChoiceMixin:
 
 
 class UserForm(ProfileChoiceMixin, FlaskForm):
-    """A manual (or CSV) user: every field of PRODUCT.md §2. Secrets are write-only:
+    """A manual (or CSV) user: every field a user has. Secrets are write-only:
     the form never carries a stored value, only a new one or "clear"."""
     login_id = _text("login_id")
     profile_id = SelectField("Profile", coerce=int)
@@ -40,13 +42,14 @@ class UserForm(ProfileChoiceMixin, FlaskForm):
     email = EmailField(USER_FIELD_LABELS["email"], validators=[service_rule],
                        filters=[lambda v: v.strip() if isinstance(v, str) else v])
 
-    mcs_password = PasswordField(USER_SECRETS["mcs_password"])
+    # The length rule is the service's (secret_problem); maxlength only helps the browser.
+    mcs_password = PasswordField(USER_SECRETS["mcs_password"], render_kw=SECRET_INPUT)
     mcs_password_clear = BooleanField("Clear")
-    pbx_sip_password = PasswordField(USER_SECRETS["pbx_sip_password"])
+    pbx_sip_password = PasswordField(USER_SECRETS["pbx_sip_password"], render_kw=SECRET_INPUT)
     pbx_sip_password_clear = BooleanField("Clear")
-    teleworker_sip_password = PasswordField(USER_SECRETS["teleworker_sip_password"])
+    teleworker_sip_password = PasswordField(USER_SECRETS["teleworker_sip_password"], render_kw=SECRET_INPUT)
     teleworker_sip_password_clear = BooleanField("Clear")
-    voicemail_pin = PasswordField(USER_SECRETS["voicemail_pin"])
+    voicemail_pin = PasswordField(USER_SECRETS["voicemail_pin"], render_kw=SECRET_INPUT)
     voicemail_pin_clear = BooleanField("Clear")
 
     text_fields = ("login_id", "first_name", "last_name", "number", "pbx_number",

@@ -1,18 +1,16 @@
 """The Users tab: the table, the bulk actions, and the user page."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from flask import (Blueprint, abort, current_app, g, redirect, render_template, request, session,
                    url_for)
-from werkzeug.exceptions import NotFound as RouteNotFound
 
 from cds.extensions import db
-from cds.jobs.service import ACTIONS, JobError, create_job, reason_counts, submit
+from cds.jobs.actions import start_action
+from cds.jobs.service import ACTIONS, reason_counts
 from cds.models import USER_SECRETS
 from cds.profiles.service import all_profiles
 from cds.users.forms import ImportedUserForm, UserForm
-from cds.users.service import (PAGE_SIZES, InvalidQuery, InvalidUser, NotFound, UserError,
+from cds.users.service import (PAGE_SIZES, InvalidQuery, InvalidUser,
                                UserQuery, deployment_history, get_user, id_change_consequences,
                                list_users, parse_selection, redeploy_after_id_change, revoke_device,
                                save_user, source_choices, source_label, user_audit_events,
@@ -25,7 +23,7 @@ PER_PAGE_KEY = "users_per_page"
 TABLE_TARGET = "users-table"
 USER_TARGET = "user-main"
 
-# The buttons above the table, in the seed's order; the job kind each one starts.
+# The buttons above the table, in the order administrators know; the job kind each one starts.
 BULK_ACTIONS = (
     ("sync", "Sync data"),
     ("auto_deploy", "Auto deploy"),
@@ -36,17 +34,6 @@ BULK_ACTIONS = (
     ("assign_profile", "Assign profile"),
 )
 BULK_LABELS = dict(BULK_ACTIONS)
-SCHEDULABLE = ("deploy", "auto_deploy")
-
-
-def _export_available() -> bool:
-    try:
-        current_app.url_map.bind("").match("/users/export.csv", method="GET")
-    except RouteNotFound:
-        return False
-    except Exception:
-        return True
-    return True
 
 
 def _targets(name: str) -> bool:
@@ -86,43 +73,20 @@ def index():
         "users/page.html", page=page, active_tab="users", profiles=all_profiles(),
         uses_outbox=MailSettings.load().uses_outbox,
         sources=source_choices(), bulk_actions=BULK_ACTIONS, page_sizes=PAGE_SIZES,
-        available={k for k in BULK_LABELS if k in ACTIONS or (k == "export" and _export_available())},
+        schedulable={kind for kind, act in ACTIONS.items() if act.schedulable},
         can_write=admin.can_write)
 
 
 @bp.route("/actions/<kind>", methods=["POST"])
 @write_required
 def bulk_action(kind: str):
-    """Every bulk button: a job over the selected users (ids, or all matching the filter)."""
+    """Every bulk button: a job over the selected users (ids, or all matching the filter).
+    Refusals (no selection, a time in the past, a missing profile…) come from
+    ``start_action`` and are answered as toasts, with the same status as in the API."""
     if kind not in BULK_LABELS or kind == "export":
         abort(404, f"There is no bulk action {kind!r}.")
-    label = BULK_LABELS[kind]
-    if kind not in ACTIONS:
-        toast(f"{label} is not available yet in this version of CDS.", "warning")
-        resp = app_response("")
-        resp.headers["HX-Reswap"] = "none"
-        return resp
-    try:
-        selection = parse_selection(request.form)
-    except InvalidQuery as exc:
-        abort(400, str(exc))
-    params, run_at = {}, None
-    if kind == "assign_profile":
-        from cds.profiles.service import ProfileError, get_profile
-        try:
-            params["profile_id"] = get_profile(int(request.form.get("profile_id") or 0)).id
-        except (ValueError, ProfileError):
-            abort(400, "Choose the profile to assign.")
-    if kind == "delete":
-        params["confirm"] = request.form.get("confirm", "")
-    if kind in SCHEDULABLE and request.form.get("run_at"):
-        run_at = _parse_run_at(request.form["run_at"])
-    try:
-        job = create_job(kind, selection, params=params, run_at=run_at, actor=g.get("actor"))
-        submit(job)
-    except JobError as exc:
-        abort(400, str(exc))
-    db.session.refresh(job)
+    job = start_action(kind, parse_selection(request.form), params=request.form,
+                       run_at=request.form.get("run_at"), actor=g.actor)
     return render_template("jobs/_progress.html", job=job,
                            reasons=reason_counts(job) if job.finished else [])
 
@@ -144,21 +108,6 @@ def bulk_preview(kind: str):
     text = render_template("users/_deploy_preview.txt", preview=preview_deploy(kind, selection),
                            outbox=MailSettings.load().uses_outbox)
     return current_app.response_class(text, mimetype="text/plain")
-
-
-def _parse_run_at(value: str) -> datetime:
-    """"Deploy at…": the page sends the chosen local time as UTC (ISO 8601)."""
-    from cds.models import utcnow
-    try:
-        when = datetime.fromisoformat(value.strip())
-    except ValueError:
-        abort(400, "Deploy at: the date and time were not understood.")
-    if when.tzinfo is not None:
-        when = when.astimezone(timezone.utc).replace(tzinfo=None)
-    when = when.replace(microsecond=0)
-    if when <= utcnow():
-        abort(400, "Deploy at: choose a time in the future (or leave it empty to deploy now).")
-    return when
 
 
 # --- adding and editing one user -----------------------------------------------------
@@ -188,8 +137,7 @@ def _user_context(user, form, **extra):
                 outbox_link=_outbox_link(user),
                 id_change_consequences=None if user.is_imported else id_change_consequences(user),
                 history=deployment_history(user), devices=user_devices(user),
-                events=user_audit_events(user), can_write=current_admin().can_write,
-                deploy_available="deploy" in ACTIONS, **extra)
+                events=user_audit_events(user), can_write=current_admin().can_write, **extra)
 
 
 def _render_user(user, form, status=200, **extra):
@@ -200,10 +148,7 @@ def _render_user(user, form, status=200, **extra):
 
 
 def _load_user(user_id: int):
-    try:
-        return get_user(user_id)
-    except NotFound as exc:
-        abort(404, str(exc))
+    return get_user(user_id)  # NotFound: 404
 
 
 @bp.route("/new", methods=["GET", "POST"])
@@ -273,12 +218,7 @@ def detail(user_id: int):
 @write_required
 def revoke(user_id: int, device_id: int):
     user = _load_user(user_id)
-    try:
-        device = revoke_device(user, device_id, actor=g.get("actor"))
-    except NotFound as exc:
-        abort(404, str(exc))
-    except UserError as exc:
-        abort(409, str(exc))
+    device = revoke_device(user, device_id, actor=g.get("actor"))  # NotFound: 404, UserError: 409
     toast(f"Device {device.platform or ''} {device.device_id or ''} revoked: it can no longer "
           f"fetch this user's configuration.".replace("  ", " "), "success")
     return _render_user(user, _form_for(user))

@@ -7,22 +7,23 @@ from dataclasses import dataclass, field, fields
 from sqlalchemy import (Select, and_, bindparam, case, false, func, literal_column, or_, select,
                         table, update)
 
+from cds import errors
 from cds.extensions import db
 from cds.jobs.service import Outcome, action
-from cds.models import (SOURCE_CONNECTION, SOURCE_CSV, SOURCE_LABELS, SOURCE_MANUAL, ClientDevice,
-                        Connection, login_key,
-                        Deployment, DeploymentProfile, User, utcnow)
+from cds.models import (SOURCE_CONNECTION, SOURCE_CSV, SOURCE_LABELS, SOURCE_MANUAL, USER_SECRETS,
+                        ClientDevice, Connection, Deployment, DeploymentProfile, User, login_key,
+                        utcnow)
 
 
-class UserError(Exception):
+class UserError(errors.Conflict):
     """A request about users cannot be carried out; the message says why."""
 
 
-class NotFound(UserError):
+class NotFound(errors.NotFound, UserError):
     pass
 
 
-class InvalidQuery(UserError):
+class InvalidQuery(errors.Invalid, UserError):
     pass
 
 
@@ -277,13 +278,47 @@ def list_users(q: UserQuery) -> UserPage:
 # --- selections: explicit ids, or "all matching this filter" --------------------
 
 def parse_selection(data) -> dict:
-    """From a form or JSON: {"ids": [...]} or {"filter": {...}} (select all matching)."""
-    if data.get("all_matching") in ("1", "true", True, 1):
-        return {"filter": UserFilter.from_mapping(data).to_dict()}
+    """The one reading of "which users": {"ids": [...]} or {"filter": {...}}.
+
+    From the Users tab (form fields or query string): the checked ``ids``, or
+    ``all_matching=1`` with the filter fields beside it. From the API (and the
+    CLI, which builds the same object): ``{"ids": [...]}`` or ``{"filter": {...}}``
+    (``{}`` = every user), not both. Raises InvalidQuery naming the field."""
+    if hasattr(data, "getlist"):
+        if data.get("all_matching") in ("1", "true"):
+            return {"filter": _filter_selection(data)}
+        return {"ids": _selected_ids(data, "user")}
+    if not isinstance(data, dict):
+        raise InvalidQuery("Say which users: \"ids\" or \"filter\".")
+    if "ids" in data and "filter" in data:
+        raise InvalidQuery("Give either \"ids\" or \"filter\", not both.",
+                           {"ids": "not with filter", "filter": "not with ids"})
+    if "filter" in data:
+        if not isinstance(data["filter"], dict):
+            raise InvalidQuery("\"filter\" must be an object.", {"filter": "object expected"})
+        return {"filter": _filter_selection(data["filter"])}
+    if "ids" in data:
+        ids = data["ids"]
+        if not isinstance(ids, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
+            raise InvalidQuery("\"ids\" must be a non-empty list of user ids.",
+                               {"ids": "expected a non-empty list of integers"})
+        return {"ids": _selected_ids(data, "user")}
+    raise InvalidQuery("Say which users: \"ids\" or \"filter\" ({} for all users).",
+                       {"ids": "required (or filter)"})
+
+
+def _filter_selection(data) -> dict:
     try:
-        return {"ids": parse_ids(data, "user")}
+        return UserFilter.from_mapping(data).to_dict()
+    except InvalidQuery as exc:
+        raise InvalidQuery(str(exc), {"filter": str(exc)}) from None
+
+
+def _selected_ids(data, noun: str) -> list[int]:
+    try:
+        return parse_ids(data, noun)
     except ValueError as exc:
-        raise InvalidQuery(str(exc)) from None
+        raise InvalidQuery(str(exc), {"ids": str(exc)}) from None
 
 
 def parse_ids(data, noun: str) -> list[int]:
@@ -358,7 +393,7 @@ def revoke_client_access(user: User, reason: str) -> tuple[int, int]:
 
 
 def apply_login_id_change(user: User, new_login_id: str) -> bool:
-    """The seed's ID change: the installed client stops working and must be redeployed.
+    """A user's Login ID changes: the installed client stops working and must be redeployed.
 
     Returns True when the ID changed. The caller commits."""
     if new_login_id == user.login_id:
@@ -414,6 +449,8 @@ USER_FIELD_LABELS = {"login_id": "Login ID", "first_name": "Firstname", "last_na
                      "pbx_sip_username": "PBX SIP User name", "mbg_sip_username": "MBG SIP User name",
                      "mcs_account": "MiCollab Client Service Account", "email": "Email address"}
 REQUIRED_USER_FIELDS = ("login_id", "last_name", "email")
+# The longest secret (password, PIN) any surface accepts: form, API, CLI and CSV import.
+MAX_SECRET_LENGTH = 256
 _PHONE_RE = re.compile(r"[0-9+*#() .\-]*")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -502,12 +539,11 @@ def login_id_in_use(login_id: str, owner_login_id: str, owner_name: str) -> str:
 
 # --- adding and editing users ------------------------------------------------------
 
-class InvalidUser(UserError):
+class InvalidUser(errors.Invalid, UserError):
     """Field errors: {field: message}. Nothing was written."""
 
-    def __init__(self, errors: dict[str, str]):
-        super().__init__("; ".join(errors.values()))
-        self.errors = errors
+    def __init__(self, field_errors: dict[str, str]):
+        super().__init__("; ".join(field_errors.values()), field_errors)
 
 
 EDITABLE_FIELDS = ("login_id", "first_name", "last_name", "number", "pbx_number",
@@ -526,6 +562,14 @@ class SaveResult:
         return self.old_login_id is not None
 
 
+def secret_problem(name: str, value: str | None) -> str | None:
+    """What is wrong with a new value for the secret ``name`` (None clears it), or None:
+    the one rule for secrets, whoever writes them."""
+    if value is not None and (len(value) > MAX_SECRET_LENGTH or _CONTROL_RE.search(value)):
+        return f"{USER_SECRETS[name]} must be at most {MAX_SECRET_LENGTH} characters, without control characters."
+    return None
+
+
 def _check_profile(profile_id, errors: dict) -> DeploymentProfile | None:
     try:
         profile = db.session.get(DeploymentProfile, int(profile_id)) if profile_id not in (None, "") else None
@@ -538,8 +582,6 @@ def _check_profile(profile_id, errors: dict) -> DeploymentProfile | None:
 
 def _checked(user: User | None, values: dict, secrets: dict):
     """(fields, profile, errors) of an add or edit; reads the database, writes nothing."""
-    from cds.models import USER_SECRETS
-
     imported = user is not None and user.is_imported
     fields_in = {} if imported else {k: str(values.get(k, "") or "").strip() for k in EDITABLE_FIELDS}
     errors = validate_user_fields(fields_in)
@@ -553,8 +595,8 @@ def _checked(user: User | None, values: dict, secrets: dict):
             errors[name] = "Unknown secret."
         elif imported:
             errors[name] = "The source of this user owns its secrets."
-        elif value is not None and (len(value) > 256 or _CONTROL_RE.search(value)):
-            errors[name] = f"{USER_SECRETS[name]} must be at most 256 characters, without control characters."
+        elif secret_problem(name, value):
+            errors[name] = secret_problem(name, value)
     return fields_in, profile, errors
 
 
@@ -573,7 +615,6 @@ def save_user(user: User | None, values: dict, secrets: dict | None = None, *,
     ``secrets``: {name: new value} replaces, {name: None} clears, absent keeps.
     Raises InvalidUser with every field error; nothing is written then."""
     from cds.audit.service import record_event
-    from cds.models import USER_SECRETS
 
     secrets = secrets or {}
     fields_in, profile, errors = _checked(user, values, secrets)
@@ -619,15 +660,13 @@ def save_user(user: User | None, values: dict, secrets: dict | None = None, *,
 
 def redeploy_after_id_change(user: User, *, actor: str | None = None):
     """With the setting AUTO_REDEPLOY_ON_ID_CHANGE on, start the Deploy job for the
-    user whose ID just changed. Returns the job, or None (setting off, or no Deploy action)."""
-    from cds.jobs.service import ACTIONS, create_job, submit
+    user whose ID just changed. Returns the job, or None (the setting is off)."""
+    from cds.jobs.actions import start_action
     from cds.settings.service import get_setting
 
-    if not get_setting("AUTO_REDEPLOY_ON_ID_CHANGE") or "deploy" not in ACTIONS:
+    if not get_setting("AUTO_REDEPLOY_ON_ID_CHANGE"):
         return None
-    job = create_job("deploy", {"ids": [user.id]}, actor=actor)
-    submit(job)
-    return job
+    return start_action("deploy", {"ids": [user.id]}, actor=actor or "system")
 
 
 # --- the user page: history, devices, audit ----------------------------------------
@@ -670,7 +709,7 @@ def revoke_device(user: User, device_id: int, *, actor: str | None = None) -> Cl
 
 # --- the Assign profile bulk action --------------------------------------------------
 
-@action("assign_profile", "Assign profile")
+@action("assign_profile", "Assign profile", options=("profile_id",))
 def assign_profile_batch(job, users: list[User]) -> list[Outcome]:
     """Put the users on the profile params["profile_id"]; their configuration changes."""
     from cds.audit.service import record_event

@@ -35,8 +35,7 @@
     var label = document.getElementById("import-count");
     if (label) label.textContent = n ? plural(n, "record") + " selected" + (allMatching() ? " (all matching)" : "") : "None selected";
     form.querySelectorAll("button[data-import]").forEach(function (b) {
-      b.disabled = n === 0 || b.hasAttribute("data-unavailable");
-      if (b.hasAttribute("data-unavailable")) b.title = b.getAttribute("data-unavailable");
+      b.disabled = n === 0;
     });
     var page = document.getElementById("select-page");
     if (page) {

@@ -73,7 +73,7 @@
       // The picker shows the browser's own date order (12/01 or 01/12?): say it unambiguously.
       var readout = $("#deploy-at-readout");
       if (readout) readout.textContent = runAt.value ? deployAtText() + " (your time)" : "";
-      $all("[data-bulk=deploy], [data-bulk=auto_deploy]").forEach(function (b) {
+      $all("[data-schedulable]").forEach(function (b) {
         var label = b.getAttribute("data-label");
         b.textContent = runAt.value ? label + " at " + deployAtText() : label;
       });
@@ -107,8 +107,6 @@
   });
 
   function exportCsv(button) {
-    var unavailable = button.getAttribute("data-unavailable");
-    if (unavailable) { window.cdsToast(unavailable, "warning"); return; }
     var form = $("#bulk");
     var n = selectedCount();
     if (!window.confirm("Export " + plural(n) + " to CSV? The four passwords and PINs are never exported.")) return;
@@ -157,7 +155,7 @@
       question = "Delete " + plural(n) + "? Their links and app credentials stop working. This cannot be undone.";
     } else {
       var runAt = $("#run-at");
-      var when = (kind === "deploy" || kind === "auto_deploy") && runAt && runAt.value
+      var when = elt.hasAttribute("data-schedulable") && runAt && runAt.value
         ? " at " + deployAtText() + " (your time)" : "";
       question = label + " for " + plural(n) + when + "?";
     }

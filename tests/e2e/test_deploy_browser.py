@@ -5,19 +5,11 @@ from __future__ import annotations
 import re
 import time
 
-import pytest
 import requests
 
 from cds.extensions import db
 from tests.conftest import TEST_PASSWORD, make_admin
-from tests.mailsink import MailSink, decode_qr, link_in, parts
-
-
-@pytest.fixture
-def sink():
-    s = MailSink().start()
-    yield s
-    s.stop()
+from tests.mailsink import decode_qr, link_in, parts
 
 
 class Console:
@@ -60,12 +52,12 @@ class Console:
         return frag.text
 
 
-def test_deploy_activate_force_config_and_id_change_over_http(live_server, sink):
+def test_deploy_activate_force_config_and_id_change_over_http(live_server, smtp_server):
     base = live_server.url
     make_admin(live_server.app, "alice", "primary")
     admin = Console(base)
     admin.sign_in()
-    resp = admin.post("/settings/mail", data={"server": "127.0.0.1", "port": str(sink.port), "security": "none",
+    resp = admin.post("/settings/mail", data={"server": "127.0.0.1", "port": str(smtp_server.port), "security": "none",
                                               "sender": "IT <it@example.com>", "rate_limit": "0"})
     assert resp.ok
     resp = admin.post("/profiles/new", data={
@@ -87,8 +79,8 @@ def test_deploy_activate_force_config_and_id_change_over_http(live_server, sink)
 
     summary = admin.run_action("deploy", user_id)
     assert "1 succeeded" in summary
-    sink.wait_for(1)
-    rcpts, raw = sink.messages[0]
+    smtp_server.wait_for(1)
+    rcpts, raw = smtp_server.messages[0]
     assert rcpts == ["jane@example.com"]
     mail = parts(raw)
     link = link_in(mail["text"])
@@ -139,13 +131,13 @@ def test_deploy_activate_force_config_and_id_change_over_http(live_server, sink)
     assert resp.status_code == 401 and resp.json()["error"] == "redeploy_required"
 
 
-def test_deploy_button_on_300_users(signed_in_page, live_server, sink):
+def test_deploy_button_on_300_users(signed_in_page, live_server, smtp_server):
     app = live_server.app
     from cds.models import User
     from cds.profiles.service import default_profile
     from cds.settings.service import save_settings
     with app.app_context():
-        save_settings({"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": sink.port})
+        save_settings({"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": smtp_server.port})
         profile = default_profile()
         db.session.add_all(User(login_id=f"b{i:03d}", profile_id=profile.id, first_name="Bulk",
                                 last_name=f"User {i:03d}", email=f"b{i:03d}@example.com") for i in range(300))
@@ -170,5 +162,5 @@ def test_deploy_button_on_300_users(signed_in_page, live_server, sink):
     text = page.inner_text(".job-progress")
     assert "300 of 300 done" in text and "300 succeeded" in text and "0 failed" in text
     page.screenshot(path="/tmp/deploy-300.png", full_page=False)
-    assert len(set(sink.handler.recipients())) == 300 == len(sink.messages)
+    assert len(set(smtp_server.handler.recipients())) == 300 == len(smtp_server.messages)
     assert not page.js_errors

@@ -3,34 +3,22 @@ import its users with Import and Deploy, and see them Deployed in the Users tab
 (the e-mails reach a real SMTP server on loopback)."""
 from __future__ import annotations
 
-import pytest
 from playwright.sync_api import expect
 from sqlalchemy import select
 
 from cds.extensions import db
 from cds.models import User
-from tests.fixtures.source_server import PASSWORD, USERNAME, SourceServer, usa_user
-from tests.mailsink import MailSink
+from tests.fixtures.source_server import PASSWORD, USERNAME
 
 
-@pytest.fixture
-def source():
-    server = SourceServer([usa_user(i) for i in range(1, 6)]).start()
-    yield server
-    server.stop()
+# Users in the HTTP source the `source` fixture (tests/conftest.py) starts.
+SOURCE_USERS = 5
 
 
-@pytest.fixture
-def sink():
-    s = MailSink().start()
-    yield s
-    s.stop()
-
-
-def test_import_and_deploy_from_an_http_source(signed_in_page, live_server, source, sink):
+def test_import_and_deploy_from_an_http_source(signed_in_page, live_server, source, smtp_server):
     from cds.settings.service import save_settings
     with live_server.app.app_context():
-        save_settings({"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": sink.port})
+        save_settings({"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": smtp_server.port})
     page = signed_in_page
     page.on("dialog", lambda dialog: dialog.accept())
 
@@ -63,7 +51,7 @@ def test_import_and_deploy_from_an_http_source(signed_in_page, live_server, sour
     expect(page.locator(".job-progress")).to_contain_text("5 succeeded")
     expect(page.locator("#records-table")).to_contain_text("imported")
 
-    sink.wait_for(5)
+    smtp_server.wait_for(5)
     page.goto(live_server.url + "/users")
     table = page.locator("#users-table tbody")
     expect(table.locator("tr[data-href]")).to_have_count(5)
