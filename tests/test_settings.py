@@ -275,9 +275,9 @@ def test_role_changes_and_locking_oneself_out_ask_first(admin_client, app):
         assert alice.role == "primary" and not alice.disabled
         # The service enforces it for every caller, not only the page.
         with pytest.raises(accounts.ConfirmationNeeded):
-            accounts.change_role(alice_id, "admin", actor=alice)
+            accounts.change_role(alice_id, "admin", actor="alice")
         with pytest.raises(accounts.ConfirmationNeeded):
-            accounts.set_disabled(alice_id, True, actor=alice)
+            accounts.set_disabled(alice_id, True, actor="alice")
     hx(admin_client, f"/settings/admins/{bob_id}/role", role="read-only", confirm="1")
     with app.app_context():
         assert db.session.get(AdminAccount, bob_id).role == "readonly"
