@@ -29,17 +29,17 @@ class ConfirmationNeeded(AccountError):
 
 # What each role may do, for the question asked before a role changes.
 ROLE_POWERS = {
-    "primary": "do everything, including administrator accounts, connections and mail settings",
-    "admin": "change users, deploy, import and sync, but not manage administrator accounts "
+    "primary": "may do everything, including administrator accounts, connections and mail settings",
+    "admin": "may change users, deploy, import and sync, but not manage administrator accounts "
              "or create connections",
-    "readonly": "only look: no changes to users, no deployments, imports or settings",
+    "readonly": "may only look: no changes to users, no deployments, imports or settings",
 }
 
 
 def role_change_question(admin: AdminAccount, role: str, actor: str | None) -> str:
     """What a role change will do, said before it is done (``actor``: who asks, by name)."""
     text = (f"Change {admin.username} from {ROLE_LABELS[admin.role].lower()} to "
-            f"{ROLE_LABELS[role].lower()}? {admin.username} will be able to {ROLE_POWERS[role]}.")
+            f"{ROLE_LABELS[role].lower()}? Then {admin.username} {ROLE_POWERS[role]}.")
     if actor == admin.username:
         text += (" This is your own account: you lose the rights of a primary administrator at once "
                  "and cannot take them back yourself.")
