@@ -22,6 +22,8 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
         template_folder=os.path.join(ROOT, "templates"),
         static_folder=os.path.join(ROOT, "static"),
     )
+    from cds.safejson import RequestJSONProvider
+    app.json = RequestJSONProvider(app)
     load_config(app, test_config)
     if app.config["PROXY_FIX"]:
         from werkzeug.middleware.proxy_fix import ProxyFix
@@ -29,7 +31,11 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)
 
     from cds import logs
-    logs.init_app(app)
+    try:
+        logs.init_app(app)
+    except OSError as exc:  # instance/logs/ cannot be written
+        from cds.config import instance_unusable
+        raise instance_unusable(app.instance_path, exc) from None
 
     from cds.extensions import csrf, db, htmx, limiter, limiter_storage_uri, mail
     from cds.security import make_cipher
@@ -78,6 +84,15 @@ def register_areas(app: Flask) -> None:
         # Importing service modules registers their job actions and scheduler tasks.
         if importlib.util.find_spec(f"cds.{area}.service") is not None:
             importlib.import_module(f"cds.{area}.service")
+    # Each client kind may bring its own endpoints for apps (Linphone's provisioning URLs),
+    # under /provisioning/<kind>/: public, and without an administrator's session.
+    from cds import web
+    from cds.clients import KINDS
+    for kind in KINDS.values():
+        if kind.blueprint is not None:
+            app.register_blueprint(kind.blueprint)
+            web.PUBLIC_BLUEPRINTS.add(kind.blueprint.name)
+            web.SESSIONLESS_BLUEPRINTS.add(kind.blueprint.name)
 
 
 @event.listens_for(Engine, "connect")

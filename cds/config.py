@@ -62,13 +62,22 @@ class Defaults:
     LOGIN_LIMIT_PER_ACCOUNT = "5/minute;30/hour"
     CLIENT_LIMIT_PER_ADDRESS = "60/minute"
     API_RATE_LIMIT = "600/minute"  # per API token
+    # Requests with a missing or wrong API token, per address.
+    API_AUTH_FAILURE_LIMIT = "30/minute;200/hour"
 
     # Scheduler: None = start it only when serving requests (make run).
     SCHEDULER_ENABLED = None
     SCHEDULER_TICK_SECONDS = 5
+    # A tick running this long (or none for this long) means the scheduler is stuck:
+    # /healthz says "stalled" and the scheduler is restarted.
+    SCHEDULER_STALL_SECONDS = 900
     # Bulk jobs: "thread" runs them in the background, "inline" in the request.
     JOB_EXECUTION = "thread"
     JOB_RETENTION_DAYS = 30
+    # A running job renews its claim every JOB_HEARTBEAT_SECONDS; a job whose claim
+    # was not renewed for JOB_STALE_SECONDS is presumed dead and resumed elsewhere.
+    JOB_HEARTBEAT_SECONDS = 5
+    JOB_STALE_SECONDS = 30
 
     LOG_LEVEL = "INFO"
     SESSION_LIFETIME_HOURS = 12
@@ -78,7 +87,8 @@ class Defaults:
 # Keys read from the environment with the CDS_ prefix, and their types.
 _BOOL_KEYS = {"MAIL_USE_TLS", "MAIL_USE_SSL", "SCHEDULER_ENABLED"}
 _INT_KEYS = {"PORT", "THREADS", "PROXY_FIX", "MAIL_PORT", "MAIL_TIMEOUT", "MAIL_RATE_LIMIT",
-             "SCHEDULER_TICK_SECONDS", "JOB_RETENTION_DAYS",
+             "SCHEDULER_TICK_SECONDS", "SCHEDULER_STALL_SECONDS", "JOB_RETENTION_DAYS", "JOB_HEARTBEAT_SECONDS",
+             "JOB_STALE_SECONDS",
              "SESSION_LIFETIME_HOURS", "MAX_UPLOAD_MB"}
 
 
@@ -132,11 +142,27 @@ def _write_private(path: Path, content: str) -> None:
         fh.write(content)
 
 
+def instance_unusable(path, exc: OSError) -> ConfigError:
+    """The one-line error for an instance folder CDS cannot create, read or write."""
+    return ConfigError(f"the instance folder {path} cannot be used ({exc.strerror or exc}); "
+                       f"it must be a folder the CDS user can write (or set CDS_INSTANCE_PATH)")
+
+
 def _ensure_keys(app) -> None:
     """First start: generate the session key and the encryption key in instance/."""
+    try:
+        _ensure_keys_in(app)
+    except OSError as exc:
+        raise instance_unusable(app.instance_path, exc) from None
+
+
+def _ensure_keys_in(app) -> None:
     inst = Path(app.instance_path)
     inst.mkdir(parents=True, exist_ok=True)
-    os.chmod(inst, 0o700)
+    if not os.access(inst, os.W_OK | os.X_OK):
+        raise PermissionError(13, "Permission denied")
+    if inst.stat().st_mode & 0o077:
+        os.chmod(inst, 0o700)
     for name, key, make in (
         ("secret_key", "SECRET_KEY", lambda: secrets.token_urlsafe(48)),
         ("encryption.key", "ENCRYPTION_KEY", lambda: Fernet.generate_key().decode()),
@@ -164,6 +190,11 @@ def validate(cfg) -> None:
         value = cfg[key]
         if not isinstance(value, int) or not 1 <= value <= 65535:
             raise ConfigError(f"CDS_{key} must be a port number 1-65535 (got {value!r})")
+    from cds.mail.addresses import AddressError, check_sender
+    try:
+        check_sender(str(cfg["MAIL_DEFAULT_SENDER"] or ""), "CDS_MAIL_DEFAULT_SENDER")
+    except AddressError as exc:
+        raise ConfigError(f"{exc} (got {cfg['MAIL_DEFAULT_SENDER']!r})") from None
     if cfg["MAIL_USE_TLS"] and cfg["MAIL_USE_SSL"]:
         raise ConfigError("CDS_MAIL_USE_TLS and CDS_MAIL_USE_SSL cannot both be on "
                           "(STARTTLS or implicit TLS, pick one)")
@@ -178,6 +209,12 @@ def validate(cfg) -> None:
     for key in ("MAIL_RATE_LIMIT", "JOB_RETENTION_DAYS", "THREADS", "MAX_UPLOAD_MB", "PROXY_FIX"):
         if not isinstance(cfg[key], int) or cfg[key] < 0:
             raise ConfigError(f"CDS_{key} must be a whole number of 0 or more (got {cfg[key]!r})")
+    beat, stale = cfg["JOB_HEARTBEAT_SECONDS"], cfg["JOB_STALE_SECONDS"]
+    if not isinstance(beat, (int, float)) or beat <= 0:
+        raise ConfigError(f"CDS_JOB_HEARTBEAT_SECONDS must be a number above 0 (got {beat!r})")
+    if not isinstance(stale, (int, float)) or stale < 3 * beat:
+        raise ConfigError("CDS_JOB_STALE_SECONDS must be at least three times "
+                          f"CDS_JOB_HEARTBEAT_SECONDS (got {stale!r} and {beat!r})")
     try:
         Fernet(cfg["ENCRYPTION_KEY"].split(",")[0].encode())
     except Exception:

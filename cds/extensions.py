@@ -61,3 +61,23 @@ def migrations(app):
         from flask_migrate import Migrate
         Migrate(app, db, directory=os.path.join(os.path.dirname(app.root_path), "migrations"))
     return app.extensions["migrate"]
+
+
+_fallback_limiter = None
+
+
+def limit_counter(method: str, item, *keys):
+    """``limiter.limiter.<method>(item, *keys)`` (hit, test, get_window_stats) for the
+    counters CDS keeps itself (failed sign-ins, bad API tokens). When the shared store
+    (Redis) is unreachable they are counted in this process meanwhile, as Flask-Limiter
+    does for its own limits (RATELIMIT_IN_MEMORY_FALLBACK_ENABLED): sign-in keeps working."""
+    global _fallback_limiter
+    try:
+        return getattr(limiter.limiter, method)(item, *keys)
+    except Exception:  # the store's own errors (redis.ConnectionError, …)
+        import logging
+        logging.getLogger("cds").warning("rate-limit storage unreachable; counting in this process")
+        if _fallback_limiter is None:
+            from limits.strategies import FixedWindowRateLimiter
+            _fallback_limiter = FixedWindowRateLimiter(InProcessLimitStorage("cds+memory://"))
+        return getattr(_fallback_limiter, method)(item, *keys)

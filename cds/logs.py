@@ -19,11 +19,11 @@ from cds.security import token_ref
 
 log = logging.getLogger("cds")
 
-_TOKEN_PATH = re.compile(r"^(/r/|/deploy/|/deploy/qr/)([^/?]+)")
+_TOKEN_PATH = re.compile(r"^(/r/|/deploy/|/deploy/qr/|/provisioning/[a-z0-9-]+/(?:device/)?)([^/?]+)")
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
 _QUERY_SECRET = re.compile(r"(?i)((?:token|key|password|pin|secret)=)[^&\s]+")
 # A token path quoted anywhere in a message (an error naming the request, a URL in a reply).
-_TOKEN_IN_TEXT = re.compile(r"(/r/|/deploy/(?:qr/)?)([A-Za-z0-9_-]{16,})")
+_TOKEN_IN_TEXT = re.compile(r"(/r/|/deploy/(?:qr/)?|/provisioning/[a-z0-9-]+/(?:device/)?)([A-Za-z0-9_-]{16,})")
 
 
 def redact_path(path: str) -> str:

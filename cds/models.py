@@ -68,6 +68,10 @@ class ApiToken(db.Model):
 
 TRANSPORTS = ("UDP", "TCP", "TLS")
 CLIENT_TYPES = ("mobile", "desktop", "web")
+# Which of the user's SIP accounts a SIP client registers with, how it proves it.
+SIP_ACCOUNTS = ("pbx", "teleworker")
+SIP_ALGORITHMS = ("MD5", "SHA-256")
+SIP_CREDENTIALS = ("ha1", "password")
 DO_NOT_DEPLOY = "Do Not Deploy"
 
 
@@ -88,6 +92,14 @@ class DeploymentProfile(db.Model):
     voicemail_number: Mapped[str] = mapped_column(String(32), default="")
     link_validity_hours: Mapped[int] = mapped_column(default=96)
     central_email: Mapped[str] = mapped_column(String(254), default="")
+    # The client its users run (a key of cds.clients.KINDS) and the SIP account settings
+    # a standard SIP client needs (docs/linphone.md).
+    client: Mapped[str] = mapped_column(String(16), default="cds-v1", server_default="cds-v1")
+    sip_account: Mapped[str] = mapped_column(String(16), default="pbx", server_default="pbx")
+    sip_domain: Mapped[str] = mapped_column(String(255), default="", server_default="")
+    sip_realm: Mapped[str] = mapped_column(String(255), default="", server_default="")
+    sip_algorithm: Mapped[str] = mapped_column(String(8), default="MD5", server_default="MD5")
+    sip_credential: Mapped[str] = mapped_column(String(8), default="ha1", server_default="ha1")
     email_subject: Mapped[str] = mapped_column(String(200), default="")
     email_body: Mapped[str] = mapped_column(Text, default="")
     # The built-in "Do Not Deploy" profile: never sent anything, never renamed or deleted.
@@ -180,6 +192,10 @@ class User(db.Model):
         Index("ix_user_deployed_at", "deployed_at", "id"),
         Index("ix_user_downloaded_at", "downloaded_at", "id"),
         Index("ix_user_profile_sort", "profile_id", "id"),
+        # The filters' columns (migration 0005): counting what a filter matches reads
+        # this index, not the table.
+        Index("ix_user_filters", "profile_id", "deployed_at", "downloaded_at", "force_config",
+              "redeploy_required", "not_in_source", "source", "connection_id"),
     )
 
     @validates("login_id")

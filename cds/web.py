@@ -22,13 +22,14 @@ PUBLIC_BLUEPRINTS = {"redirect", "client", "landing", "api", "health"}
 PUBLIC_ENDPOINTS = {"auth.login", "static"}
 # Machine endpoints: an administrator's session cookie means nothing to them, so it
 # is never read there (nor decoded and verified on every device poll). Under these
-# prefixes every answer, errors included, is JSON, so no page needs a session either.
+# prefixes every answer, errors included, is JSON (plain text or XML under
+# /provisioning/), so no page needs a session either.
 SESSIONLESS_BLUEPRINTS = {"client", "redirect", "health"}
-SESSIONLESS_PREFIXES = ("/client/", "/r-api/")
+SESSIONLESS_PREFIXES = ("/client/", "/r-api/", "/provisioning/")
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 # The same, for requests no route matched (a wrong method or path under a public area):
 # they get that area's 404/405, not a sign-in page.
-PUBLIC_PREFIXES = ("/api/", "/client/", "/r/", "/r-api/", "/deploy/", "/healthz")
+PUBLIC_PREFIXES = ("/api/", "/client/", "/r/", "/r-api/", "/deploy/", "/healthz", "/provisioning/")
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'self'; "
@@ -51,6 +52,30 @@ HTMX_CONFIG = json.dumps({
 
 
 MAX_ID = 2**31 - 1
+# Far beyond any real list, and small enough that (page - 1) * per_page fits every
+# database's OFFSET: a larger page number is refused, not passed on.
+MAX_PAGE = 1_000_000
+
+
+def row_id(raw) -> int | None:
+    """A row id from a query string or form (1 to MAX_ID), else None: a 40-digit
+    number names no row and must not reach the database (PostgreSQL: out of range)."""
+    text = str(raw or "").strip()
+    if not text.isdigit() or len(text) > 10 or not 1 <= int(text) <= MAX_ID:
+        return None
+    return int(text)
+
+
+def page_number(raw, default: int = 1) -> int:
+    """A page number from a query string: not a number or below 1 gives ``default``;
+    above MAX_PAGE is a 400 with a clear message."""
+    try:
+        page = int(str(raw if raw is not None else default).strip())
+    except ValueError:
+        return default
+    if page > MAX_PAGE:
+        abort(400, f"Page numbers go from 1 to {MAX_PAGE:,}.")
+    return max(1, page)
 
 
 def current_admin() -> AdminAccount | None:
@@ -76,6 +101,31 @@ def primary_required(view):
             abort(403, "Only the primary administrator may do this.")
         return view(*args, **kwargs)
     return wrapped
+
+
+def same_origin(url: str) -> bool:
+    """Whether an Origin or Referer value names this CDS: the address the request came
+    to, or the public URL (configuration or Settings). "null" (a sandboxed frame, a
+    privacy tool) does not."""
+    from urllib.parse import urlsplit
+    from flask import current_app
+
+    def origin_of(value: str) -> tuple[str, str] | None:
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            return None
+        default = {"http": ":80", "https": ":443"}[parts.scheme]
+        host = parts.netloc.rpartition("@")[2].lower()
+        return parts.scheme, host[:-len(default)] if host.endswith(default) else host
+
+    given = origin_of(url)
+    if given is None:
+        return False
+    if given in (origin_of(request.host_url), origin_of(current_app.config["PUBLIC_URL"])):
+        return True
+    # The public URL may have been changed in Settings (stored in the database).
+    from cds.settings.service import public_url
+    return given == origin_of(public_url())
 
 
 def client_ip() -> str:
@@ -125,6 +175,24 @@ def init_app(app) -> None:
             abort(400, "The request contains a NUL character, which no field accepts.")
 
     @app.before_request
+    def _refuse_cross_site_writes():
+        # Defence in depth beside the CSRF token (as Django does): a state-changing
+        # request that says it comes from another site is refused, token or not. Pages
+        # send Origin (and Referer: Referrer-Policy same-origin) on their own requests.
+        if request.method in ("GET", "HEAD", "OPTIONS") or request.blueprint in ("api", "client") \
+                or request.path.startswith(SESSIONLESS_PREFIXES):
+            return None
+        origin = request.headers.get("Origin")
+        if origin is not None:
+            if not same_origin(origin):
+                abort(403, "This request came from another site and was refused.")
+            return None
+        referer = request.headers.get("Referer")
+        if referer and not same_origin(referer):
+            abort(403, "This request came from another site and was refused.")
+        return None
+
+    @app.before_request
     def _load_admin():
         g.admin = None
         if request.blueprint in SESSIONLESS_BLUEPRINTS:
@@ -158,8 +226,13 @@ def init_app(app) -> None:
         h.setdefault("Content-Security-Policy", CSP)
         h.setdefault("X-Content-Type-Options", "nosniff")
         h.setdefault("X-Frame-Options", "DENY")
-        h.setdefault("Referrer-Policy", "no-referrer")
+        # Console pages send their address to the console itself (the cross-site check
+        # above reads it) and to nobody else; public pages (links with tokens) send none.
+        h.setdefault("Referrer-Policy", "no-referrer" if request.blueprint in (
+            "redirect", "client", "landing") or request.path.startswith(PUBLIC_PREFIXES)
+            else "same-origin")
         if request.blueprint not in ("redirect", "client", "landing", "health") \
+                and not request.path.startswith("/provisioning/") \
                 and request.endpoint != "static":
             h.setdefault("Cache-Control", "no-store")
         if app.config["SESSION_COOKIE_SECURE"]:
@@ -198,6 +271,8 @@ def init_app(app) -> None:
             return api_error(exc)
         if request.blueprint in ("client", "redirect"):
             return exc  # those blueprints answer JSON themselves
+        if request.path.startswith("/provisioning/"):
+            return _plain_error(exc.code or 500, exc.description)
         if request.path.startswith(("/client/", "/r-api/")):
             from flask import jsonify
             code = exc.code or 500
@@ -219,6 +294,8 @@ def init_app(app) -> None:
             from flask import jsonify
             return jsonify(error="internal_error", message="Unexpected server error; "
                                                            "see the CDS log.", details=None), 500
+        if request.path.startswith("/provisioning/"):
+            return _plain_error(500, "Unexpected server error; try again later.")
         return _error_response(500, "Something went wrong on the server; nothing was changed. "
                                     "The details are in the CDS log.")
 
@@ -232,6 +309,14 @@ DEFAULT_ERRORS = {
     413: "The upload is too large.",
     429: "Too many attempts. Wait a moment and try again.",
 }
+
+
+def _plain_error(code: int, message: str):
+    """Provisioning URLs (fetched by apps, without a session): a plain-text error."""
+    from flask import current_app
+    resp = current_app.response_class(f"{message}\n", status=code, mimetype="text/plain")
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
 
 
 def _error_response(code: int, message: str):
@@ -253,9 +338,10 @@ def format_datetime(value: datetime | None, empty: str = "") -> Markup:
     """A UTC time as <time>: the browser shows it in the admin's zone, full stamp on hover."""
     if value is None:
         return Markup(empty)
-    iso = value.strftime("%Y-%m-%dT%H:%M:%SZ")
-    return Markup('<time class="local" datetime="{0}" title="{1} UTC">{1}</time>').format(
-        iso, value.strftime("%Y-%m-%d %H:%M"))
+    # Digits and separators only: nothing to escape (the Users table shows 100 a page).
+    shown = value.strftime("%Y-%m-%d %H:%M")
+    return Markup(f'<time class="local" datetime="{value.strftime("%Y-%m-%dT%H:%M:%S")}Z" '
+                  f'title="{shown} UTC">{shown}</time>')
 
 
 def days_from_now(value: datetime | None) -> str:

@@ -121,7 +121,22 @@ def app(make_app):
         empty_database()
         from cds.profiles.service import ensure_builtin_profiles
         ensure_builtin_profiles()
+        configure_default_profile()
     return app
+
+
+# The servers of a configured installation: on a fresh install the built-in Default
+# profile has none, and Deploy skips its users (tests/test_client_kinds.py).
+TEST_SERVERS = {"pbx_sip_host": "pbx.example.test", "mbg_sip_host": "mbg.example.test",
+                "mcs_host": "mcs.example.test"}
+
+
+def configure_default_profile() -> None:
+    from cds.models import DeploymentProfile
+    profile = db.session.scalar(db.select(DeploymentProfile).where(DeploymentProfile.is_default))
+    for key, value in TEST_SERVERS.items():
+        setattr(profile, key, value)
+    db.session.commit()
 
 
 @pytest.fixture

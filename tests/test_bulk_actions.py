@@ -74,7 +74,7 @@ def test_a_time_in_the_past_or_not_understood_is_refused_everywhere(app, admin_c
         # The same message on the three surfaces.
         message = resp.get_json()["message"]
         assert message in page.get_data(as_text=True).replace("&#34;", '"').replace("&#39;", "'")
-        assert result.output.strip() == f"error: {message}"
+        assert result.output.strip().splitlines()[-1] == f"error: {message}"
     assert "in the past" in api.post("/api/v1/users/actions/deploy",
                                      json={"ids": [users[0]], "at": past}).get_json()["message"]
     assert jobs(app) == [] and events(app, "job.create") == []
@@ -209,3 +209,12 @@ def test_jobs_the_services_start_are_audited_once_too(app, source):
     assert [(e.actor, e.actor_type, e.detail["kind"]) for e in created] == \
         [("scheduler", "system", "sync"), ("alice", "admin", "deploy")]
     assert [e.detail["job"] for e in created] == [j.id for j in jobs(app)]
+
+
+def test_events_written_while_a_job_runs_name_who_started_it(app, api, runner, users):
+    # No SMTP server set: the messages go to the Outbox, and are recorded as sent.
+    assert api.post("/api/v1/users/actions/deploy", json={"ids": [users[0]]}).status_code == 202
+    assert cli(runner, "deploy", "--user", "u1").exit_code == 0
+    sent = events(app, "deploy.sent")
+    assert [(e.login_id, e.actor, e.actor_type) for e in sent] == \
+        [("u0", "api:script", "api"), ("u1", "cli", "system")]

@@ -17,6 +17,7 @@ from cds.jobs.service import create_job, run_job
 from cds.models import (AuditEvent, Deployment, DeploymentProfile, Job, JobItem, RedirectEntry, User,
                         utcnow)
 from cds.security import token_hash
+from tests.conftest import TEST_SERVERS
 from tests.mailsink import MailSink, decode_qr, link_in, parts
 
 SECRETS = {"mcs_password": "Mcs-Secret-71", "pbx_sip_password": "Pbx-Secret-72",
@@ -51,7 +52,7 @@ def make_users(app, n, *, prefix="user", profile_name=None, email=True, secrets=
 
 def make_profile(app, name, **fields):
     with app.app_context():
-        p = DeploymentProfile(name=name, **fields)
+        p = DeploymentProfile(name=name, **{**TEST_SERVERS, **fields})
         db.session.add(p)
         db.session.commit()
         return p.id

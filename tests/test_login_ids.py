@@ -92,7 +92,7 @@ def test_upgrade_stops_on_ids_that_differ_only_in_case(tmp_path, capfd, logging_
                 " '2026-01-01', '2026-01-01')"), {"l": login})
         db.session.commit()
         with pytest.raises(SystemExit):  # Flask-Migrate logs the error and exits
-            upgrade(directory=directory, revision="0004_login_key")
+            upgrade(directory=directory, revision="0006_login_key")
         shown = "".join(capfd.readouterr())
         assert "differ only in upper/lower case" in shown and "'JDoe'" in shown and "'jdoe'" in shown
         db.session.remove()

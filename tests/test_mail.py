@@ -26,7 +26,7 @@ def test_mail_settings_saved_validated_and_password_write_only(app, admin_client
     bad = admin_client.post("/settings/mail", data={**GOOD, "port": "70000", "sender": "nobody", **csrf(admin_client)})
     assert bad.status_code == 422
     text = bad.get_data(as_text=True)
-    assert "Not a valid e-mail address." in text and "between 1 and 65535" in text
+    assert "is not a valid e-mail address" in text and "between 1 and 65535" in text
     with app.app_context():
         assert db.session.get(Setting, "MAIL_SERVER") is None
     ok = admin_client.post("/settings/mail", data={**GOOD, **csrf(admin_client)})

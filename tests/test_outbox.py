@@ -12,7 +12,7 @@ def test_outbox_deploys_say_so_and_are_found_from_the_user_page(app, admin_clien
     ids = make_users(app, 3, prefix="obx")
     page = admin_client.get("/users").get_data(as_text=True)
     assert 'id="outbox-notice"' in page and "not sent to the users" in page
-    preview = admin_client.post("/users/actions/deploy/preview", data={"ids": [str(i) for i in ids]})
+    preview = admin_client.post("/users/actions/auto_deploy/preview", data={"ids": [str(i) for i in ids]})
     assert "written to the Outbox: no SMTP configured" in preview.get_data(as_text=True)
     summary = admin_client.post("/users/actions/deploy", data={"ids": [str(i) for i in ids]}).get_data(as_text=True)
     assert "3 × Written to the Outbox (no SMTP configured): not sent to the user." in summary

@@ -63,7 +63,7 @@ def test_profile_validation(app, admin_client):
     for message in ("Name is required.", "host name (like mbg.example.com) or an IP address",
                     "Port must be a number from 1 to 65535.", "Not a valid choice",
                     "Link validity must be 1 to 8760 hours", "Choose at least one client type",
-                    "Not a valid e-mail address", "Voicemail number may hold only digits"):
+                    "is not a valid e-mail address", "Voicemail number may hold only digits"):
         assert message in html, message
     assert 'value="bad host!"' in html  # what was typed is kept
     resp = admin_client.post("/profiles/new", headers=FORM, data=profile_form(name="default"))

@@ -17,9 +17,10 @@ PROFILE_INT_FIELDS = ("mbg_sip_port", "pbx_sip_port", "mcs_port", "link_validity
 
 
 def profile_json(p: DeploymentProfile, users: int | None = None) -> dict:
-    from cds.profiles.service import PROFILE_FIELDS
+    from cds.profiles.service import PROFILE_FIELDS, profile_problems
     out = {"id": p.id, **{k: getattr(p, k) for k in PROFILE_FIELDS},
            "is_default": p.is_default, "is_do_not_deploy": p.is_do_not_deploy,
+           "missing": profile_problems(p),
            "created_at": iso(p.created_at), "updated_at": iso(p.updated_at)}
     if users is not None:
         out["users"] = users

@@ -7,6 +7,7 @@ the API from it in CI.
 from __future__ import annotations
 
 from cds import __version__
+from cds.clients import KINDS as CLIENT_KINDS
 from cds.users.service import MAX_SECRET_LENGTH
 
 TS = {"type": ["string", "null"], "format": "date-time"}
@@ -143,6 +144,14 @@ PROFILE_PROPS = {
     "pbx_sip_host": STR, "pbx_sip_port": INT, "pbx_sip_transport": {"enum": ["UDP", "TCP", "TLS"]},
     "mcs_host": STR, "mcs_port": INT, "voicemail_number": STR, "link_validity_hours": INT,
     "central_email": STR, "email_subject": STR, "email_body": STR,
+    "client": {"enum": list(CLIENT_KINDS), "description": "The client the profile's users run."},
+    "sip_account": {"enum": ["pbx", "teleworker"],
+                    "description": "Which account a SIP client registers with (PBX, or Teleworker via the MBG)."},
+    "sip_domain": {"type": "string", "description": "Domain of the SIP address sip:<user>@<domain>."},
+    "sip_realm": {"type": "string", "description": "Digest realm of the registrar."},
+    "sip_algorithm": {"enum": ["MD5", "SHA-256"], "description": "Digest algorithm of the registrar."},
+    "sip_credential": {"enum": ["ha1", "password"],
+                       "description": "What the client gets: ha1 (needs the realm) or the password."},
 }
 SCHEMAS.update({
     "User": obj({
@@ -162,8 +171,12 @@ SCHEMAS.update({
     "UserUpdate": obj({**USER_FIELD_PROPS, "profile_id": INT, "profile": PROFILE_NAME,
                        "secrets": ref("Secrets")}),
     "Profile": obj({"id": INT, **PROFILE_PROPS, "is_default": BOOL, "is_do_not_deploy": BOOL,
+                    "missing": {"type": "array", "items": STR, "description": "What the profile lacks for its "
+                                "client kind; Deploy skips its users while this is not empty."},
                     "users": INT, "created_at": TS, "updated_at": TS}, ["id", "name", "is_default"]),
     "ProfileInput": obj({**PROFILE_PROPS, "is_default": BOOL}),
+    "DeployPlan": obj({"total": INT, "to_send": INT, "not_sent": {"type": "array", "items": obj(
+        {"reason": STR, "count": INT}, ["reason", "count"])}}, ["total", "to_send", "not_sent"]),
     "Connection": obj({
         "id": INT, "name": STR, "kind": {"enum": ["mbg", "mcs", "usa", "ldap"]}, "url": STR, "host": STR,
         "username": STR, "options": {"type": "object"}, "sync_interval_minutes": INT, "enabled": BOOL,
@@ -328,6 +341,11 @@ PATHS: dict = {
             {"name": "action", "in": "path", "required": True,
              "schema": {"enum": ["deploy", "auto-deploy", "force-config", "sync", "delete",
                                  "assign-profile"]}}]),
+    },
+    "/users/actions/deploy/plan": {
+        "post": op("What Deploy would do with a selection, before anything is sent", {
+            "200": ok(ref("DeployPlan"), "How many users would be sent an e-mail, and how many not and why."),
+        }, tag="actions", write=True, body=ref("ActionRequest")),
     },
     "/jobs": {
         "get": op("List jobs, newest first", {"200": ok(page_of("Job")), "400": error("400")},

@@ -10,6 +10,7 @@ from cds.jobs import service as jobs
 from cds.jobs.actions import start_action
 from cds.models import Job, JobItem
 from cds.users.service import parse_selection
+from cds.web import MAX_PAGE
 
 # URL names of the bulk actions -> job kinds.
 ACTION_KINDS = {"deploy": "deploy", "auto-deploy": "auto_deploy", "force-config": "force_config",
@@ -53,6 +54,19 @@ def user_action(action: str):
     return job_json(job), 202, {"Location": f"/api/v1/jobs/{job.id}"}
 
 
+@bp.post("/users/actions/deploy/plan")
+def deploy_plan():
+    """What Deploy would do with the selection: who would be sent an e-mail, who not and
+    why (an incomplete profile, Do Not Deploy, no address). Nothing is changed."""
+    from cds.deploy.service import plan_deploy
+    data = body_json()
+    unknown = sorted(set(data) - {"ids", "filter", "at"})
+    if unknown:
+        raise ApiError(422, "invalid", "Unknown fields: " + ", ".join(unknown) + ".",
+                       {k: "unknown field" for k in unknown})
+    return plan_deploy(parse_selection(data)).as_dict()
+
+
 @bp.get("/jobs")
 def list_jobs():
     state = request.args.get("state")
@@ -82,6 +96,6 @@ def page_args(default_per_page: int = 50, max_per_page: int = 500) -> tuple[int,
         per_page = int(request.args.get("per_page", default_per_page))
     except ValueError:
         raise ApiError(400, "bad_request", "page and per_page must be whole numbers.") from None
-    if page < 1 or not 1 <= per_page <= max_per_page:
-        raise ApiError(400, "bad_request", f"page ≥ 1 and per_page 1-{max_per_page}.")
+    if not 1 <= page <= MAX_PAGE or not 1 <= per_page <= max_per_page:
+        raise ApiError(400, "bad_request", f"page 1-{MAX_PAGE} and per_page 1-{max_per_page}.")
     return page, per_page

@@ -5,12 +5,14 @@ by its `Authorization: Bearer cds_…` header alone.
 """
 from __future__ import annotations
 
+import hashlib
+import time
 
 from flask import Blueprint, current_app, g, jsonify, request, url_for
 from werkzeug.exceptions import HTTPException
 
 from cds.errors import CdsError
-from cds.extensions import csrf, limiter
+from cds.extensions import csrf, limit_counter, limiter
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)
@@ -19,9 +21,10 @@ csrf.exempt(bp)
 class ApiError(Exception):
     """An error answered as {"error": code, "message": text, "details": …}."""
 
-    def __init__(self, status: int, code: str, message: str, details=None):
+    def __init__(self, status: int, code: str, message: str, details=None, headers=None):
         super().__init__(message)
         self.status, self.code, self.message, self.details = status, code, message, details
+        self.headers = headers
 
 
 def error_response(status: int, code: str, message: str, details=None, headers=None):
@@ -40,7 +43,7 @@ HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "n
 
 @bp.errorhandler(ApiError)
 def _api_error(exc: ApiError):
-    return error_response(exc.status, exc.code, exc.message, exc.details)
+    return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
 
 
 @bp.errorhandler(CdsError)
@@ -73,8 +76,36 @@ def _api_limit() -> str:
 
 
 def _api_key() -> str:
+    # The whole header, hashed: tokens share a prefix, and a key on a fixed slice of it
+    # would let one token's budget be spent by another.
     header = request.headers.get("Authorization", "")
-    return "api:" + (header[-16:] if header else (request.remote_addr or "-"))
+    if not header:
+        return "api-addr:" + (request.remote_addr or "-")
+    return "api:" + hashlib.sha256(header.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def _auth_failure_limits():
+    from limits import parse_many
+    return parse_many(current_app.config["API_AUTH_FAILURE_LIMIT"])
+
+
+def _refuse_unauthenticated(message: str):
+    """A 401, counted per address: a client that keeps sending bad tokens (each its own
+    budget above) is stopped by address, whatever tokens it makes up."""
+    address = request.remote_addr or "-"
+    for lim in _auth_failure_limits():
+        limit_counter("hit", lim, "api-auth-failure", address)
+    raise ApiError(401, "unauthorized", message)
+
+
+def _check_auth_failures() -> None:
+    address = request.remote_addr or "-"
+    for lim in _auth_failure_limits():
+        stats = limit_counter("get_window_stats", lim, "api-auth-failure", address)
+        if stats.remaining <= 0:
+            raise ApiError(429, "rate_limited", "Too many requests with a missing or wrong API token "
+                           "from this address; wait and retry later.", None,
+                           {"Retry-After": str(max(1, int(stats.reset_time - time.time()) + 1))})
 
 
 # Per-token (or per-address) request budget, answered as 429 in the API's error shape.
@@ -92,11 +123,12 @@ def _authenticate():
     scheme, _, token = header.partition(" ")
     if request.endpoint in ("api.openapi",):
         return None
+    _check_auth_failures()
     if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(401, "unauthorized", "Send an API token: Authorization: Bearer <token>.")
+        _refuse_unauthenticated("Send an API token: Authorization: Bearer <token>.")
     row = find_valid_token(token.strip())
     if row is None:
-        raise ApiError(401, "unauthorized", "The API token is unknown, expired or revoked.")
+        _refuse_unauthenticated("The API token is unknown, expired or revoked.")
     g.api_token = row
     g.actor = f"api:{row.name}"[:64]
     g.actor_type = "api"

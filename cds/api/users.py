@@ -99,6 +99,7 @@ def list_users():
     page, per_page = page_args()
     args = request.args.to_dict()
     try:
+        users.UserFilter.from_mapping(args, other_keys=("sort", "page", "per_page"))
         q = users.UserQuery.from_mapping({**args, "per_page": 50}, default_per_page=50)
     except users.InvalidQuery as exc:
         raise ApiError(400, "bad_request", str(exc)) from None
@@ -170,7 +171,7 @@ def export_users():
     from cds.models import utcnow
     from cds.web import csv_download
     try:
-        filt = users.UserFilter.from_mapping(request.args)
+        filt = users.UserFilter.from_mapping(request.args, other_keys=())
     except users.InvalidQuery as exc:
         raise ApiError(400, "bad_request", str(exc)) from None
     _, chunks = start_export({"filter": filt.to_dict()}, actor=g.actor, via="api")

@@ -4,7 +4,7 @@ from flask import Blueprint, abort, g, render_template, request
 from cds.audit.service import (AuditFilter, InvalidAuditQuery, action_names, actor_names,
                                detail_text, export_audit_csv, list_events)
 from cds.models import utcnow
-from cds.web import csv_download
+from cds.web import csv_download, page_number
 
 bp = Blueprint("audit", __name__, url_prefix="/audit")
 
@@ -21,10 +21,7 @@ def _filter() -> tuple[AuditFilter, str | None]:
 @bp.route("")
 def index():
     filt, error = _filter()
-    try:
-        page = max(1, int(request.args.get("page", 1)))
-    except ValueError:
-        page = 1
+    page = page_number(request.args.get("page"))
     events, total, page = list_events(filt, page, PER_PAGE)
     context = dict(filt=filt, args=filt.to_args(), events=events, total=total, page=page,
                    pages=max(1, -(-total // PER_PAGE)), error=error, detail_text=detail_text)

@@ -139,7 +139,7 @@ class AuditFilter:
                 query = query.where(AuditEvent.action == self.action)
         if self.user:
             by_login = func.lower(AuditEvent.login_id) == self.user.lower()
-            if self.user.isdigit():
+            if self.user.isdigit() and len(self.user) <= 9:
                 query = query.where(or_(AuditEvent.user_id == int(self.user), by_login))
             else:
                 query = query.where(by_login)

@@ -67,3 +67,72 @@ def ensure_first_admin() -> str | None:
     admin.password_change_due = True  # printed in the log: the administrator chooses their own
     db.session.commit()
     return password
+
+
+# --- throttling failed sign-ins ------------------------------------------------------
+#
+# Three counters of *failed* sign-ins (a success never counts):
+#   per address             LOGIN_LIMIT_PER_ADDRESS  – one address guessing many accounts;
+#   per address + account   LOGIN_LIMIT_PER_ACCOUNT  – one address guessing one account;
+#   per account             LOGIN_LIMIT_PER_ACCOUNT  – many addresses guessing one account.
+# The account-wide counter only stops addresses that have themselves failed for that
+# account: guessing stays throttled, but nobody can lock the real owner out by failing
+# on purpose, because the owner signs in from an address that has no failures.
+
+class SignInThrottled(Exception):
+    """Too many failed sign-ins; the message says which limit and ``retry_after`` when."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)
+
+
+def _limits(setting: str):
+    from flask import current_app
+    from limits import parse_many
+    return parse_many(current_app.config[setting])
+
+
+def _wait(stats) -> int:
+    import time
+    return int(stats.reset_time - time.time()) + 1
+
+
+def check_sign_in_allowed(address: str, username: str) -> None:
+    """Raise SignInThrottled if this address may not try this account now."""
+    from cds.extensions import limit_counter
+    account = username.strip().lower()[:64]
+    for lim in _limits("LOGIN_LIMIT_PER_ADDRESS"):
+        stats = limit_counter("get_window_stats", lim, "login-address", address)
+        if stats.remaining <= 0:
+            raise SignInThrottled("Too many failed sign-ins from this address. Wait a minute and "
+                                  "try again.", _wait(stats))
+    failed_here = False
+    for lim in _limits("LOGIN_LIMIT_PER_ACCOUNT"):
+        stats = limit_counter("get_window_stats", lim, "login-pair", address, account)
+        if stats.remaining <= 0:
+            raise SignInThrottled("Too many failed sign-ins for this account from this address. "
+                                  "Wait a minute and try again.", _wait(stats))
+        failed_here = failed_here or stats.remaining < lim.amount
+    if failed_here:
+        for lim in _limits("LOGIN_LIMIT_PER_ACCOUNT"):
+            stats = limit_counter("get_window_stats", lim, "login-account", account)
+            if stats.remaining <= 0:
+                raise SignInThrottled("Too many failed sign-ins for this account. Wait a minute and "
+                                      "try again.", _wait(stats))
+
+
+def record_failed_sign_in(address: str, username: str) -> None:
+    from cds.extensions import limit_counter
+    account = username.strip().lower()[:64]
+    for lim in _limits("LOGIN_LIMIT_PER_ADDRESS"):
+        limit_counter("hit", lim, "login-address", address)
+    for lim in _limits("LOGIN_LIMIT_PER_ACCOUNT"):
+        limit_counter("hit", lim, "login-pair", address, account)
+        limit_counter("hit", lim, "login-account", account)
+
+
+def end_sessions(admin: AdminAccount) -> None:
+    """Every session cookie issued to this administrator stops working (sign-out, password
+    change, disable): each request compares the cookie's epoch with this one."""
+    admin.session_epoch += 1

@@ -11,8 +11,8 @@ from cds.connections.service import (ConnectionProblem, ConnectionSettings,
 from cds.extensions import db
 from cds.jobs.service import JobError
 from cds.models import CONNECTION_KINDS, Job
-from cds.sources import SourceError
-from cds.web import primary_required, toast, write_required
+from cds.sources import LIMIT_DEFAULTS, SourceError
+from cds.web import primary_required, row_id, toast, write_required
 
 bp = Blueprint("connections", __name__, url_prefix="/connections")
 
@@ -24,8 +24,8 @@ def _load(connection_id: int):
 @bp.route("")
 def index():
     job = None
-    if request.args.get("job", "").isdigit():
-        job = db.session.get(Job, int(request.args["job"]))
+    if row_id(request.args.get("job")):
+        job = db.session.get(Job, row_id(request.args.get("job")))
     return render_template("connections/page.html", connections=list_connections(),
                            kinds=CONNECTION_KINDS, host_of=host_of, imported=imported_counts(),
                            records=record_counts(), job=job, active_tab="connections")
@@ -33,7 +33,7 @@ def index():
 
 def _render_form(template: str, form, conn=None, status: int = 200, **extra):
     return render_template(template, form=form, conn=conn, kinds=CONNECTION_KINDS,
-                           placeholders=ldap_defaults(), mapping_labels=MAPPING_LABELS,
+                           limit_defaults=LIMIT_DEFAULTS, placeholders=ldap_defaults(), mapping_labels=MAPPING_LABELS,
                            active_tab="connections", **extra), status
 
 

@@ -62,8 +62,17 @@ def _when(fn):
 @click.command("deploy")
 @_who("Every user (Do Not Deploy users are skipped).")
 @_when
-def deploy_command(all_users, login_ids, at):
+@click.option("--dry-run", is_flag=True, help="Only say how many users would be sent an e-mail, and "
+                                              "how many not and why; send nothing.")
+def deploy_command(all_users, login_ids, at, dry_run):
     """Send deployment e-mails (new links) to users, now or at a set time."""
+    if dry_run:
+        from cds.deploy.service import plan_deploy
+        plan = plan_deploy(_selection(all_users, login_ids))
+        click.echo(f"{plan.to_send} of {plan.total} users would be sent an e-mail")
+        for reason, count in plan.not_sent.items():
+            click.echo(f"  not sent: {count} × {reason}")
+        return
     _run("deploy", all_users, login_ids, at)
 
 

@@ -12,12 +12,17 @@ def _no_store(resp):
     return resp
 
 
-@bp.route("/deploy/<token>")
-def landing(token: str):
+def landing_response(token: str):
+    """The landing page of a link, whichever URL it was opened at (it never consumes it)."""
     view = view_link(token)
     status = 200 if view.state == "valid" else (404 if view.state == "unknown" else 410)
     html = render_template("deploy/landing.html", view=view, token=token)
     return _no_store(current_app.response_class(html, status=status, mimetype="text/html"))
+
+
+@bp.route("/deploy/<token>")
+def landing(token: str):
+    return landing_response(token)
 
 
 @bp.route("/deploy/<token>/qr.png")

@@ -3,11 +3,15 @@ Users tab, the API, the CLI and the scheduler.
 
 A deployment is a link with a fresh 256-bit token; only the token's hash is
 stored. Sending is exactly-once: a deployment is marked "sending" and committed
-before its message is handed to SMTP, and "sent" after. A run that dies in
+before its message is handed to SMTP (or written to the outbox), and "sent"
+after. Only a pending deployment becomes "sending", and in a job only while the
+job's runner still holds its claim, in the same transaction. A run that dies in
 between leaves "sending" behind, which is never sent again: it becomes
-"unknown" and the user is reported as not sent. A temporary refusal (4xx, or an
-unreachable server) is retried by the scheduler with backoff; the retry gets a
-new token, because the old one was never delivered and is not kept.
+"unknown" and the user is reported as not sent. A temporary refusal (4xx, an
+unreachable server, an outbox that cannot be written) is retried by the
+scheduler with backoff; the retry gets a new token, because the old one was
+never delivered and is not kept. A user's older links stay valid until a new
+message has actually been handed over.
 """
 from __future__ import annotations
 
@@ -21,12 +25,13 @@ from flask import current_app
 from sqlalchemy import select, update
 from sqlalchemy.orm import selectinload
 
-from cds.audit.service import record_event
+from cds.audit.service import actor_type_of, record_event
+from cds.clients import deploy_problem, kind_of
 from cds.extensions import db
 from cds.jobs.service import Outcome, action
 from cds.mail.compose import MailTemplates, TemplateProblem, build_message, mail_context, sample_context
 from cds.mail.qr import QrMaker, qr_png
-from cds.mail.transport import FAILED, RETRY, SENT, UNKNOWN, Delivery, MailTransport
+from cds.mail.transport import FAILED, RETRY, SENT, UNKNOWN, Delivery, MailSettings, MailTransport
 from cds.models import (SEND_FAILED, SEND_PENDING, SEND_RETRY, SEND_SENDING, SEND_SENT, SEND_UNKNOWN,
                         ClientDevice, Deployment, Job, User, utcnow)
 from cds.redirect.service import register_link, withdraw_links
@@ -46,6 +51,10 @@ NO_ADDRESS = "No e-mail address (the user has none and the profile has no centra
 OUTBOX_WRITTEN = "Written to the Outbox (no SMTP configured): not sent to the user."
 INTERRUPTED = ("Interrupted while the message was being sent; not resent, as it may already have "
                "arrived. Deploy again to send a new link.")
+NOT_WRITTEN = ("Interrupted while the message was being written to the outbox, and it is not there: "
+               "not sent. Deploy again to send a new link.")
+REPLACED_UNSENT = ("Not handed over: the run was interrupted before this message was sent; "
+                   "a new link was issued instead.")
 
 
 class DeployError(Exception):
@@ -60,16 +69,14 @@ def recipient_for(user: User) -> str:
     return central or (user.email or "").strip()
 
 
-def link_for(token: str) -> str:
-    from cds.settings.service import redirect_url
-    return f"{redirect_url()}/r/{token}"
+def link_for(token: str, profile=None) -> str:
+    """The link of the e-mail and its QR code, as the profile's client kind forms it."""
+    return kind_of(profile).link(token)
 
 
-def supersede_open_links(user_ids: list[int], now: datetime) -> int:
-    """Older unused links of these users stop working. Joins the caller's transaction."""
-    if not user_ids:
-        return 0
-    open_link = (Deployment.user_id.in_(user_ids), Deployment.used_at.is_(None),
+def supersede_other_links(dep: Deployment, now: datetime) -> int:
+    """Once ``dep``'s message was handed over, the user's older unused links stop working."""
+    open_link = (Deployment.user_id == dep.user_id, Deployment.id != dep.id, Deployment.used_at.is_(None),
                  Deployment.revoked_at.is_(None), Deployment.superseded_at.is_(None))
     hashes = list(db.session.scalars(select(Deployment.token_hash).where(*open_link)))
     if hashes:
@@ -81,14 +88,15 @@ def supersede_open_links(user_ids: list[int], now: datetime) -> int:
 
 def issue_deployments(users: list[User], *, actor: str | None = None, job_id: int | None = None
                       ) -> list[tuple[User, Deployment, str]]:
-    """A new link per user (older unused ones superseded), registered with the redirect
-    store. Returns (user, deployment, token); the token exists only in memory. The
-    caller commits. Resending never changes a user's passwords: only links change."""
+    """A new link per user, registered with the redirect store. The user's older
+    unused links stay valid until the new one's message has been handed over (then
+    they are superseded, see ``_record_delivery``). Returns (user, deployment, token);
+    the token exists only in memory. The caller commits. Resending never changes a
+    user's passwords: only links change."""
     now = utcnow()
     for user in users:
         if user.profile.is_do_not_deploy:
             raise DeployError(f"{user.login_id}: {SKIP_DO_NOT_DEPLOY}")
-    supersede_open_links([u.id for u in users], now)
     issued = []
     for user in users:
         token = new_token()
@@ -97,7 +105,8 @@ def issue_deployments(users: list[User], *, actor: str | None = None, job_id: in
                          expires_at=expires, recipient=recipient_for(user), send_state=SEND_PENDING,
                          job_id=job_id)
         db.session.add(dep)
-        register_link(dep.token_hash, expires)
+        if kind_of(user.profile).uses_redirect():
+            register_link(dep.token_hash, expires)
         issued.append((user, dep, token))
     db.session.flush()
     return issued
@@ -116,8 +125,94 @@ def _rotate_token(dep: Deployment, user: User, now: datetime) -> str:
     token = new_token()
     dep.token_hash = token_hash(token)
     dep.expires_at = now + timedelta(hours=user.profile.link_validity_hours)
-    register_link(dep.token_hash, dep.expires_at)
+    if kind_of(user.profile).uses_redirect():
+        register_link(dep.token_hash, dep.expires_at)
     return token
+
+
+# --- who Deploy sends to ---------------------------------------------------------
+
+def deploy_refusal(user: User) -> tuple[str, str] | None:
+    """Why Deploy would not send to ``user``: ("skipped" | "failed", reason), or None.
+    The job and the confirmation's count (``plan_deploy``) both ask this."""
+    if user.profile.is_do_not_deploy:
+        return "skipped", SKIP_DO_NOT_DEPLOY
+    problem = deploy_problem(user)
+    if problem is not None:
+        # Nothing is sent that the client could not use (an empty host, no SIP account).
+        return "skipped", problem
+    if not recipient_for(user):
+        return "failed", NO_ADDRESS
+    return None
+
+
+@dataclass
+class DeployPlan:
+    """What Deploy would do with a selection, before anything is sent."""
+    total: int = 0
+    to_send: int = 0
+    # reason -> how many users Deploy would not send to for it
+    not_sent: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"total": self.total, "to_send": self.to_send,
+                "not_sent": [{"reason": r, "count": n} for r, n in self.not_sent.items()]}
+
+
+def classify_for_deploy(users) -> DeployPlan:
+    """Count ``users`` by what Deploy would do with each (see ``deploy_refusal``)."""
+    plan = DeployPlan()
+    for user in users:
+        plan.total += 1
+        refusal = deploy_refusal(user)
+        if refusal is None:
+            plan.to_send += 1
+        else:
+            plan.not_sent[refusal[1]] = plan.not_sent.get(refusal[1], 0) + 1
+    return plan
+
+
+def plan_deploy(selection: dict) -> DeployPlan:
+    """``classify_for_deploy`` of a selection (ids, or all users matching a filter),
+    counted per profile in SQL; only the users of a kind that asks something of each
+    user (Linphone: a SIP account) are loaded, so "all 100,000 matching" stays quick."""
+    from sqlalchemy import func
+
+    from cds.clients import checks_users, profile_refusal
+    from cds.profiles.service import all_profiles
+    from cds.users.service import selection_query
+
+    profiles = {p.id: p for p in all_profiles()}
+    selected = selection_query(selection)
+    per_profile = db.session.execute(selected.with_only_columns(User.profile_id, func.count(User.id))
+                                     .group_by(User.profile_id).order_by(None)).all()
+    plan = DeployPlan()
+
+    def not_sent(reason: str, n: int) -> None:
+        plan.not_sent[reason] = plan.not_sent.get(reason, 0) + n
+
+    for profile_id, n in per_profile:
+        profile = profiles[profile_id]
+        refusal = SKIP_DO_NOT_DEPLOY if profile.is_do_not_deploy else profile_refusal(profile)
+        if refusal is not None:
+            plan.total += n
+            not_sent(refusal, n)
+        elif checks_users(profile):
+            part = classify_for_deploy(db.session.scalars(
+                selected.where(User.profile_id == profile_id).order_by(User.id)))
+            plan.total += part.total
+            plan.to_send += part.to_send
+            for reason, count in part.not_sent.items():
+                not_sent(reason, count)
+        else:
+            no_address = 0 if (profile.central_email or "").strip() else db.session.scalar(
+                selected.where(User.profile_id == profile_id, func.trim(User.email) == "")
+                .with_only_columns(func.count(User.id)).order_by(None))
+            plan.total += n
+            plan.to_send += n - no_address
+            if no_address:
+                not_sent(NO_ADDRESS, no_address)
+    return plan
 
 
 # --- sending -----------------------------------------------------------------
@@ -136,7 +231,7 @@ class MailRun:
 
 def compose_deployment_mail(run: MailRun, user: User, dep: Deployment, token: str,
                             png: bytes | None = None):
-    link = link_for(token)
+    link = link_for(token, user.profile)
     rendered = run.templates.render(mail_context(user, link, dep.expires_at), user.profile)
     return build_message(rendered, run.transport.settings.sender, dep.recipient,
                          png if png is not None else qr_png(link), recipient_name=user.display_name)
@@ -150,11 +245,26 @@ def send_deployment_mail(run: MailRun, user: User, dep: Deployment, token: str, 
             message = compose_deployment_mail(run, user, dep, token)
         except TemplateProblem as exc:
             return _record_delivery(dep, user, Delivery(FAILED, f"E-mail template problem: {exc}"), actor)
+    from cds.jobs.service import renew_claim
+
     run.transport.pace()
-    dep.send_state = SEND_SENDING
-    dep.send_attempts += 1
-    dep.next_attempt_at = utcnow()  # "sending since", read by the interrupted-send sweep
+    # In one transaction: this runner still holds its job (else ClaimLost), and the
+    # deployment is still pending and current (no other run replaced or sent it).
+    renew_claim()
+    now = utcnow()
+    marked = db.session.execute(update(Deployment).where(
+        Deployment.id == dep.id, Deployment.send_state == SEND_PENDING,
+        Deployment.superseded_at.is_(None), Deployment.revoked_at.is_(None))
+        .values(send_state=SEND_SENDING, send_attempts=Deployment.send_attempts + 1,
+                next_attempt_at=now)  # "sending since", read by the interrupted-send sweep
+        .execution_options(synchronize_session=False)).rowcount
+    if marked != 1:
+        db.session.rollback()
+        log.warning("deployment %s for user %s was no longer pending; not sent", dep.id, user.id)
+        return Delivery(FAILED, "Not sent: this link was replaced or handled by another run "
+                                "before it was handed over.")
     db.session.commit()
+    dep.send_state, dep.send_attempts, dep.next_attempt_at = SEND_SENDING, dep.send_attempts + 1, now
     delivery = run.transport.send(message, label=f"d{dep.id}")
     return _record_delivery(dep, user, delivery, actor)
 
@@ -168,6 +278,7 @@ def _record_delivery(dep: Deployment, user: User, delivery: Delivery, actor: str
     dep.send_error = None if state == SENT else delivery.detail
     if state == SENT:
         dep.send_state, dep.sent_at, dep.next_attempt_at = SEND_SENT, now, None
+        supersede_other_links(dep, now)
         user.deployed_at = now
         user.send_error = user.send_error_at = None
         user.redeploy_required = False
@@ -186,7 +297,7 @@ def _record_delivery(dep: Deployment, user: User, delivery: Delivery, actor: str
     else:
         detail["state"], detail["reason"] = dep.send_state, delivery.detail
     record_event("deploy.sent" if state == SENT else f"deploy.{dep.send_state}", actor=actor or "system",
-                 user=user, detail=detail, commit=False)
+                 actor_type=actor_type_of(actor), user=user, detail=detail, commit=False)
     db.session.commit()
     log.info("deployment %s for user %s: %s%s", dep.id, user.id, dep.send_state,
              "" if state == SENT else f" ({delivery.detail})")
@@ -208,11 +319,19 @@ def _outcome(user: User, delivery: Delivery) -> Outcome:
 
 # --- the bulk actions ----------------------------------------------------------
 
+# A run's SMTP connection belongs to the claim of the runner that opened it (two
+# runners of one job never share one); without a claim (a direct call), to the job.
 _runs: dict[int, MailRun] = {}
 _runs_lock = threading.Lock()
 
 
 def _run_for(job: Job) -> MailRun:
+    from cds.jobs.service import current_claim
+    claim = current_claim()
+    if claim is not None and claim.job_id == job.id:
+        if "mail" not in claim.resources:
+            claim.resources["mail"] = MailRun()
+        return claim.resources["mail"]
     with _runs_lock:
         if job.id not in _runs:
             _runs[job.id] = MailRun()
@@ -221,8 +340,13 @@ def _run_for(job: Job) -> MailRun:
 
 def _finish(job: Job) -> None:
     """End of a Deploy / Auto deploy job: close its SMTP connection, push redirect links."""
-    with _runs_lock:
-        run = _runs.pop(job.id, None)
+    from cds.jobs.service import current_claim
+    claim = current_claim()
+    if claim is not None and claim.job_id == job.id:
+        run = claim.resources.pop("mail", None)
+    else:
+        with _runs_lock:
+            run = _runs.pop(job.id, None)
     if run is not None:
         run.close()
     from cds.redirect.service import push_outbox
@@ -258,15 +382,20 @@ def _deploy_users(job: Job, users: list[User]) -> list[Outcome]:
         Deployment.job_id == job.id, Deployment.user_id.in_([u.id for u in users]),
         Deployment.superseded_at.is_(None)))}
     to_issue = []
+    # Issued by an interrupted run but never handed over: withdrawn, a new link replaces it.
+    unsent = [d for d in earlier.values() if d.send_state == SEND_PENDING]
+    _withdraw_unsent(unsent)
+    for d in unsent:
+        del earlier[d.user_id]
     for user in users:
         dep = earlier.get(user.id)
         if dep is not None and dep.send_state != SEND_PENDING:
             outcomes[user.id] = _resumed_outcome(user, dep, actor)
-        elif user.profile.is_do_not_deploy:
-            outcomes[user.id] = Outcome(user, "skipped", SKIP_DO_NOT_DEPLOY)
-        elif not recipient_for(user):
-            user.send_error, user.send_error_at = NO_ADDRESS, utcnow()
-            outcomes[user.id] = Outcome(user, "failed", NO_ADDRESS)
+        elif (refusal := deploy_refusal(user)) is not None:
+            outcome, reason = refusal
+            if outcome == "failed":
+                user.send_error, user.send_error_at = reason, utcnow()
+            outcomes[user.id] = Outcome(user, outcome, reason)
         else:
             to_issue.append(user)
     run = _run_for(job)
@@ -280,7 +409,7 @@ def _deploy_users(job: Job, users: list[User]) -> list[Outcome]:
     if current_app.config["REDIRECT_MODE"] == "remote":
         from cds.redirect.service import push_outbox
         push_outbox()
-    pngs = run.qr.pngs([link_for(token) for _, _, token in issued])
+    pngs = run.qr.pngs([link_for(token, user.profile) for user, _, token in issued])
     for (user, dep, token), png in zip(issued, pngs):
         try:
             message = compose_deployment_mail(run, user, dep, token, png)
@@ -305,10 +434,46 @@ def _profiles_with_template_problems(run: MailRun, users: list[User]) -> dict[in
     return problems
 
 
+def _withdraw_unsent(deps: list[Deployment]) -> None:
+    """Pending deployments of an interrupted run: never handed over, so nobody has their
+    link; it stops working (the user's older links are untouched)."""
+    if not deps:
+        return
+    now = utcnow()
+    ids = [d.id for d in deps]
+    db.session.execute(update(Deployment).where(Deployment.id.in_(ids), Deployment.send_state == SEND_PENDING)
+                       .values(send_state=SEND_FAILED, superseded_at=now, send_error=REPLACED_UNSENT)
+                       .execution_options(synchronize_session=False))
+    withdraw_links([d.token_hash for d in deps])
+    for d in deps:
+        d.send_state, d.superseded_at, d.send_error = SEND_FAILED, now, REPLACED_UNSENT
+    db.session.commit()
+
+
+def _in_outbox(dep: Deployment) -> str | None:
+    """The outbox file written for this deployment, if any (outbox mode only)."""
+    from cds.mail.transport import outbox_dir
+    try:
+        found = sorted(outbox_dir().glob(f"*-d{dep.id}-*.eml"))
+    except OSError:
+        return None
+    return found[0].name if found else None
+
+
 def _resumed_outcome(user: User, dep: Deployment, actor: str | None) -> Outcome:
     if dep.send_state == SEND_SENT:
         return Outcome(user, "ok", "Sent.")
     if dep.send_state == SEND_SENDING:
+        # Written to the outbox before the run stopped: it was handed over, exactly once.
+        written = _in_outbox(dep)
+        if written:
+            _record_delivery(dep, user, Delivery(SENT, "Written to the outbox.", outbox_file=written), actor)
+            return Outcome(user, "ok", "Written to the outbox.")
+        if MailSettings.load().uses_outbox:
+            # No file: the outbox never got it. Not retried automatically all the same
+            # (the run may have used an SMTP server set up then), but known not sent.
+            _record_delivery(dep, user, Delivery(FAILED, NOT_WRITTEN), actor)
+            return Outcome(user, "failed", NOT_WRITTEN)
         _record_delivery(dep, user, Delivery(UNKNOWN, INTERRUPTED), actor)
         return Outcome(user, "failed", INTERRUPTED)
     if dep.send_state == SEND_RETRY:
@@ -316,7 +481,24 @@ def _resumed_outcome(user: User, dep: Deployment, actor: str | None) -> Outcome:
     return Outcome(user, "failed", dep.send_error or "Not sent.")
 
 
-@action("deploy", "Deploy", finish=_finish, schedulable=True)
+def settle_users(job: Job, users: list[User], reason: str) -> list[Outcome]:
+    """The outcome of users a failed Deploy / Auto deploy job did not record: what their
+    deployment of this job says, else ``reason``."""
+    deps = {d.user_id: d for d in db.session.scalars(select(Deployment).where(
+        Deployment.job_id == job.id, Deployment.user_id.in_([u.id for u in users]),
+        Deployment.superseded_at.is_(None)).order_by(Deployment.id))}
+    _withdraw_unsent([d for d in deps.values() if d.send_state == SEND_PENDING])
+    outcomes = []
+    for user in users:
+        dep = deps.get(user.id)
+        if dep is None or dep.send_state == SEND_FAILED and dep.send_error == REPLACED_UNSENT:
+            outcomes.append(Outcome(user, "failed", reason))
+        else:
+            outcomes.append(_resumed_outcome(user, dep, job.created_by))
+    return outcomes
+
+
+@action("deploy", "Deploy", finish=_finish, schedulable=True, settle=settle_users)
 def deploy_batch(job: Job, users: list[User]) -> list[Outcome]:
     return deploy_users(job, users)
 
@@ -336,7 +518,8 @@ def force_config_users(job: Job | None, users: list[User], actor: str | None = N
         if not user.force_config:
             user.force_config = True
             user.config_version += 1
-        record_event("force_config.set", actor=actor or "system", user=user, commit=False)
+        record_event("force_config.set", actor=actor or "system", actor_type=actor_type_of(actor),
+                     user=user, commit=False)
         outcomes.append(Outcome(user, "ok", "Force config set."))
     db.session.commit()
     return outcomes
@@ -347,7 +530,7 @@ def force_config_batch(job: Job, users: list[User]) -> list[Outcome]:
     return force_config_users(job, users)
 
 
-@action("auto_deploy", "Auto deploy", finish=_finish, schedulable=True)
+@action("auto_deploy", "Auto deploy", finish=_finish, schedulable=True, settle=settle_users)
 def auto_deploy_batch(job: Job, users: list[User]) -> list[Outcome]:
     """Users whose client has downloaded get Set Force Config; users with a link that is
     still open are left alone; all others Deploy (see ``classify``)."""
@@ -395,14 +578,16 @@ def classify(kind: str, users: list[User]) -> dict[int, Decision]:
             Deployment.superseded_at.is_(None), Deployment.expires_at > utcnow())))
     decisions = {}
     for user in users:
+        # Whom Deploy would not send to, and why, is Deploy's own rule (deploy_refusal).
+        refusal = deploy_refusal(user)
         if user.id in active:
             decisions[user.id] = Decision(FORCE)
-        elif user.profile.is_do_not_deploy:
-            decisions[user.id] = Decision(SKIP, SKIP_DO_NOT_DEPLOY)
+        elif refusal is not None and refusal[0] == "skipped":
+            decisions[user.id] = Decision(SKIP, refusal[1])
         elif user.id in open_links:
             decisions[user.id] = Decision(SKIP, LINK_STILL_OPEN)
-        elif not recipient_for(user):
-            decisions[user.id] = Decision(FAIL, NO_ADDRESS)
+        elif refusal is not None:
+            decisions[user.id] = Decision(FAIL, refusal[1])
         else:
             decisions[user.id] = Decision(SEND)
     return decisions
@@ -502,7 +687,7 @@ def mark_interrupted_sends() -> int:
         Deployment.send_state == SEND_SENDING, Deployment.next_attempt_at < cutoff)
         .options(selectinload(Deployment.user))))
     for dep in stuck:
-        _record_delivery(dep, dep.user, Delivery(UNKNOWN, INTERRUPTED), None)
+        _resumed_outcome(dep.user, dep, None)
     return len(stuck)
 
 
@@ -520,6 +705,9 @@ class LinkView:
     state: str  # valid, used, expired, superseded, revoked, unknown
     expires_at: datetime | None = None
     link: str | None = None
+    # The client kind of the link's profile: the app named, the button and install links.
+    kind: object = None
+    app_link: str | None = None
 
 
 def view_link(token: str) -> LinkView:
@@ -528,6 +716,10 @@ def view_link(token: str) -> LinkView:
         return LinkView("unknown")
     dep = db.session.scalar(select(Deployment).where(Deployment.token_hash == token_hash(token)))
     if dep is None:
-        return LinkView("unknown")
+        return LinkView("unknown", kind=kind_of(None))
     state = dep.status()
-    return LinkView(state, dep.expires_at, link_for(token) if state == "valid" else None)
+    kind = kind_of(dep.user.profile)
+    if state != "valid":
+        return LinkView(state, dep.expires_at, kind=kind)
+    link = kind.link(token)
+    return LinkView(state, dep.expires_at, link, kind, kind.app_link(link))

@@ -159,9 +159,11 @@ def decode(data: bytes) -> str:
 
 
 def unneutralise(value: str) -> str:
-    """Export prefixes formula-looking cells with an apostrophe; a re-import takes it off.
-    Other cells are kept exactly as written (stored as text, never evaluated)."""
-    if len(value) > 1 and value[0] == "'" and value[1] in "=+-@\t\r":
+    """Export prefixes formula-looking cells with an apostrophe; a re-import takes it off
+    (exactly where export would have put it). Other cells are kept exactly as written
+    (stored as text, never evaluated)."""
+    from cds.export.service import neutralise
+    if len(value) > 1 and value[0] == "'" and neutralise(value[1:]) == value:
         return value[1:]
     return value
 
@@ -216,7 +218,7 @@ def plan_import(data: bytes, options: CsvOptions) -> ImportPlan:
     if index.get("id") is None and options.overwrite:
         missing.append("ID (needed by \"allow overwrite\")")
 
-    profiles = {p.name.strip().lower(): p for p in db.session.scalars(select(DeploymentProfile))}
+    profiles = {p.name.strip().casefold(): p for p in db.session.scalars(select(DeploymentProfile))}
     fixed_profile = None
     if options.profile_id is not None:
         fixed_profile = db.session.get(DeploymentProfile, options.profile_id)
@@ -234,8 +236,10 @@ def plan_import(data: bytes, options: CsvOptions) -> ImportPlan:
             plan.errors.append(f"Has {len(cells)} cells; the header has {width}.")
             cells_of.append({})
             continue
-        cells_of.append({k: unneutralise(cells[i].strip()) for k, i in index.items()
-                         if k not in INFO_KEYS})
+        # Secrets exactly as written: a PIN "'=123" or a password with spaces at its ends
+        # is that PIN or password (export never writes secrets, so nothing to undo).
+        cells_of.append({k: cells[i] if k in USER_SECRETS else unneutralise(cells[i].strip())
+                         for k, i in index.items() if k not in INFO_KEYS})
         plan.login_id = cells_of[-1].get("login_id", "")
 
     # Users the file refers to by ID.
@@ -269,7 +273,7 @@ def plan_import(data: bytes, options: CsvOptions) -> ImportPlan:
         if fixed_profile is not None:
             plan.profile_id = fixed_profile.id
         elif profile_name:
-            profile = profiles.get(profile_name.lower())
+            profile = profiles.get(profile_name.casefold())
             if profile is None:
                 plan.errors.append(f"Unknown profile {profile_name!r}.")
             else:

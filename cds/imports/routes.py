@@ -14,7 +14,7 @@ from cds.imports.service import (PAGE_SIZES, ImportProblem, RecordFilter, connec
 from cds.jobs.service import JobError
 from cds.models import Job
 from cds.profiles.service import all_profiles, default_profile
-from cds.web import toast, write_required
+from cds.web import page_number, row_id, toast, write_required
 
 bp = Blueprint("imports", __name__, url_prefix="/import")
 
@@ -24,7 +24,9 @@ REJECTED_KEY = "csv_rejected"
 
 def _int_arg(name: str, default: int) -> int:
     value = request.args.get(name, "")
-    return int(value) if value.isdigit() else default
+    if name == "page":
+        return page_number(value, default)
+    return int(value) if value.isdigit() and len(value) < 10 else default
 
 
 @bp.route("")
@@ -37,8 +39,8 @@ def index():
     if request.htmx and request.htmx.target == "records-table":
         return render_template("imports/_records.html", page=page)
     job = None
-    if request.args.get("job", "").isdigit():
-        job = db.session.get(Job, int(request.args["job"]))
+    if row_id(request.args.get("job")):
+        job = db.session.get(Job, row_id(request.args.get("job")))
     return render_template("imports/page.html", page=page, connections=connection_choices(),
                            profiles=all_profiles(), default_profile=default_profile(),
                            page_sizes=PAGE_SIZES, job=job,
@@ -104,7 +106,7 @@ def csv_template():
 def _options_from(form) -> CsvOptions:
     pid = form.get("profile_id", "")
     return CsvOptions(partial=form.get("partial") == "1", overwrite=form.get("overwrite") == "1",
-                      profile_id=int(pid) if pid.isdigit() else None,
+                      profile_id=row_id(pid),
                       empty_cells=form.get("empty_cells") if form.get("empty_cells") in EMPTY_POLICIES
                       else "keep")
 

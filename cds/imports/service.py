@@ -52,7 +52,7 @@ class RecordFilter:
         f.search = str(data.get("search", "") or "").strip()[:200]
         raw = str(data.get("connection", "") or "").strip()
         if raw:
-            if not raw.isdigit():
+            if not raw.isdigit() or len(raw) > 9:
                 raise ImportProblem("connection must be a connection id.")
             f.connection = int(raw)
         state = str(data.get("state", "") or "")
@@ -141,9 +141,18 @@ def connection_choices() -> list[tuple[int, str]]:
 
 # --- selections of records -------------------------------------------------------------
 
+RECORD_SELECTION_KEYS = {"search", "connection", "state", "csrf_token", "ids", "all_matching",
+                         "profile_id", "deploy", "page", "per_page"}
+
+
 def parse_record_selection(data) -> dict:
     """From the form: {"ids": [...]} or {"filter": {...}} when "all matching" is ticked."""
     if str(data.get("all_matching", "")) in ("1", "true", "on"):
+        # A typo in a filter key must not widen "all matching" to every record.
+        unknown = sorted(set(data.keys()) - RECORD_SELECTION_KEYS)
+        if unknown:
+            raise ImportProblem(f"Unknown filter key {', '.join(repr(k) for k in unknown)}; the filter "
+                                f"keys are search, connection, state.")
         return {"filter": RecordFilter.from_mapping(data).to_dict()}
     from cds.users.service import parse_ids
     try:
@@ -304,9 +313,16 @@ def import_and_deploy(selection: dict, profile_id=None, *, actor: str | None = N
 
 
 # --- uploaded files between preview and commit --------------------------------------------
+#
+# A CSV file may hold the four secrets of every user in it. Between the preview and
+# the commit it waits in instance/uploads/ encrypted with the instance key (Fernet,
+# as the secrets in the database) and owner-only; commit and cancel delete it, and so
+# does expiry: an upload older than UPLOAD_MAX_AGE_SECONDS can no longer be read
+# (Fernet's time stamp) and the scheduler deletes it.
 
 UPLOAD_NAME = re.compile(r"[A-Za-z0-9_-]{20,64}")
-UPLOAD_MAX_AGE_SECONDS = 24 * 3600
+UPLOAD_MAX_AGE_SECONDS = 3600
+UPLOAD_SUFFIX = ".csv.enc"
 
 
 def uploads_dir() -> Path:
@@ -316,40 +332,43 @@ def uploads_dir() -> Path:
 
 
 def store_upload(data: bytes) -> str:
-    """Keep an uploaded file until the administrator commits or cancels (owner-only)."""
+    """Keep an uploaded file, encrypted, until the administrator commits or cancels."""
     from cds.security import new_token
     name = new_token()
-    fd = os.open(uploads_dir() / f"{name}.csv", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    sealed = current_app.extensions["cds_cipher"].encrypt(data)
+    fd = os.open(uploads_dir() / f"{name}{UPLOAD_SUFFIX}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
+        fh.write(sealed)
     return name
 
 
 def read_upload(name: str) -> bytes:
+    from cryptography.fernet import InvalidToken
+    gone = ImportProblem(f"The uploaded file is no longer available (a preview is kept for "
+                         f"{UPLOAD_MAX_AGE_SECONDS // 60} minutes); upload it again.")
     if not name or not UPLOAD_NAME.fullmatch(name):
-        raise ImportProblem("The uploaded file is no longer available; upload it again.")
+        raise gone
     try:
-        return (uploads_dir() / f"{name}.csv").read_bytes()
-    except FileNotFoundError:
-        raise ImportProblem("The uploaded file is no longer available (it expires after a "
-                            "day); upload it again.") from None
+        sealed = (uploads_dir() / f"{name}{UPLOAD_SUFFIX}").read_bytes()
+        return current_app.extensions["cds_cipher"].decrypt(sealed, ttl=UPLOAD_MAX_AGE_SECONDS)
+    except (FileNotFoundError, InvalidToken):
+        discard_upload(name)
+        raise gone from None
 
 
 def discard_upload(name: str | None) -> None:
     if name and UPLOAD_NAME.fullmatch(name):
-        try:
-            (uploads_dir() / f"{name}.csv").unlink()
-        except FileNotFoundError:
-            pass
+        (uploads_dir() / f"{name}{UPLOAD_SUFFIX}").unlink(missing_ok=True)
 
 
-@tick_task("imports.prune_uploads", every_ticks=720)
+@tick_task("imports.prune_uploads", every_ticks=60)
 def prune_uploads(app) -> None:
-    """Uploads previewed but never committed or cancelled go away after a day."""
+    """Uploads previewed but never committed or cancelled go away once expired (and any
+    plaintext upload an older version of CDS left behind, at once)."""
     cutoff = time.time() - UPLOAD_MAX_AGE_SECONDS
-    for path in uploads_dir().glob("*.csv"):
+    for path in uploads_dir().iterdir():
         try:
-            if path.stat().st_mtime < cutoff:
+            if not path.name.endswith(UPLOAD_SUFFIX) or path.stat().st_mtime < cutoff:
                 path.unlink()
         except FileNotFoundError:
             pass

@@ -6,7 +6,7 @@ from cds.jobs.service import (ITEM_OUTCOMES, active_jobs, cancel_job, get_job,
                               finished_jobs, item_page, reason_counts, scheduled_jobs,
                               sync_schedules)
 from cds.models import Job
-from cds.web import toast, write_required
+from cds.web import page_number, toast, write_required
 
 bp = Blueprint("jobs", __name__, url_prefix="/jobs")
 
@@ -15,10 +15,7 @@ ITEMS_PER_PAGE = 100
 
 
 def _page_arg() -> int:
-    try:
-        return max(1, int(request.args.get("page", 1)))
-    except ValueError:
-        return 1
+    return page_number(request.args.get("page"))
 
 
 def _lists_context(page: int) -> dict:

@@ -1,7 +1,7 @@
 """The deployment e-mail: templates the administrator may edit, rendered in a sandbox.
 
-Templates are Jinja run in a ``SandboxedEnvironment`` (an administrator's
-template cannot reach into Python) with strict placeholders, so a typo is an
+Templates are Jinja run in a sandbox (an administrator's template cannot reach into
+Python, nor run or write without bound: cds/mail/sandbox.py) with strict placeholders, so a typo is an
 error at save time, not a blank in ten thousand e-mails. The HTML template is
 autoescaped; the subject and text are not (they are not HTML).
 """
@@ -17,9 +17,10 @@ from pathlib import Path
 from flask import current_app
 from flask_mail import Attachment, Message
 from jinja2 import StrictUndefined, TemplateError
-from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup, escape
 
+from cds.mail.addresses import AddressError, check_header_text
+from cds.mail.sandbox import BoundedSandbox, RenderLimit, render_bounded
 from cds.models import DeploymentProfile, User, utcnow
 
 QR_CID = "qr-code@cds"
@@ -33,23 +34,22 @@ PLACEHOLDERS = {
     "link": "The personal deployment link",
     "expiry": "When the link stops working (UTC)",
     "instructions": "How to install and open the app",
+    "app": "The app the profile's users run (MiCollab app, Linphone app…)",
     "qr": "The QR code image (HTML template only)",
 }
 
-DEFAULT_INSTRUCTIONS = (
-    "1. Install the MiCollab app on your phone (App Store or Google Play) or computer.\n"
-    "2. On that device, open the link in this e-mail, or scan the QR code with the phone's camera.\n"
-    "3. The app sets itself up. You will not be asked for a password."
-)
+def _default_kind():
+    from cds.clients import kind_named
+    return kind_named(None)
 
 
 class TemplateProblem(Exception):
     """A template cannot be compiled or rendered; the message says where and why."""
 
 
-def _env(autoescape: bool) -> SandboxedEnvironment:
-    return SandboxedEnvironment(autoescape=autoescape, undefined=StrictUndefined,
-                                keep_trailing_newline=False, trim_blocks=True, lstrip_blocks=True)
+def _env(autoescape: bool) -> BoundedSandbox:
+    return BoundedSandbox(autoescape=autoescape, undefined=StrictUndefined,
+                          keep_trailing_newline=False, trim_blocks=True, lstrip_blocks=True)
 
 
 _TEXT_ENV = _env(False)
@@ -65,6 +65,12 @@ def builtin_template(kind: str) -> str:
 
 def compile_template(source: str, kind: str):
     env = _HTML_ENV if kind == "html" else _TEXT_ENV
+    if kind == "subject":
+        # A subject is one header line, whichever surface set it (Settings, a profile).
+        try:
+            check_header_text(source, "The subject template")
+        except AddressError as exc:
+            raise TemplateProblem(str(exc)) from None
     try:
         return env.from_string(source)
     except TemplateError as exc:
@@ -75,7 +81,9 @@ def compile_template(source: str, kind: str):
 
 def _render(template, kind: str, context: dict) -> str:
     try:
-        return template.render(context)
+        return render_bounded(template, context)
+    except RenderLimit as exc:
+        raise TemplateProblem(f"{kind.capitalize()} template: refused, {exc}.") from None
     except TemplateError as exc:
         message = str(exc)
         if "is undefined" in message:
@@ -173,26 +181,32 @@ def _wrap_long_lines(html: str, limit: int = 900) -> str:
 
 
 def mail_context(user: User, link: str, expires_at: datetime) -> dict:
-    # Only what the e-mail needs: never a password or PIN.
+    # Only what the e-mail needs: never a password or PIN. The app and the steps are
+    # those of the client kind the user's profile names.
+    from cds.clients import kind_of
+    kind = kind_of(user.profile)
     return {
         "name": user.display_name,
         "first_name": user.first_name,
         "last_name": user.last_name,
         "link": link,
         "expiry": format_expiry(expires_at),
-        "instructions": DEFAULT_INSTRUCTIONS,
+        "instructions": kind.instructions,
+        "app": kind.app_name,
     }
 
 
 def sample_context(redirect_url: str, validity_hours: int = 96) -> dict:
     """Example values for the template preview."""
+    kind = _default_kind()
     return {
         "name": "Alex Example",
         "first_name": "Alex",
         "last_name": "Example",
         "link": f"{redirect_url}/r/EXAMPLE-TOKEN-not-a-real-link-0123456789ab",
         "expiry": format_expiry(utcnow() + timedelta(hours=validity_hours)),
-        "instructions": DEFAULT_INSTRUCTIONS,
+        "instructions": kind.instructions,
+        "app": kind.app_name,
     }
 
 

@@ -2,23 +2,15 @@
 from __future__ import annotations
 
 import re
-from email.utils import parseaddr
 
-from email_validator import EmailNotValidError, validate_email
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, IntegerField, PasswordField, SelectField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length, NumberRange, Optional, ValidationError
 
+from cds.mail.addresses import AddressError, check_address, check_header_text, check_sender
+
 _HOST = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
                    r"|^\d{1,3}(\.\d{1,3}){3}$|^\[[0-9A-Fa-f:.]+\]$")
-
-
-def _address_ok(value: str) -> bool:
-    try:
-        validate_email(value, check_deliverability=False, test_environment=True)
-        return True
-    except EmailNotValidError:
-        return False
 
 
 class MailSettingsForm(FlaskForm):
@@ -41,9 +33,10 @@ class MailSettingsForm(FlaskForm):
             raise ValidationError("Not a valid host name or address.")
 
     def validate_sender(self, field):
-        _, addr = parseaddr(field.data or "")
-        if not addr or not _address_ok(addr):
-            raise ValidationError("Not a valid e-mail address.")
+        try:
+            field.data = check_sender(field.data or "")
+        except AddressError as exc:
+            raise ValidationError(str(exc)) from None
 
     def to_settings(self) -> dict:
         values = {
@@ -66,11 +59,19 @@ class TestMailForm(FlaskForm):
     to = StringField("Send a test e-mail to", validators=[DataRequired("Give an address."), Length(max=254)])
 
     def validate_to(self, field):
-        if not _address_ok((field.data or "").strip()):
-            raise ValidationError("Not a valid e-mail address.")
+        try:
+            field.data = check_address(field.data or "")
+        except AddressError as exc:
+            raise ValidationError(str(exc)) from None
 
 
 class TemplateForm(FlaskForm):
     subject = StringField("Subject", validators=[Length(max=500)])
+
+    def validate_subject(self, field):
+        try:
+            check_header_text(field.data or "", "The subject template")
+        except AddressError as exc:
+            raise ValidationError(str(exc)) from None
     text = TextAreaField("Plain-text body", validators=[Length(max=20000)])
     html = TextAreaField("HTML body", validators=[Length(max=100000)])

@@ -5,7 +5,7 @@ from flask import Blueprint, abort, current_app, g, redirect, render_template, r
 
 from cds.mail.transport import MailSettings
 from cds.outbox import service
-from cds.web import primary_required, toast
+from cds.web import current_admin, page_number, primary_required, toast
 
 bp = Blueprint("outbox", __name__, url_prefix="/outbox")
 
@@ -14,18 +14,25 @@ FRAME_CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
              "frame-ancestors 'self'; sandbox")
 
 
+def _may_see_links() -> bool:
+    """Only roles that may deploy may see a live deployment link (it is a credential)."""
+    admin = current_admin()
+    return admin is not None and admin.can_write
+
+
 def _message(name: str):
-    return service.read_message(name)  # OutboxError: 404
+    msg = service.read_message(name)  # OutboxError: 404
+    return msg if _may_see_links() else service.masked(msg)
 
 
 @bp.route("")
 def index():
-    try:
-        page = max(1, int(request.args.get("page", 1)))
-    except ValueError:
-        page = 1
+    page = page_number(request.args.get("page"))
     to = request.args.get("to", "").strip()[:254]
     entries, total = service.list_messages(page, to)
+    if not _may_see_links():
+        for entry in entries:
+            entry.subject = service.mask_links(entry.subject)
     pages = max(1, -(-total // service.PAGE_SIZE))
     everything = service.count_messages() if to else total
     return render_template("outbox/index.html", entries=entries, total=total, page=page, pages=pages,
@@ -59,6 +66,10 @@ def inline_image(name: str, cid: str):
 
 @bp.route("/<name>/raw")
 def raw(name: str):
+    if not _may_see_links():
+        # The .eml holds the link (and its QR code) in encoded parts: not masked, refused.
+        abort(403, "The raw message holds a live deployment link; only administrators who "
+                   "may deploy can download it.")
     data = service.raw_message(name)  # OutboxError: 404
     resp = current_app.response_class(data, mimetype="message/rfc822")
     resp.headers["Content-Disposition"] = f'attachment; filename="{name}"'

@@ -22,6 +22,28 @@ class OutboxError(errors.NotFound):
     pass
 
 
+# A live deployment link is a credential (whoever opens it activates the user's client
+# and receives the four secrets), so only administrators who may deploy see one. For
+# the others every link token (43 URL-safe characters, see cds.security.new_token) is
+# replaced and the QR code left out, on every view of a message.
+_TOKEN = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])")
+HIDDEN_TOKEN = "HIDDEN-link-visible-to-administrators-who-deploy"
+
+
+def mask_links(text: str) -> str:
+    return _TOKEN.sub(HIDDEN_TOKEN, text)
+
+
+def masked(message: "OutboxMessage") -> "OutboxMessage":
+    """The message as a read-only administrator sees it: no link token, no QR code."""
+    message.subject = mask_links(message.subject)
+    message.text = mask_links(message.text)
+    message.html = mask_links(message.html) if message.html is not None else None
+    message.images = {}
+    message.links_hidden = True
+    return message
+
+
 @dataclass
 class OutboxEntry:
     name: str
@@ -38,6 +60,7 @@ class OutboxMessage(OutboxEntry):
     html: str | None = None
     # Content-ID (without <>) -> (content type, bytes), images only.
     images: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    links_hidden: bool = False
 
 
 def _files() -> list[Path]:

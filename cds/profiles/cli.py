@@ -49,9 +49,13 @@ def list_command(as_json):
     if as_json:
         click.echo(json.dumps([profile_json(p, counts.get(p.id, 0)) for p in rows], indent=2))
         return
+    from cds.clients import kind_of
     for p in rows:
         flags = " (default)" if p.is_default else (" (built-in)" if p.is_do_not_deploy else "")
-        click.echo(f"{p.id:>4}  {p.name + flags:<32} {counts.get(p.id, 0):>7} users")
+        missing = profiles.profile_problems(p)
+        client = "" if p.is_do_not_deploy else kind_of(p).label
+        click.echo(f"{p.id:>4}  {p.name + flags:<32} {counts.get(p.id, 0):>7} users  {client}"
+                   + (f"  INCOMPLETE: {'; '.join(missing)}" if missing else ""))
 
 
 @profiles_group.command("show")

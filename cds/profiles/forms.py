@@ -5,7 +5,8 @@ from wtforms import (BooleanField, EmailField, IntegerField, SelectField, Select
 from wtforms.validators import InputRequired, NumberRange, Optional
 from wtforms.widgets import CheckboxInput, ListWidget
 
-from cds.models import CLIENT_TYPES, TRANSPORTS
+from cds.clients import CHOICES as CLIENT_CHOICES, DEFAULT_KIND
+from cds.models import CLIENT_TYPES, SIP_ALGORITHMS, TRANSPORTS
 
 
 def _strip(value):
@@ -27,6 +28,14 @@ class ProfileForm(FlaskForm):
     description = TextAreaField("Description", filters=[_strip])
     client_types = CheckboxListField("Client types", choices=[(c, c.capitalize()) for c in CLIENT_TYPES],
                                      default=list(CLIENT_TYPES))
+    client = SelectField("Client", choices=CLIENT_CHOICES, default=DEFAULT_KIND)
+    sip_account = SelectField("SIP account the client registers with", default="pbx", choices=[
+        ("pbx", "PBX SIP account (PBX SIP host)"), ("teleworker", "Teleworker account through the MBG")])
+    sip_domain = StringField("SIP domain", filters=[_strip])
+    sip_realm = StringField("Digest realm", filters=[_strip])
+    sip_algorithm = SelectField("Digest algorithm", choices=SIP_ALGORITHMS, default="MD5")
+    sip_credential = SelectField("Credential sent to the client", default="ha1", choices=[
+        ("ha1", "ha1 (needs the realm)"), ("password", "The password")])
     mbg_sip_host = StringField("MBG / teleworker SIP host", filters=[_strip])
     mbg_sip_port = _port("MBG SIP port", 5061)
     mbg_sip_transport = SelectField("MBG SIP transport", choices=TRANSPORTS, default="TLS")
@@ -49,7 +58,8 @@ class ProfileForm(FlaskForm):
         data = {name: getattr(self, name).data for name in (
             "name", "description", "mbg_sip_host", "mbg_sip_port", "mbg_sip_transport",
             "pbx_sip_host", "pbx_sip_port", "pbx_sip_transport", "mcs_host", "mcs_port",
-            "voicemail_number", "link_validity_hours", "central_email", "email_subject", "email_body")}
+            "voicemail_number", "link_validity_hours", "central_email", "email_subject", "email_body",
+            "client", "sip_account", "sip_domain", "sip_realm", "sip_algorithm", "sip_credential")}
         data["client_types"] = ",".join(c for c in CLIENT_TYPES if c in (self.client_types.data or []))
         return {k: ("" if v is None else v) for k, v in data.items()}
 

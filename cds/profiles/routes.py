@@ -3,19 +3,23 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, g, redirect, render_template, request, url_for
 
+from cds.clients import kind_of
 from cds.extensions import db
 from cds.models import DeploymentProfile
 from cds.profiles.forms import DeleteProfileForm, ProfileForm
 from cds.profiles.service import (PROFILE_FIELDS, InvalidProfile, ProfileInUse,
-                                  all_profiles, delete_profile, get_profile, save_profile,
-                                  set_default, user_counts, validate_profile_fields)
+                                  all_profiles, delete_profile, get_profile, profile_problems,
+                                  save_profile, set_default, user_counts, validate_profile_fields)
 from cds.web import app_response, current_admin, toast, write_required
 
 bp = Blueprint("profiles", __name__, url_prefix="/profiles")
 
 
 def _list_context(**extra):
-    return dict(profiles=all_profiles(), counts=user_counts(), active_tab="profiles",
+    profiles = all_profiles()
+    return dict(profiles=profiles, counts=user_counts(), active_tab="profiles",
+                problems={p.id: profile_problems(p) for p in profiles},
+                kinds={p.id: kind_of(p) for p in profiles},
                 can_write=current_admin().can_write, **extra)
 
 
@@ -37,7 +41,10 @@ def _form_data(profile: DeploymentProfile) -> dict:
 
 def _render_form(form, profile, status=200):
     ctx = dict(form=form, profile=profile, count=user_counts().get(profile.id, 0) if profile else 0,
-               can_write=current_admin().can_write, active_tab="profiles")
+               can_write=current_admin().can_write, active_tab="profiles",
+               # What the saved profile lacks (the form may hold unsaved changes).
+               profile_missing=profile_problems(profile) if profile else [],
+               kind_label=kind_of(profile).label if profile else "")
     if request.htmx and request.headers.get("HX-Target") == "profile-form":
         return app_response(render_template("profiles/_form.html", **ctx), status)
     return render_template("profiles/edit.html", **ctx), status

@@ -8,7 +8,8 @@ from sqlalchemy import func, select, update
 
 from cds import errors
 from cds.extensions import db
-from cds.models import CLIENT_TYPES, DO_NOT_DEPLOY, TRANSPORTS, DeploymentProfile, User
+from cds.models import (CLIENT_TYPES, DO_NOT_DEPLOY, SIP_ACCOUNTS, SIP_ALGORITHMS, SIP_CREDENTIALS,
+                        TRANSPORTS, DeploymentProfile, User)
 
 
 class ProfileError(errors.Conflict):
@@ -67,8 +68,11 @@ def get_profile(profile_id: int) -> DeploymentProfile:
 
 
 def find_profile_by_name(name: str) -> DeploymentProfile | None:
-    return db.session.scalar(select(DeploymentProfile).where(
-        func.lower(DeploymentProfile.name) == name.strip().lower()))
+    # Compared in Python: SQLite's lower() folds ASCII only, so "ÉVRY" and "évry" (or the
+    # same "Österreich" twice) would pass a SQL check and then break the unique index.
+    wanted = name.strip().casefold()
+    return next((p for p in db.session.scalars(select(DeploymentProfile))
+                 if p.name.strip().casefold() == wanted), None)
 
 
 def user_counts() -> dict[int, int]:
@@ -90,8 +94,9 @@ def set_default(profile: DeploymentProfile, *, actor: str | None = None) -> None
 
 # --- creating, editing and deleting ---------------------------------------------
 
-PROFILE_FIELDS = ("name", "description", "client_types", "mbg_sip_host", "mbg_sip_port",
+PROFILE_FIELDS = ("name", "description", "client", "client_types", "mbg_sip_host", "mbg_sip_port",
                   "mbg_sip_transport", "pbx_sip_host", "pbx_sip_port", "pbx_sip_transport",
+                  "sip_account", "sip_domain", "sip_realm", "sip_algorithm", "sip_credential",
                   "mcs_host", "mcs_port", "voicemail_number", "link_validity_hours",
                   "central_email", "email_subject", "email_body")
 # "Do Not Deploy" never sends anything: only its description means something.
@@ -121,11 +126,25 @@ def host_problem(value: str) -> str | None:
 
 def validate_profile_fields(data: dict, profile: DeploymentProfile | None = None) -> dict[str, str]:
     """Check the profile fields present in ``data``. Returns {field: message}."""
-    from email_validator import EmailNotValidError, validate_email
-
+    from cds.mail.addresses import AddressError, check_address, check_header_text
     from cds.users.service import _PHONE_RE
 
+    from cds.clients import KINDS
+
     errors = {}
+    if "client" in data and data["client"] not in KINDS:
+        errors["client"] = f"Client is one of: {', '.join(KINDS)}."
+    if "sip_account" in data and data["sip_account"] not in SIP_ACCOUNTS:
+        errors["sip_account"] = "SIP account is pbx (the PBX SIP account) or teleworker (the MBG one)."
+    if "sip_algorithm" in data and data["sip_algorithm"] not in SIP_ALGORITHMS:
+        errors["sip_algorithm"] = "Digest algorithm is MD5 or SHA-256."
+    if "sip_credential" in data and data["sip_credential"] not in SIP_CREDENTIALS:
+        errors["sip_credential"] = "SIP credential is ha1 or password."
+    if data.get("sip_domain") and host_problem(data["sip_domain"]):
+        errors["sip_domain"] = "Enter the SIP domain as a domain name (like example.com) or an IP address."
+    realm = data.get("sip_realm") or ""
+    if len(realm) > 255 or any(c in realm for c in '"\\') or any(ord(c) < 32 for c in realm):
+        errors["sip_realm"] = "The realm is at most 255 characters, without quotes, backslashes or line breaks."
     if "name" in data:
         name = (data["name"] or "").strip()
         other = find_profile_by_name(name) if name else None
@@ -157,11 +176,17 @@ def validate_profile_fields(data: dict, profile: DeploymentProfile | None = None
         errors["voicemail_number"] = "Voicemail number may hold only digits, spaces and + * # ( ) . -"
     if data.get("central_email"):
         try:
-            validate_email(data["central_email"], check_deliverability=False)
-        except EmailNotValidError as exc:
-            errors["central_email"] = f"Not a valid e-mail address ({exc})."
+            data["central_email"] = check_address(str(data["central_email"]),
+                                                  what="The centralized e-mail address")
+        except AddressError as exc:
+            errors["central_email"] = str(exc)
     if len(data.get("email_subject") or "") > 200:
         errors["email_subject"] = "The subject is longer than 200 characters."
+    elif data.get("email_subject"):
+        try:
+            check_header_text(str(data["email_subject"]), "The e-mail subject")
+        except AddressError as exc:
+            errors["email_subject"] = str(exc)
     return errors
 
 
@@ -176,16 +201,34 @@ def save_profile(profile: DeploymentProfile | None, data: dict, *, actor: str | 
         if "name" in data and data["name"] != profile.name:
             raise InvalidProfile({"name": f"The built-in profile {DO_NOT_DEPLOY!r} cannot be renamed."})
         data = {k: v for k, v in data.items() if k in DO_NOT_DEPLOY_FIELDS}
+    if isinstance(data.get("sip_algorithm"), str):
+        data["sip_algorithm"] = {"MD5": "MD5", "SHA-256": "SHA-256", "SHA256": "SHA-256"}.get(
+            data["sip_algorithm"].upper(), data["sip_algorithm"])
+    for key in ("client", "sip_account", "sip_credential"):
+        if isinstance(data.get(key), str):
+            data[key] = data[key].lower()
     errors = validate_profile_fields(data, profile)
     if errors:
         raise InvalidProfile(errors)
     created = profile is None
+    if created and "sip_credential" not in data:
+        # The ha1 is the safer credential, and it needs the realm.
+        data["sip_credential"] = "ha1" if data.get("sip_realm") else "password"
     if created:
         profile = DeploymentProfile()
         db.session.add(profile)
+        for key, column in DeploymentProfile.__table__.columns.items():
+            # Defaults now, so the completeness check below sees them.
+            if key in PROFILE_FIELDS and getattr(profile, key) is None and column.default is not None \
+                    and not callable(column.default.arg):
+                setattr(profile, key, column.default.arg)
     changed = [k for k, v in data.items() if getattr(profile, k) != v]
     for key in changed:
         setattr(profile, key, data[key])
+    incomplete = _registration_problems(profile)
+    if incomplete:
+        db.session.rollback()
+        raise InvalidProfile(incomplete)
     if make_default and not profile.is_default:
         if profile.is_do_not_deploy:
             raise InvalidProfile({"name": f"{DO_NOT_DEPLOY!r} cannot be the default profile."})
@@ -202,6 +245,23 @@ def save_profile(profile: DeploymentProfile | None, data: dict, *, actor: str | 
                      detail={"profile": profile.name, "changed": changed}, commit=False)
     db.session.commit()
     return profile
+
+
+def _registration_problems(profile: DeploymentProfile) -> dict[str, str]:
+    """A profile of a kind that says so (Linphone: what a SIP registration needs) is refused
+    incomplete. Others may be saved incomplete and filled in later (the built-in Default
+    starts so); Deploy skips their users until they are complete, and the list says why."""
+    from cds.clients import kind_of
+    kind = kind_of(profile)
+    if profile.is_do_not_deploy or not kind.refuse_incomplete:
+        return {}
+    return {field: f"{kind.label} needs this: {message}." for field, message in kind.missing(profile).items()}
+
+
+def profile_problems(profile: DeploymentProfile) -> list[str]:
+    """What the profile lacks for its users' clients to work (the list and form show it)."""
+    from cds.clients import profile_problems as problems
+    return problems(profile)
 
 
 def delete_profile(profile: DeploymentProfile, *, reassign_to: DeploymentProfile | None = None,

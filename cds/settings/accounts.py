@@ -12,7 +12,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from cds.audit.service import record_event
-from cds.auth.service import AccountError, check_new_password, create_admin
+from cds.auth.service import AccountError, check_new_password, create_admin, end_sessions
 from cds.extensions import db
 from cds.models import ROLE_LABELS, ROLES, AdminAccount
 from cds.security import generate_password, hash_password, verify_password
@@ -117,7 +117,7 @@ def reset_password(admin_id: int, password: str = "", *, actor: str) -> tuple[Ad
         password = generated = generate_password()
     check_new_password(password)
     admin.password_hash = hash_password(password)
-    admin.session_epoch += 1
+    end_sessions(admin)
     admin.password_change_due = True
     record_event("admin.password_reset", actor=actor, commit=False, detail={"account": admin.username})
     db.session.commit()
@@ -135,7 +135,7 @@ def set_disabled(admin_id: int, disabled: bool, *, actor: str, confirmed: bool =
         if actor == admin.username and not confirmed:
             raise ConfirmationNeeded("This is your own account: disabling it signs you out at once, "
                                      "and only another primary administrator can enable it again.")
-        admin.session_epoch += 1  # their open sessions end now
+        end_sessions(admin)  # their open sessions end now
     admin.disabled = disabled
     record_event("admin.disable" if disabled else "admin.enable", actor=actor, commit=False,
                  detail={"account": admin.username})
@@ -154,7 +154,7 @@ def change_own_password(admin: AdminAccount, current: str, new: str, repeat: str
     if verify_password(admin.password_hash, new):
         raise AccountError("The new password is the same as the current one.")
     admin.password_hash = hash_password(new)
-    admin.session_epoch += 1
+    end_sessions(admin)
     admin.password_change_due = False
     record_event("admin.password_change", actor=admin.username, commit=False, detail={"account": admin.username})
     db.session.commit()

@@ -1,9 +1,13 @@
 """The Users tab: the table, the bulk actions, and the user page."""
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from flask import (Blueprint, abort, current_app, g, redirect, render_template, request, session,
                    url_for)
 
+from cds.clients import kind_of
+from cds.deploy.service import deploy_refusal
 from cds.extensions import db
 from cds.jobs.actions import start_action
 from cds.jobs.service import ACTIONS, reason_counts
@@ -12,8 +16,8 @@ from cds.profiles.service import all_profiles
 from cds.users.forms import ImportedUserForm, UserForm
 from cds.users.service import (PAGE_SIZES, InvalidQuery, InvalidUser,
                                UserQuery, deployment_history, get_user, id_change_consequences,
-                               list_users, parse_selection, redeploy_after_id_change, revoke_device,
-                               save_user, source_choices, source_label, user_audit_events,
+                               parse_selection, redeploy_after_id_change, revoke_device, save_user,
+                               source_choices, source_label, table_page, user_audit_events,
                                user_devices, user_errors)
 from cds.web import app_response, current_admin, toast, write_required
 
@@ -34,6 +38,13 @@ BULK_ACTIONS = (
     ("assign_profile", "Assign profile"),
 )
 BULK_LABELS = dict(BULK_ACTIONS)
+
+
+@bp.app_template_filter("query_string")
+def query_string(args: dict) -> str:
+    """args as a URL's query, encoded as url_for encodes it: the table's 20-odd sort and
+    page links are one url_for and this, not 20 route builds."""
+    return urlencode([(k, v) for k, v in args.items() if v is not None], safe="!$'()*,/:;?@")
 
 
 def _targets(name: str) -> bool:
@@ -59,7 +70,7 @@ def _query_from_request() -> UserQuery:
 @bp.route("")
 def index():
     q = _query_from_request()
-    page = list_users(q)
+    page = table_page(q)
     if _targets(TABLE_TARGET):
         resp = app_response(render_template("users/_table.html", page=page))
         if request.headers.get("HX-Trigger") == "user-filters":
@@ -68,10 +79,16 @@ def index():
             resp.headers["HX-Push-Url"] = url_for("users.index", **q.to_args())
         return resp
     admin = current_admin()
+    profiles = all_profiles()
     from cds.mail.transport import MailSettings
+    from cds.clients import profile_problems
     return render_template(
-        "users/page.html", page=page, active_tab="users", profiles=all_profiles(),
+        "users/page.html", page=page, active_tab="users", profiles=profiles,
         uses_outbox=MailSettings.load().uses_outbox,
+        incomplete_default=next(((p, profile_problems(p)) for p in profiles
+                                 if p.is_default and profile_problems(p)), None),
+        # Said before Delete: what an app of the users' client kinds keeps after it.
+        delete_notes=sorted({kind_of(p).revoke_note for p in profiles if kind_of(p).revoke_note}),
         sources=source_choices(), bulk_actions=BULK_ACTIONS, page_sizes=PAGE_SIZES,
         schedulable={kind for kind, act in ACTIONS.items() if act.schedulable},
         can_write=admin.can_write)
@@ -91,15 +108,23 @@ def bulk_action(kind: str):
                            reasons=reason_counts(job) if job.finished else [])
 
 
+@bp.route("/actions/deploy/plan")
+def deploy_plan():
+    """What Deploy would do with the selection, for its confirmation: how many users would
+    be sent an e-mail, and how many not, and why. Nothing is changed."""
+    from cds.deploy.service import plan_deploy
+    return plan_deploy(parse_selection(request.args)).as_dict()
+
+
 @bp.route("/actions/<kind>/preview", methods=["POST"])
 @write_required
 def bulk_preview(kind: str):
-    """What Deploy / Auto deploy would do with the selection, for the confirmation:
-    counted by the rules the job itself follows, before anything is sent."""
+    """What Auto deploy would do with the selection, for its confirmation: counted by the
+    rules the job itself follows (``classify``), before anything is sent."""
     from cds.deploy.service import preview_deploy
     from cds.mail.transport import MailSettings
 
-    if kind not in ("deploy", "auto_deploy") or kind not in ACTIONS:
+    if kind != "auto_deploy" or kind not in ACTIONS:
         abort(404, f"There is no preview for {kind!r}.")
     try:
         selection = parse_selection(request.form)
@@ -137,7 +162,8 @@ def _user_context(user, form, **extra):
                 outbox_link=_outbox_link(user),
                 id_change_consequences=None if user.is_imported else id_change_consequences(user),
                 history=deployment_history(user), devices=user_devices(user),
-                events=user_audit_events(user), can_write=current_admin().can_write, **extra)
+                events=user_audit_events(user), can_write=current_admin().can_write,
+                kind=kind_of(user.profile), deploy_refusal=deploy_refusal(user), **extra)
 
 
 def _render_user(user, form, status=200, **extra):
@@ -219,6 +245,7 @@ def detail(user_id: int):
 def revoke(user_id: int, device_id: int):
     user = _load_user(user_id)
     device = revoke_device(user, device_id, actor=g.get("actor"))  # NotFound: 404, UserError: 409
+    note = kind_of(user.profile).revoke_note
     toast(f"Device {device.platform or ''} {device.device_id or ''} revoked: it can no longer "
-          f"fetch this user's configuration.".replace("  ", " "), "success")
+          f"fetch this user's configuration.".replace("  ", " ") + (f" {note}" if note else ""), "success")
     return _render_user(user, _form_for(user))

@@ -48,6 +48,10 @@ SEARCH_COLUMNS = (User.first_name, User.last_name, User.number, User.email, User
 
 YES_NO = ("", "yes", "no")
 FLAGS = ("force", "redeploy", "send_failed", "not_in_source")
+FILTER_KEYS = ("search", "q", "profile", "source", "deployed", "downloaded") + FLAGS
+# What a Users-tab bulk form (and the Export link) carries besides the filter.
+SELECTION_FORM_KEYS = ("csrf_token", "ids", "all_matching", "profile_id", "confirm", "run_at",
+                       "sort", "page", "per_page")
 
 
 @dataclass
@@ -65,8 +69,18 @@ class UserFilter:
     not_in_source: bool = False
 
     @classmethod
-    def from_mapping(cls, data) -> "UserFilter":
-        """Parse request args or a JSON object; unknown values raise InvalidQuery."""
+    def from_mapping(cls, data, *, other_keys: tuple[str, ...] | None = None) -> "UserFilter":
+        """Parse request args or a JSON object; unknown values raise InvalidQuery.
+
+        With ``other_keys`` (what else the mapping may hold) an unknown key is refused
+        too: a selection that acts on users must never widen to everyone because of a
+        typo ({"deployd": "no"} would otherwise mean "all users")."""
+        if other_keys is not None:
+            unknown = sorted(str(k) for k in data.keys() if k not in FILTER_KEYS and k not in other_keys)
+            if unknown:
+                raise InvalidQuery(f"Unknown filter key{'s' if len(unknown) > 1 else ''} "
+                                   f"{', '.join(repr(k) for k in unknown)}; the filter keys are "
+                                   f"{', '.join(FILTER_KEYS)}.")
         f = cls()
         f.search = _CONTROL_RE.sub(" ", str(data.get("search", "") or data.get("q", "") or "")).strip()[:200]
         profile = data.get("profile") or None
@@ -199,6 +213,9 @@ class UserQuery:
             q.per_page = int(data.get("per_page", default_per_page) or default_per_page)
         except (TypeError, ValueError):
             raise InvalidQuery("page and per_page must be numbers.") from None
+        from cds.web import MAX_PAGE
+        if q.page > MAX_PAGE:
+            raise InvalidQuery(f"Page numbers go from 1 to {MAX_PAGE:,}.")
         if q.per_page not in PAGE_SIZES:
             raise InvalidQuery(f"per_page must be one of {', '.join(map(str, PAGE_SIZES))}.")
         return q
@@ -254,12 +271,14 @@ def _sort_the_hits(f: UserFilter, total: int) -> bool:
     return bool(f.search) and total <= SORT_HITS_UP_TO
 
 
-def list_users(q: UserQuery) -> UserPage:
-    """One page of the table. The page's ids come from the sort index alone (a
-    covering index walk, cheap even at a deep offset); only those rows are loaded."""
-    from sqlalchemy.orm import selectinload
+def _page_ids(q: UserQuery) -> tuple[list[int], int]:
+    """The ids of one page of the table, and how many users the filter matches.
 
-    total = db.session.scalar(q.filter.apply(select(func.count(User.id))))
+    The count is COUNT(*), which SQLite answers from the smallest index (an unfiltered
+    count of 100,000 users: 0.15 ms instead of 4 ms for COUNT(id)), and a filter's
+    count reads the filter index of migration 0005. The page's ids come from the sort
+    index alone (a covering index walk, cheap even at a deep offset)."""
+    total = db.session.scalar(q.filter.apply(select(func.count()).select_from(User)))
     pages = max(1, -(-total // q.per_page))
     q.page = min(q.page, pages)
     col = _sort_key(q)
@@ -268,10 +287,68 @@ def list_users(q: UserQuery) -> UserPage:
         col = col.op("||")(literal_column("''"))
     order = (col.desc(), User.id.desc()) if q.desc else (col.asc(), User.id.asc())
     ids = list(db.session.scalars(q.filter.apply(select(User.id)).order_by(*order)
-                                  .offset((q.page - 1) * q.per_page).limit(q.per_page)))
+                                  .offset((q.page - 1) * q.per_page).limit(q.per_page))) if total else []
+    return ids, total
+
+
+def list_users(q: UserQuery) -> UserPage:
+    """One page of users as User objects (the API and the CLI show every field)."""
+    from sqlalchemy.orm import selectinload
+
+    ids, total = _page_ids(q)
     rows = {u.id: u for u in db.session.scalars(
         select(User).where(User.id.in_(ids)).options(selectinload(User.profile),
                                                      selectinload(User.connection)))} if ids else {}
+    return UserPage([rows[i] for i in ids if i in rows], total, q)
+
+
+class _Named:
+    """The profile or connection of a table row: what the table shows of it."""
+    __slots__ = ("name", "is_do_not_deploy")
+
+    def __init__(self, name: str, is_do_not_deploy: bool = False):
+        self.name, self.is_do_not_deploy = name, is_do_not_deploy
+
+
+# What a row of the Users table shows, read as plain columns in one statement.
+TABLE_COLUMNS = (User.id, User.login_id, User.first_name, User.last_name, User.number,
+                 User.mbg_sip_username, User.mcs_account, User.email, User.deployed_at,
+                 User.downloaded_at, User.source, User.force_config, User.redeploy_required,
+                 User.send_error, User.not_in_source)
+TABLE_FIELDS = tuple(c.key for c in TABLE_COLUMNS)
+
+
+class UserRow:
+    """One line of the Users table. The same attribute names as User, so the table
+    reads it the same way; no ORM object is built (three times cheaper)."""
+    __slots__ = TABLE_FIELDS + ("profile", "connection")
+    display_name = property(User.display_name.fget)
+
+    def __init__(self, values, profile: _Named, connection: _Named | None):
+        for name, value in zip(TABLE_FIELDS, values):
+            setattr(self, name, value)
+        self.profile, self.connection = profile, connection
+
+
+def table_page(q: UserQuery) -> UserPage:
+    """One page of the Users tab: the same page as list_users, as UserRow lines read
+    with their profile and connection names in one statement."""
+    ids, total = _page_ids(q)
+    if not ids:
+        return UserPage([], total, q)
+    stmt = (select(*TABLE_COLUMNS, DeploymentProfile.id, DeploymentProfile.name,
+                   DeploymentProfile.is_do_not_deploy, Connection.name)
+            .join(DeploymentProfile, DeploymentProfile.id == User.profile_id)
+            .outerjoin(Connection, Connection.id == User.connection_id)
+            .where(User.id.in_(ids)))
+    profiles: dict[int, _Named] = {}
+    rows = {}
+    width = len(TABLE_COLUMNS)
+    for row in db.session.execute(stmt):
+        pid = row[width]
+        profile = profiles.get(pid) or profiles.setdefault(pid, _Named(row[width + 1], row[width + 2]))
+        conn = _Named(row[width + 3]) if row[width + 3] is not None else None
+        rows[row[0]] = UserRow(row, profile, conn)
     return UserPage([rows[i] for i in ids if i in rows], total, q)
 
 
@@ -286,7 +363,7 @@ def parse_selection(data) -> dict:
     (``{}`` = every user), not both. Raises InvalidQuery naming the field."""
     if hasattr(data, "getlist"):
         if data.get("all_matching") in ("1", "true"):
-            return {"filter": _filter_selection(data)}
+            return {"filter": _filter_selection(data, SELECTION_FORM_KEYS)}
         return {"ids": _selected_ids(data, "user")}
     if not isinstance(data, dict):
         raise InvalidQuery("Say which users: \"ids\" or \"filter\".")
@@ -296,7 +373,7 @@ def parse_selection(data) -> dict:
     if "filter" in data:
         if not isinstance(data["filter"], dict):
             raise InvalidQuery("\"filter\" must be an object.", {"filter": "object expected"})
-        return {"filter": _filter_selection(data["filter"])}
+        return {"filter": _filter_selection(data["filter"], ())}
     if "ids" in data:
         ids = data["ids"]
         if not isinstance(ids, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
@@ -307,9 +384,10 @@ def parse_selection(data) -> dict:
                        {"ids": "required (or filter)"})
 
 
-def _filter_selection(data) -> dict:
+def _filter_selection(data, other_keys: tuple[str, ...]) -> dict:
+    # Strict: an unknown key is refused, never ignored (a typo must not select everyone).
     try:
-        return UserFilter.from_mapping(data).to_dict()
+        return UserFilter.from_mapping(data, other_keys=other_keys).to_dict()
     except InvalidQuery as exc:
         raise InvalidQuery(str(exc), {"filter": str(exc)}) from None
 
@@ -348,7 +426,7 @@ def selection_query(selection: dict) -> Select:
 
 
 def count_selection(selection: dict) -> int:
-    query = selection_query(selection).with_only_columns(func.count(User.id))
+    query = selection_query(selection).with_only_columns(func.count()).select_from(User)
     return db.session.scalar(query)
 
 
@@ -567,6 +645,9 @@ def secret_problem(name: str, value: str | None) -> str | None:
     the one rule for secrets, whoever writes them."""
     if value is not None and (len(value) > MAX_SECRET_LENGTH or _CONTROL_RE.search(value)):
         return f"{USER_SECRETS[name]} must be at most {MAX_SECRET_LENGTH} characters, without control characters."
+    if value and not value.strip():
+        # Stored exactly as given otherwise; only spaces is a slip, not a secret.
+        return f"{USER_SECRETS[name]} is only spaces; leave it empty to keep the stored value."
     return None
 
 
@@ -712,7 +793,7 @@ def revoke_device(user: User, device_id: int, *, actor: str | None = None) -> Cl
 @action("assign_profile", "Assign profile", options=("profile_id",))
 def assign_profile_batch(job, users: list[User]) -> list[Outcome]:
     """Put the users on the profile params["profile_id"]; their configuration changes."""
-    from cds.audit.service import record_event
+    from cds.audit.service import actor_type_of, record_event
 
     profile = db.session.get(DeploymentProfile, job.params.get("profile_id") or 0)
     if profile is None:
@@ -727,6 +808,6 @@ def assign_profile_batch(job, users: list[User]) -> list[Outcome]:
         moved += 1
         outcomes.append(Outcome(user, "ok"))
     if moved:
-        record_event("user.assign_profile", actor=job.created_by, count=moved,
-                     detail={"profile": profile.name, "job": job.id}, commit=False)
+        record_event("user.assign_profile", actor=job.created_by, actor_type=actor_type_of(job.created_by),
+                     count=moved, detail={"profile": profile.name, "job": job.id}, commit=False)
     return outcomes

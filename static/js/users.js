@@ -110,10 +110,7 @@
     var form = $("#bulk");
     var n = selectedCount();
     if (!window.confirm("Export " + plural(n) + " to CSV? The four passwords and PINs are never exported.")) return;
-    var params = new URLSearchParams();
-    new FormData(form).forEach(function (value, key) {
-      if (["csrf_token", "run_at", "confirm", "profile_id"].indexOf(key) === -1) params.append(key, value);
-    });
+    var params = selectionParams();
     window.location.href = form.getAttribute("data-export-url") + "?" + params.toString();
   }
 
@@ -153,26 +150,40 @@
       question = "Assign the profile \u201c" + sel.options[sel.selectedIndex].text + "\u201d to " + plural(n) + "?";
     } else if (kind === "delete") {
       question = "Delete " + plural(n) + "? Their links and app credentials stop working. This cannot be undone.";
+      var note = $("#bulk").getAttribute("data-delete-note");
+      if (note) question += "\n\n" + note;
     } else {
       var runAt = $("#run-at");
       var when = elt.hasAttribute("data-schedulable") && runAt && runAt.value
         ? " at " + deployAtText() + " (your time)" : "";
       question = label + " for " + plural(n) + when + "?";
     }
-    if (kind === "deploy" || kind === "auto_deploy") {
-      // Say what will happen, counted by the server with the job's own rules.
+    if (kind === "auto_deploy") {
+      // Force config / new e-mail / skipped and why, counted by the server with the job's rules.
       previewThenConfirm(elt, question, ev.detail.issueRequest);
       return;
     }
-    if (!window.confirm(question)) return;
-    var confirmInput = $("#bulk-confirm");
-    if (confirmInput) confirmInput.value = "";
-    if (kind === "delete" && n > 100) {
-      var typed = window.prompt("To delete " + plural(n) + ", type the word all:");
-      if (typed === null) return;
-      confirmInput.value = typed;
+    if (kind === "deploy") {
+      // Before anything is sent: how many of the selection Deploy would skip, and why
+      // (the server classifies the selection; its reasons are the job report's).
+      deployPlan().then(function (plan) {
+        ask(plan ? deployQuestion(plan, label, when) : question);
+      });
+      return;
     }
-    ev.detail.issueRequest(true);
+    ask(question);
+
+    function ask(question) {
+      if (!window.confirm(question)) return;
+      var confirmInput = $("#bulk-confirm");
+      if (confirmInput) confirmInput.value = "";
+      if (kind === "delete" && n > 100) {
+        var typed = window.prompt("To delete " + plural(n) + ", type the word all:");
+        if (typed === null) return;
+        confirmInput.value = typed;
+      }
+      ev.detail.issueRequest(true);
+    }
   });
 
   function previewThenConfirm(button, question, issueRequest) {
@@ -201,6 +212,33 @@
         button.disabled = false;
         window.cdsToast("The server could not be reached. Check the connection and try again.");
       });
+  }
+
+  function selectionParams() {
+    var params = new URLSearchParams();
+    new FormData($("#bulk")).forEach(function (value, key) {
+      if (["csrf_token", "run_at", "confirm", "profile_id"].indexOf(key) === -1) params.append(key, value);
+    });
+    return params;
+  }
+
+  function deployPlan() {
+    var url = $("#bulk").getAttribute("data-plan-url");
+    if (!url || !window.fetch) return Promise.resolve(null);
+    return fetch(url + "?" + selectionParams().toString(), {
+      credentials: "same-origin", headers: { "Accept": "application/json" }
+    }).then(function (r) { return r.ok ? r.json() : null; }).catch(function () { return null; });
+  }
+
+  function deployQuestion(plan, label, when) {
+    var lines = [label + " for " + plural(plan.total) + when + "?"];
+    if (plan.not_sent.length) {
+      var skipped = plan.not_sent.reduce(function (sum, r) { return sum + r.count; }, 0);
+      lines.push("");
+      lines.push(plural(plan.to_send) + " will be sent an e-mail; " + plural(skipped) + " will not:");
+      plan.not_sent.forEach(function (r) { lines.push("\u2022 " + plural(r.count) + ": " + r.reason); });
+    }
+    return lines.join("\n");
   }
 
   // A table that was replaced starts with nothing selected.

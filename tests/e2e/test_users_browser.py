@@ -150,3 +150,30 @@ def test_screenshot_of_the_users_tab_with_200_users(signed_in_page, live_server)
     page.set_viewport_size({"width": 390, "height": 844})
     page.screenshot(path="/tmp/users-200-phone.png", full_page=False)
     assert page.js_errors == []
+
+
+def test_deploy_at_schedules_only_the_actions_that_can_wait(signed_in_page, live_server):
+    """With "Deploy at" filled in, Set Force Config is scheduled for that time (the
+    browser's local time, sent with its offset), while Assign profile still runs at once."""
+    from cds.models import Job
+    seed_users(live_server.app, 3)
+    add_profile(live_server.app, "Sales")
+    page = signed_in_page
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(live_server.url + "/users")
+    page.check("#check-page")
+    page.fill("#deploy-at", "2031-05-04T09:30")
+    force = page.locator("[data-bulk=force_config]")
+    expect(force).to_have_text("Set Force Config at 2031-05-04 09:30")
+    force.click()
+    expect(page.locator("#job-area .job-progress").first).to_contain_text("Runs at")
+    page.select_option("#bulk select[name=profile_id]", label="Sales")
+    page.locator("[data-bulk=assign_profile]").click()
+    expect(page.locator("#job-area .job-progress").first).to_contain_text("3 succeeded", timeout=20000)
+    local_utc = page.evaluate("new Date('2031-05-04T09:30').toISOString().slice(0, 16)")
+    with live_server.app.app_context():
+        jobs = {j.kind: j for j in db.session.scalars(db.select(Job))}
+    assert jobs["force_config"].state == "scheduled"
+    assert jobs["force_config"].run_at.strftime("%Y-%m-%dT%H:%M") == local_utc
+    assert jobs["assign_profile"].state == "done" and jobs["assign_profile"].run_at is None
+    assert page.js_errors == []

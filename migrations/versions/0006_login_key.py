@@ -6,14 +6,14 @@ unique index. Existing IDs that differ only in case stop the upgrade with nothin
 changed and the list of them, to be renamed first. The column is added with ALTER
 TABLE (no table rebuild), so the SQLite search triggers of 0002 stay in place.
 
-Revision ID: 0004_login_key
-Revises: 0003_user_secrets
+Revision ID: 0006_login_key
+Revises: 0005_user_filter_index
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004_login_key"
-down_revision = "0003_user_secrets"
+revision = "0006_login_key"
+down_revision = "0005_user_filter_index"
 branch_labels = None
 depends_on = None
 

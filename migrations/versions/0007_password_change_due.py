@@ -4,14 +4,14 @@
 password and for passwords a primary administrator sets or generates for someone
 else; it is cleared when the administrator changes their own password.
 
-Revision ID: 0005_password_change_due
-Revises: 0004_login_key
+Revision ID: 0007_password_change_due
+Revises: 0006_login_key
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005_password_change_due"
-down_revision = "0004_login_key"
+revision = "0007_password_change_due"
+down_revision = "0006_login_key"
 branch_labels = None
 depends_on = None
 

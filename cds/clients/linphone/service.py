@@ -1,0 +1,166 @@
+"""Linphone remote provisioning: the first fetch (consumes the deployment token) and
+the per-device fetch at every start of the app (docs/linphone.md).
+
+The same single-use rule, group commit and driver-level statements as client
+protocol v1 (cds/client/service.py), so a burst of phones costs the same here.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlalchemy import bindparam, insert, select, update
+
+from cds.client.service import GONE_MESSAGES, UNKNOWN_LINK, ClientError, batches
+from cds.client.statements import DriverStatement
+from cds.clients.linphone import DEVICE_PATH
+from cds.clients.linphone.document import render
+from cds.models import (AuditEvent, ClientDevice, Deployment, DeploymentProfile, Setting, User, link_state,
+                        utcnow)
+from cds.security import SecretUnreadable, decrypt_secrets, new_token, token_hash
+
+log = logging.getLogger("cds.linphone")
+
+PLATFORM = "linphone"
+MAX_KEY_LENGTH = 128
+# The device URL of a revoked, re-identified or deleted user's app (or one never issued).
+DEVICE_GONE = ClientError(410, "device_revoked", "This app's access has ended. Ask your administrator "
+                                                 "for a new deployment e-mail.")
+OTHER_CLIENT = ClientError(410, "other_client", "This link is not for Linphone any more. Ask your "
+                                                "administrator for a new deployment e-mail.")
+
+_COLUMNS = (
+    User.id.label("user_id"), User.login_id, User.first_name, User.last_name, User.pbx_sip_username,
+    User.mbg_sip_username, User.secrets_enc, User.redeploy_required,
+    DeploymentProfile.client, DeploymentProfile.sip_account, DeploymentProfile.sip_domain,
+    DeploymentProfile.sip_realm, DeploymentProfile.sip_algorithm, DeploymentProfile.sip_credential,
+    DeploymentProfile.pbx_sip_host, DeploymentProfile.pbx_sip_port, DeploymentProfile.pbx_sip_transport,
+    DeploymentProfile.mbg_sip_host, DeploymentProfile.mbg_sip_port, DeploymentProfile.mbg_sip_transport,
+    DeploymentProfile.voicemail_number,
+)
+_BY_TOKEN = DriverStatement(
+    select(Deployment.id.label("deployment_id"), Deployment.used_at, Deployment.revoked_at,
+           Deployment.superseded_at, Deployment.expires_at, *_COLUMNS)
+    .join_from(Deployment, User, Deployment.user_id == User.id)
+    .join(DeploymentProfile, DeploymentProfile.id == User.profile_id)
+    .where(Deployment.token_hash == bindparam("h")))
+_BY_KEY = DriverStatement(
+    select(ClientDevice.id.label("device_pk"), ClientDevice.device_id, ClientDevice.platform,
+           ClientDevice.revoked_at.label("device_revoked_at"), *_COLUMNS)
+    .join_from(ClientDevice, User, ClientDevice.user_id == User.id)
+    .join(DeploymentProfile, DeploymentProfile.id == User.profile_id)
+    .where(ClientDevice.key_hash == bindparam("h")))
+_CONSUME = DriverStatement(
+    update(Deployment)
+    .where(Deployment.id == bindparam("d_id"), Deployment.used_at.is_(None), Deployment.revoked_at.is_(None),
+           Deployment.superseded_at.is_(None), Deployment.expires_at > bindparam("now"))
+    .values(used_at=bindparam("now"), used_device_id=bindparam("dev"), used_ip=bindparam("ip")))
+_NEW_DEVICE = DriverStatement(insert(ClientDevice).values(
+    {c: bindparam(c) for c in ("user_id", "deployment_id", "key_hash", "device_id", "platform", "app_version",
+                               "activated_at", "last_seen_at", "last_ip")}))
+_USER_ACTIVATED = DriverStatement(
+    update(User).where(User.id == bindparam("u_id"))
+    .values(downloaded_at=bindparam("now"), force_config=False, redeploy_required=False,
+            updated_at=bindparam("now")))
+_USER_DOWNLOADED = DriverStatement(
+    update(User).where(User.id == bindparam("u_id")).values(downloaded_at=bindparam("now"), force_config=False,
+                                                             updated_at=bindparam("now")))
+_DEVICE_SEEN = DriverStatement(
+    update(ClientDevice).where(ClientDevice.id == bindparam("d_pk"))
+    .values(last_seen_at=bindparam("now"), last_ip=bindparam("ip"), app_version=bindparam("ver"),
+            device_id=bindparam("hint")))
+# The public URL as Settings hold it (cds.settings.service.public_url), read in the same
+# transaction: a separate ORM query would cost as much as the whole fetch.
+_PUBLIC_URL = DriverStatement(select(Setting.value).where(Setting.key == "PUBLIC_URL"))
+_AUDIT = DriverStatement(insert(AuditEvent).values(
+    {c: bindparam(c) for c in ("at", "actor", "actor_type", "action", "user_id", "login_id", "count", "detail",
+                               "ip")}))
+
+
+def _audit(cur, action: str, r, now: datetime, ip: str | None, detail: dict) -> None:
+    _AUDIT.execute(cur, {"at": now, "actor": f"client:{r.login_id}"[:64], "actor_type": "client",
+                         "action": action, "user_id": r.user_id, "login_id": r.login_id, "count": None,
+                         "detail": detail, "ip": ip})
+
+
+def _secrets(r) -> dict:
+    try:
+        return decrypt_secrets(r.secrets_enc)
+    except SecretUnreadable:
+        raise ClientError(503, "config_unavailable", "The configuration cannot be read right now; "
+                                                     "try again later.") from None
+
+
+def device_url(cur, configured_url: str, key: str) -> str:
+    """The per-device URL on the public URL (Settings over the configuration file)."""
+    row = _PUBLIC_URL.first(cur, {})
+    base = (row.value if row is not None and row.value else configured_url).rstrip("/")
+    return f"{base}{DEVICE_PATH}{key}"
+
+
+def _hints(user_agent: str | None, sip_from: str | None) -> tuple[str, str]:
+    """What the request says of the device (unauthenticated: hints only)."""
+    return (user_agent or "").strip()[:32], (sip_from or "").strip()[:128]
+
+
+def first_fetch(token: str, *, configured_url: str, ip: str | None, user_agent: str | None = None,
+                sip_from: str | None = None) -> bytes:
+    """The client's first GET: consume the token, register the device, return its document."""
+    if not token or len(token) > MAX_KEY_LENGTH:
+        raise UNKNOWN_LINK
+    version, hint = _hints(user_agent, sip_from)
+    now = utcnow()
+    key = new_token()
+
+    def consume(cur):
+        # Unknown and unusable links cost the same: one indexed lookup.
+        r = _BY_TOKEN.first(cur, {"h": token_hash(token)})
+        if r is None:
+            raise UNKNOWN_LINK
+        state = link_state(r, now)
+        if state != "valid":
+            raise ClientError(410, *GONE_MESSAGES[state])
+        if r.client != "linphone":
+            raise OTHER_CLIENT
+        document = render(r, _secrets(r), device_url(cur, configured_url, key))  # before any write
+        if _CONSUME.execute(cur, {"d_id": r.deployment_id, "now": now, "dev": hint or None, "ip": ip}) != 1:
+            raise ClientError(410, *GONE_MESSAGES["used"])
+        _NEW_DEVICE.execute(cur, {
+            "user_id": r.user_id, "deployment_id": r.deployment_id, "key_hash": token_hash(key),
+            "device_id": hint, "platform": PLATFORM, "app_version": version,
+            "activated_at": now, "last_seen_at": now, "last_ip": ip})
+        _USER_ACTIVATED.execute(cur, {"u_id": r.user_id, "now": now})
+        _audit(cur, "client.activate", r, now, ip, {
+            "deployment": r.deployment_id, "platform": PLATFORM, "app_version": version, "device": hint})
+        return r, document
+
+    r, document = batches.run(consume)
+    log.info("user %s provisioned a Linphone client (deployment %s)", r.user_id, r.deployment_id)
+    return document
+
+
+def device_fetch(key: str, *, configured_url: str, ip: str | None, user_agent: str | None = None,
+                 sip_from: str | None = None) -> bytes:
+    """A provisioned client's fetch at start: the current document; updates Downloaded,
+    clears Force Config. 410 once the device was revoked (revoke, ID change, delete)."""
+    if not key or len(key) > MAX_KEY_LENGTH:
+        raise DEVICE_GONE
+    version, hint = _hints(user_agent, sip_from)
+    now = utcnow()
+
+    def download(cur):
+        r = _BY_KEY.first(cur, {"h": token_hash(key)})
+        # A deleted user's device rows are gone: the same 410 as a revoked one.
+        if r is None or r.device_revoked_at is not None or r.redeploy_required or r.platform != PLATFORM:
+            raise DEVICE_GONE
+        if r.client != "linphone":
+            raise OTHER_CLIENT
+        document = render(r, _secrets(r), device_url(cur, configured_url, key))
+        _USER_DOWNLOADED.execute(cur, {"u_id": r.user_id, "now": now})
+        # The app sends its account (From) once it has one: a better name for the device.
+        _DEVICE_SEEN.execute(cur, {"d_pk": r.device_pk, "now": now, "ip": ip, "ver": version,
+                                   "hint": hint or r.device_id})
+        _audit(cur, "client.config_download", r, now, ip, {"device": r.device_id, "platform": PLATFORM})
+        return document
+
+    return batches.run(download)
