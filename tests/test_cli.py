@@ -70,8 +70,9 @@ def test_jobs_list_and_cancel(app, runner):
     from cds.jobs.service import create_job
     from cds.models import utcnow
     from datetime import timedelta
+    from cds.profiles.service import default_profile
     with app.app_context():
-        job = create_job("assign_profile", {"filter": {}}, params={"profile_id": 1},
+        job = create_job("assign_profile", {"filter": {}}, params={"profile_id": default_profile().id},
                          run_at=utcnow() + timedelta(hours=2))
         job_id = job.id
     listed = json.loads(run(runner, "jobs", "list", "--json").output)
