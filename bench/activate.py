@@ -75,10 +75,35 @@ def client_main(argv) -> None:
     json.dump({"seconds": seconds, "keys": keys, "codes": codes}, sys.stdout)
 
 
+def _postgres_cpu() -> float:
+    """CPU seconds used so far by every postgres process on this machine (the server is
+    shared with whatever else uses it, so this is an upper bound for the bench's share)."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        if name.startswith("postgres"):
+            total += int(rest[11]) + int(rest[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def run_client(port: int, mode: str, items: list[str], concurrency: int) -> dict:
+    import resource
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    pg_before = _postgres_cpu()
     proc = subprocess.run([sys.executable, __file__, "--client", str(port), mode, str(concurrency)],
                           input=json.dumps(items), capture_output=True, text=True, check=True)
-    return json.loads(proc.stdout)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    got = json.loads(proc.stdout)
+    got["cpu"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    got["pg_cpu"] = _postgres_cpu() - pg_before
+    return got
 
 
 # --- the server side ------------------------------------------------------------------
@@ -147,9 +172,12 @@ def main() -> None:
     # that slows down or speeds up mid-run shifts all phases of a round alike; the
     # figures are the medians over the rounds.
     n, c, rounds = args.users, args.concurrency, args.rounds
+    load_start = os.getloadavg()
     run_client(port, "bare", ["x"] * 300, c)  # warm-up
     phases = ("bare JSON endpoint", "bare, rate limited", "activate", "config download", "status")
     rates: dict[str, list[float]] = {name: [] for name in phases}
+    cpu: dict[str, list[float]] = {name: [] for name in phases}
+    pg_cpu: dict[str, list[float]] = {name: [] for name in phases}
     codes: dict[str, dict] = {name: {} for name in phases}
     size = n // rounds
     for i in range(rounds):
@@ -163,16 +191,23 @@ def main() -> None:
         for name, r in got.items():
             count = sum(r["codes"].values())
             rates[name].append(count / r["seconds"])
+            cpu[name].append(r["cpu"] * 1000 / count)
+            pg_cpu[name].append(r["pg_cpu"] * 1000 / count)
             for code, k in r["codes"].items():
                 codes[name][code] = codes[name].get(code, 0) + k
     server.close()
 
     bare = rates["bare JSON endpoint"]
     limited = rates["bare, rate limited"]
+    load = os.getloadavg()
     print(f"{n} users in {rounds} rounds, {c} concurrent keep-alive clients, waitress "
-          f"{threads} threads, {'PostgreSQL' if args.db else 'SQLite'}; medians over the rounds")
+          f"{threads} threads, {'PostgreSQL' if args.db else 'SQLite'}; medians over the rounds; "
+          f"load average {load_start[0]:.2f} at start, {load[0]:.2f} at end (2 cores)")
+    print("  (CPU = ms per request of this process; PG = of all postgres processes)")
     for name in phases:
-        line = f"  {name:20s} {median(rates[name]):6.0f} req/s   (status {codes[name]})"
+        line = (f"  {name:20s} {median(rates[name]):6.0f} req/s   CPU {median(cpu[name]):4.2f}"
+                + (f"  PG {median(pg_cpu[name]):4.2f}" if args.db else "")
+                + f"   (status {codes[name]})")
         if "bare" not in name:
             of_bare = median(r / b for r, b in zip(rates[name], bare))
             of_limited = median(r / b for r, b in zip(rates[name], limited))

@@ -186,8 +186,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--url", help="PostgreSQL server URL (a scratch database is created)")
+    parser.add_argument("--only", choices=("sync", "csv"), help="run only this part")
     args = parser.parse_args()
-    for part in ("sync", "csv"):
+    for part in (args.only,) if args.only else ("sync", "csv"):
         with tempfile.TemporaryDirectory() as instance:
             drop = None
             url = None

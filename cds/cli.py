@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import click
@@ -139,9 +140,31 @@ def serve_command(host, port):
     port = port or app.config["PORT"]
     click.echo(f"CDS is serving on http://{host}:{port}/  (Ctrl+C to stop)")
     sys.stdout.flush()
-    # Forwarded headers reach the app only when CDS_PROXY_FIX says proxies add them.
-    waitress.serve(app, host=host, port=port, threads=app.config["THREADS"], ident="CDS",
-                   clear_untrusted_proxy_headers=not app.config["PROXY_FIX"], _quiet=True)
+    # SIGTERM (systemd, docker stop) stops like Ctrl+C: jobs stop before their next
+    # message and are resumed by the next start.
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    try:
+        # Forwarded headers reach the app only when CDS_PROXY_FIX says proxies add them.
+        waitress.serve(app, host=host, port=port, threads=app.config["THREADS"], ident="CDS",
+                       clear_untrusted_proxy_headers=not app.config["PROXY_FIX"], _quiet=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _stop_serving(app)
+
+
+def _stop_on_signal(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _stop_serving(app) -> None:
+    from cds.jobs.service import stop_runners
+
+    click.echo("CDS is stopping", err=True)
+    app.extensions["cds_scheduler"].stop()
+    # A message being handed over is finished (at most the SMTP timeout), then runners stop.
+    if not stop_runners(timeout=float(app.config["MAIL_TIMEOUT"]) + 5):
+        click.echo("a job is still running; it is resumed at the next start", err=True)
 
 
 def _with_app_context(command: click.Command) -> None:

@@ -68,9 +68,16 @@ class Defaults:
     # Scheduler: None = start it only when serving requests (make run).
     SCHEDULER_ENABLED = None
     SCHEDULER_TICK_SECONDS = 5
+    # A tick running this long (or none for this long) means the scheduler is stuck:
+    # /healthz says "stalled" and the scheduler is restarted.
+    SCHEDULER_STALL_SECONDS = 900
     # Bulk jobs: "thread" runs them in the background, "inline" in the request.
     JOB_EXECUTION = "thread"
     JOB_RETENTION_DAYS = 30
+    # A running job renews its claim every JOB_HEARTBEAT_SECONDS; a job whose claim
+    # was not renewed for JOB_STALE_SECONDS is presumed dead and resumed elsewhere.
+    JOB_HEARTBEAT_SECONDS = 5
+    JOB_STALE_SECONDS = 30
 
     LOG_LEVEL = "INFO"
     SESSION_LIFETIME_HOURS = 12
@@ -80,7 +87,8 @@ class Defaults:
 # Keys read from the environment with the CDS_ prefix, and their types.
 _BOOL_KEYS = {"MAIL_USE_TLS", "MAIL_USE_SSL", "SCHEDULER_ENABLED"}
 _INT_KEYS = {"PORT", "THREADS", "PROXY_FIX", "MAIL_PORT", "MAIL_TIMEOUT", "MAIL_RATE_LIMIT",
-             "SCHEDULER_TICK_SECONDS", "JOB_RETENTION_DAYS",
+             "SCHEDULER_TICK_SECONDS", "SCHEDULER_STALL_SECONDS", "JOB_RETENTION_DAYS", "JOB_HEARTBEAT_SECONDS",
+             "JOB_STALE_SECONDS",
              "SESSION_LIFETIME_HOURS", "MAX_UPLOAD_MB"}
 
 
@@ -201,6 +209,12 @@ def validate(cfg) -> None:
     for key in ("MAIL_RATE_LIMIT", "JOB_RETENTION_DAYS", "THREADS", "MAX_UPLOAD_MB", "PROXY_FIX"):
         if not isinstance(cfg[key], int) or cfg[key] < 0:
             raise ConfigError(f"CDS_{key} must be a whole number of 0 or more (got {cfg[key]!r})")
+    beat, stale = cfg["JOB_HEARTBEAT_SECONDS"], cfg["JOB_STALE_SECONDS"]
+    if not isinstance(beat, (int, float)) or beat <= 0:
+        raise ConfigError(f"CDS_JOB_HEARTBEAT_SECONDS must be a number above 0 (got {beat!r})")
+    if not isinstance(stale, (int, float)) or stale < 3 * beat:
+        raise ConfigError("CDS_JOB_STALE_SECONDS must be at least three times "
+                          f"CDS_JOB_HEARTBEAT_SECONDS (got {stale!r} and {beat!r})")
     try:
         Fernet(cfg["ENCRYPTION_KEY"].split(",")[0].encode())
     except Exception:

@@ -178,6 +178,10 @@ class User(db.Model):
         Index("ix_user_deployed_at", "deployed_at", "id"),
         Index("ix_user_downloaded_at", "downloaded_at", "id"),
         Index("ix_user_profile_sort", "profile_id", "id"),
+        # The filters' columns (migration 0005): counting what a filter matches reads
+        # this index, not the table.
+        Index("ix_user_filters", "profile_id", "deployed_at", "downloaded_at", "force_config",
+              "redeploy_required", "not_in_source", "source", "connection_id"),
     )
 
     def secrets(self) -> dict[str, str]:

@@ -5,6 +5,11 @@ instance/ on SQLite, a PostgreSQL advisory lock (held on its own connection)
 when the database is shared by several machines. The holder runs APScheduler;
 the others try again every ``RETRY_SECONDS``, so when the holder dies another
 takes over within a minute. CLI commands and tests never start it unless asked.
+
+The scheduler survives its own failures: an exception in a periodic task is
+logged and the task backs off (it runs again later, not every tick); a watchdog
+restarts the scheduler when its thread died or a tick has been stuck for
+SCHEDULER_STALL_SECONDS, and /healthz reports it as "stalled" meanwhile.
 """
 from __future__ import annotations
 
@@ -12,9 +17,11 @@ import fcntl
 import logging
 import os
 import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
-from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 
 log = logging.getLogger("cds.scheduler")
@@ -25,6 +32,22 @@ ADVISORY_LOCK_KEY = 0x0CD5_5C4E  # any constant shared by every CDS process
 # Periodic work, registered by the areas that own it: name -> (function(app), every N ticks).
 TICK_TASKS: dict[str, tuple] = {}
 _apps: dict[str, object] = {}
+# A failing task waits this many ticks, doubling on each failure up to the maximum.
+BACKOFF_MAX_TICKS = 12
+
+
+@dataclass
+class TickState:
+    """What the running scheduler last did (read by the watchdog and /healthz)."""
+    started: float = 0.0    # time.monotonic() when the current / last tick began
+    finished: float = 0.0   # ... and when it ended (< started while one runs)
+    finished_at: datetime | None = None
+    count: int = 0
+
+
+_ticks: dict[str, TickState] = {}
+# name -> (consecutive failures, tick number before which it is not run again)
+_failures: dict[str, tuple[int, int]] = {}
 
 
 def tick_task(name: str, every_ticks: int = 1):
@@ -123,6 +146,7 @@ class Leader:
         else:
             self.lock = _FileLock(Path(app.instance_path) / "scheduler.lock")
         self.scheduler: BackgroundScheduler | None = None
+        self._started_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -149,26 +173,65 @@ class Leader:
 
     def _watch(self) -> None:
         while not self._stop.wait(RETRY_SECONDS):
-            if self.running and not self.lock.still_held():
-                log.warning("scheduler lock lost; stopping the scheduler in this process")
-                self._stop_scheduler()
-                self.lock.release()
-            if not self.running:
-                self._try_lead()
+            try:
+                self._check()
+            except Exception:  # the watchdog itself never stops
+                log.exception("scheduler watchdog: check failed")
+
+    def _check(self) -> None:
+        if self.running and not self.lock.still_held():
+            log.warning("scheduler lock lost; stopping the scheduler in this process")
+            self._stop_scheduler()
+            self.lock.release()
+        problem = self.problem()
+        if self.scheduler is not None and problem:
+            log.error("scheduler %s; restarting it", problem)
+            self._stop_scheduler()
+            self._start_scheduler()
+            return
+        if not self.running:
+            self._try_lead()
+
+    @property
+    def key(self) -> str:
+        return self.app.instance_path + "|" + self.app.config["SQLALCHEMY_DATABASE_URI"]
+
+    def problem(self) -> str | None:
+        """Why the scheduler this process leads is not working, or None."""
+        sched = self.scheduler
+        if sched is None:
+            return None
+        thread = getattr(sched, "_thread", None)
+        if not sched.running or thread is None or not thread.is_alive():
+            return "thread has died"
+        state = _ticks.get(self.key)
+        stall = float(self.app.config["SCHEDULER_STALL_SECONDS"])
+        now = time.monotonic()
+        if state is not None and state.started > state.finished and now - state.started > stall:
+            return f"tick has been running for {now - state.started:.0f} s (stalled)"
+        last = max(state.started if state else 0.0, self._started_at)
+        if now - last > stall + float(self.app.config["SCHEDULER_TICK_SECONDS"]):
+            return f"has not ticked for {now - last:.0f} s (stalled)"
+        return None
+
+    def last_tick_at(self) -> datetime | None:
+        state = _ticks.get(self.key)
+        return state.finished_at if state else None
 
     def _start_scheduler(self) -> None:
         app = self.app
-        key = app.instance_path + "|" + app.config["SQLALCHEMY_DATABASE_URI"]
+        key = self.key
         _apps[key] = app
-        store = SQLAlchemyJobStore(url=app.config["SQLALCHEMY_DATABASE_URI"],
-                                   tablename="apscheduler_jobs",
-                                   engine_options=app.config["SQLALCHEMY_ENGINE_OPTIONS"])
-        sched = BackgroundScheduler(jobstores={"default": store}, timezone="UTC",
+        # The tick lives in memory: it is re-added on every start, and a job store in the
+        # database would make the scheduler's own thread write there (and die with a
+        # full disk).
+        sched = BackgroundScheduler(timezone="UTC",
                                     job_defaults={"coalesce": True, "max_instances": 1,
                                                   "misfire_grace_time": 60})
         sched.start()
         sched.add_job("cds.scheduler:tick", "interval", args=[key], id="cds-tick",
                       seconds=app.config["SCHEDULER_TICK_SECONDS"], replace_existing=True)
+        self._started_at = time.monotonic()
         self.scheduler = sched
 
     def _stop_scheduler(self) -> None:
@@ -189,22 +252,58 @@ _tick_counter = 0
 
 
 def tick(app_key: str) -> None:
-    """Run every registered periodic task once, each in its own app context."""
+    """Run every registered periodic task once, each in its own app context. A task
+    that fails is logged and backs off; the others run on."""
     global _tick_counter
     app = _apps.get(app_key)
     if app is None:
         return
+    state = _ticks.setdefault(app_key, TickState())
+    state.started = time.monotonic()
     _tick_counter += 1
-    for name, (fn, every) in list(TICK_TASKS.items()):
-        if _tick_counter % every:
-            continue
-        with app.app_context():
+    try:
+        for name, (fn, every) in list(TICK_TASKS.items()):
+            if _tick_counter % every:
+                continue
+            failures, not_before = _failures.get(name, (0, 0))
+            if _tick_counter < not_before:
+                continue
+            _run_task(app, name, fn, failures)
+    finally:
+        state.finished = time.monotonic()
+        state.finished_at = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
+        state.count += 1
+
+
+def _run_task(app, name: str, fn, failures: int) -> None:
+    from cds.extensions import db
+    with app.app_context():
+        try:
+            fn(app)
+        except Exception as exc:
             try:
-                fn(app)
-            except Exception:
-                log.exception("scheduled task %s failed", name)
-                from cds.extensions import db
                 db.session.rollback()
+            except Exception:
+                pass
+            failures += 1
+            wait = min(BACKOFF_MAX_TICKS, 2 ** (failures - 1))
+            _failures[name] = (failures, _tick_counter + wait)
+            if failures == 1:
+                log.exception("scheduled task %s failed; it runs again in %s ticks", name, wait)
+            else:
+                log.warning("scheduled task %s failed again (%s times; %s: %s); next try in %s ticks",
+                            name, failures, exc.__class__.__name__,
+                            str(getattr(exc, "orig", None) or exc).splitlines()[0][:200] if str(exc) else "",
+                            wait)
+        else:
+            if failures:
+                log.info("scheduled task %s works again after %s failures", name, failures)
+                _failures.pop(name, None)
+        finally:
+            try:
+                db.session.remove()
+            except Exception:
+                pass
 
 
 def init_app(app) -> None:
@@ -224,7 +323,23 @@ def init_app(app) -> None:
 
 
 def scheduler_state(app) -> str:
+    """stopped (not started in this process), standby (another process leads), active,
+    or stalled (this process leads, but its thread died or a tick is stuck)."""
     leader = app.extensions.get("cds_scheduler")
     if leader is None or leader._thread is None:
         return "stopped"
+    if leader.scheduler is not None and leader.problem():
+        return "stalled"
     return "active" if leader.running else "standby"
+
+
+def scheduler_report(app) -> dict:
+    """State, the reason when stalled, and when the last tick ended (UTC)."""
+    leader = app.extensions.get("cds_scheduler")
+    state = scheduler_state(app)
+    report = {"state": state, "last_tick_at": None, "problem": None}
+    if leader is not None and leader.scheduler is not None:
+        last = leader.last_tick_at()
+        report["last_tick_at"] = last.isoformat() + "Z" if last else None
+        report["problem"] = leader.problem()
+    return report

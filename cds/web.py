@@ -338,9 +338,10 @@ def format_datetime(value: datetime | None, empty: str = "") -> Markup:
     """A UTC time as <time>: the browser shows it in the admin's zone, full stamp on hover."""
     if value is None:
         return Markup(empty)
-    iso = value.strftime("%Y-%m-%dT%H:%M:%SZ")
-    return Markup('<time class="local" datetime="{0}" title="{1} UTC">{1}</time>').format(
-        iso, value.strftime("%Y-%m-%d %H:%M"))
+    # Digits and separators only: nothing to escape (the Users table shows 100 a page).
+    shown = value.strftime("%Y-%m-%d %H:%M")
+    return Markup(f'<time class="local" datetime="{value.strftime("%Y-%m-%dT%H:%M:%S")}Z" '
+                  f'title="{shown} UTC">{shown}</time>')
 
 
 def days_from_now(value: datetime | None) -> str:

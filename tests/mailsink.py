@@ -28,6 +28,12 @@ class SinkHandler:
         self.release = threading.Event()
         self.holding = threading.Event()
         self.lock = threading.Lock()
+        # A slow server: seconds before the reply to each message's data.
+        self.delay = 0.0
+        # A throttled relay: at most this many messages a minute, more are refused (451).
+        self.per_minute: int | None = None
+        self.throttled = 0
+        self._last_accepted: float | None = None
         # (user name, password) of each AUTH LOGIN/PLAIN; every login is accepted.
         self.logins: list[tuple[str, str]] = []
 
@@ -53,6 +59,16 @@ class SinkHandler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if self.per_minute:
+            now = time.monotonic()
+            with self.lock:
+                # A little slack for the time between CDS's paced start and the data's end.
+                if self._last_accepted is not None and now - self._last_accepted < 0.75 * 60 / self.per_minute:
+                    self.throttled += 1
+                    return "451 4.7.1 Too many messages, slow down"
+                self._last_accepted = now
+        if self.delay:
+            await asyncio.sleep(self.delay)
         with self.lock:
             self.messages.append((list(envelope.rcpt_tos), envelope.original_content or envelope.content))
             count = len(self.messages)

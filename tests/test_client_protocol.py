@@ -16,10 +16,12 @@ DEVICE = {"id": "A1B2-C3", "platform": "android", "app_version": "9.8.1"}
 
 
 def issue(app, uid):
-    """A fresh link for a user, as Deploy makes it (without e-mail); returns the token."""
-    from cds.deploy.service import issue_deployment
+    """A fresh link for a user, as Deploy makes it (without e-mail); returns the token.
+    Its message counts as handed over: the user's older links stop working."""
+    from cds.deploy.service import issue_deployment, supersede_other_links
     with app.app_context():
         dep, token = issue_deployment(db.session.get(User, uid), actor="alice")
+        supersede_other_links(dep, utcnow())
         db.session.commit()
         return token
 

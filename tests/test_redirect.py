@@ -19,9 +19,11 @@ SECRET = "redirect-shared-secret-0123456789"
 
 
 def issue(app, uid):
-    from cds.deploy.service import issue_deployment
+    """A new link whose message was handed over: the user's older links stop working."""
+    from cds.deploy.service import issue_deployment, supersede_other_links
     with app.app_context():
-        _, token = issue_deployment(db.session.get(User, uid))
+        dep, token = issue_deployment(db.session.get(User, uid))
+        supersede_other_links(dep, utcnow())
         db.session.commit()
         return token
 

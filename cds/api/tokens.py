@@ -1,14 +1,18 @@
 """API tokens: bearer credentials for scripts. Only a hash is stored; the token is shown once."""
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from cds import errors
 from cds.extensions import db
 from cds.models import ApiToken, utcnow
 from cds.security import new_token, same_secret, token_hash
+
+log = logging.getLogger("cds.api")
 
 TOKEN_PREFIX = "cds_"
 # "primary" may also create and re-authorize connections, as the primary administrator can.
@@ -80,5 +84,11 @@ def find_valid_token(token: str) -> ApiToken | None:
     # Recorded at most once a minute: reads stay reads.
     if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
         row.last_used_at = now
-        db.session.commit()
+        try:
+            db.session.commit()
+        except (OperationalError, InterfaceError) as exc:
+            # Bookkeeping only: a database that cannot write (full disk) must not turn
+            # every API read into an error. The request itself goes on.
+            db.session.rollback()
+            log.warning("API token %s: last use not recorded (%s)", row.id, exc.__class__.__name__)
     return row

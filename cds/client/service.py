@@ -11,7 +11,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, insert, select, update
 
-from cds.client.statements import DriverStatement, GroupCommit
+from cds.client.statements import DriverStatement, GroupCommit, driver_cursor
+from cds.extensions import db
 from cds.models import AuditEvent, ClientDevice, Deployment, DeploymentProfile, User, link_state, utcnow
 from cds.security import SecretUnreadable, decrypt_secrets, new_token, token_hash
 
@@ -78,7 +79,11 @@ _BY_TOKEN = DriverStatement(
            Deployment.superseded_at, Deployment.expires_at, *_USER_COLUMNS)
     .join_from(Deployment, User, Deployment.user_id == User.id)
     .join(DeploymentProfile, DeploymentProfile.id == User.profile_id)
-    .where(Deployment.token_hash == bindparam("h")))
+    .where(Deployment.token_hash == bindparam("h"))
+    # PostgreSQL: the link's row stays locked until the batch commits, so no other
+    # transaction can use it between this read and the consuming UPDATE (SQLite has
+    # no FOR UPDATE and needs none: its one writer at a time gets the same).
+    .with_for_update(of=Deployment))
 _BY_KEY = DriverStatement(
     select(ClientDevice.id.label("device_pk"), ClientDevice.device_id,
            ClientDevice.revoked_at.label("device_revoked_at"), ClientDevice.last_seen_at, ClientDevice.last_ip,
@@ -111,7 +116,7 @@ _AUDIT = DriverStatement(insert(AuditEvent).values(
 
 def _audit(cur, action: str, r, now: datetime, ip: str | None, detail: dict) -> None:
     """The same audit row as ``record_event`` writes, inside the request's transaction."""
-    _AUDIT.execute(cur, {"at": now, "actor": f"client:{r.login_id}"[:64], "actor_type": "client",
+    _AUDIT.write(cur, {"at": now, "actor": f"client:{r.login_id}"[:64], "actor_type": "client",
                          "action": action, "user_id": r.user_id, "login_id": r.login_id, "count": None,
                          "detail": detail, "ip": ip})
 
@@ -133,15 +138,19 @@ def activate(token, device, ip: str | None) -> tuple[dict, str]:
         if state != "valid":
             raise ClientError(410, *GONE_MESSAGES[state])
         document = _document(r, now)  # before anything is written: a secret may be unreadable
-        # Single use: only the request whose UPDATE changes the row goes on.
-        if _CONSUME.execute(cur, {"d_id": r.deployment_id, "now": now, "dev": dev["id"] or None,
-                                  "ip": ip}) != 1:
+        # Single use: only the request whose UPDATE changes the row goes on. In a
+        # PostgreSQL pipeline the row is locked since the read above (FOR UPDATE), so
+        # this UPDATE changes it: its count need not be waited for.
+        consume = {"d_id": r.deployment_id, "now": now, "dev": dev["id"] or None, "ip": ip}
+        if cur.pipeline is not None:
+            _CONSUME.write(cur, consume)
+        elif _CONSUME.execute(cur, consume) != 1:
             raise ClientError(410, *GONE_MESSAGES["used"])
-        _NEW_DEVICE.execute(cur, {
+        _NEW_DEVICE.write(cur, {
             "user_id": r.user_id, "deployment_id": r.deployment_id, "key_hash": token_hash(client_key),
             "device_id": dev["id"], "platform": dev["platform"], "app_version": dev["app_version"],
             "activated_at": now, "last_seen_at": now, "last_ip": ip})
-        _USER_ACTIVATED.execute(cur, {"u_id": r.user_id, "now": now})
+        _USER_ACTIVATED.write(cur, {"u_id": r.user_id, "now": now})
         _audit(cur, "client.activate", r, now, ip, {
             "deployment": r.deployment_id, "platform": dev["platform"], "app_version": dev["app_version"],
             "device": dev["id"]})
@@ -166,7 +175,7 @@ def _authenticate(cur, client_key: str | None):
 def _seen(cur, r, ip: str | None, now: datetime) -> None:
     """Record the device's last contact, at most once a minute (status is polled)."""
     if r.last_seen_at is None or now - r.last_seen_at >= SEEN_RESOLUTION or r.last_ip != ip:
-        _DEVICE_SEEN.execute(cur, {"d_pk": r.device_pk, "now": now, "ip": ip})
+        _DEVICE_SEEN.write(cur, {"d_pk": r.device_pk, "now": now, "ip": ip})
 
 
 def status(client_key: str | None, ip: str | None) -> dict:
@@ -177,7 +186,25 @@ def status(client_key: str | None, ip: str | None) -> dict:
         _seen(cur, r, ip, now)
         return {"force_config": bool(r.force_config), "config_version": r.config_version}
 
-    return batches.run(check)
+    try:
+        return batches.run(check)
+    except ClientError:
+        raise
+    except Exception as exc:
+        if not _is_storage_error(exc):
+            raise
+    # The last-contact bookkeeping could not be written (full disk, read-only database):
+    # the status check is a read, and is answered from a read alone.
+    log.warning("client status: last contact not recorded (the database cannot be written)")
+    with driver_cursor() as (cur, connection):
+        r = _authenticate(cur, client_key)
+        connection.rollback()
+    return {"force_config": bool(r.force_config), "config_version": r.config_version}
+
+
+def _is_storage_error(exc: BaseException) -> bool:
+    dbapi = db.engine.dialect.dbapi
+    return isinstance(exc, (dbapi.OperationalError, dbapi.InterfaceError))
 
 
 def download_config(client_key: str | None, ip: str | None) -> dict:
@@ -187,7 +214,7 @@ def download_config(client_key: str | None, ip: str | None) -> dict:
     def download(cur):
         r = _authenticate(cur, client_key)
         document = _document(r, now)
-        _USER_DOWNLOADED.execute(cur, {"u_id": r.user_id, "now": now})
+        _USER_DOWNLOADED.write(cur, {"u_id": r.user_id, "now": now})
         _seen(cur, r, ip, now)
         _audit(cur, "client.config_download", r, now, ip,
                {"device": r.device_id, "config_version": r.config_version})

@@ -1,4 +1,4 @@
-"""`flask --app app cds connections list|show|add|authorize|test|delete` (sync: `cds sync`)."""
+"""`flask --app app cds connections list|show|add|limits|authorize|test|delete` (sync: `cds sync`)."""
 import json
 import sys
 
@@ -7,6 +7,7 @@ import click
 from cds.cli import fail
 from cds.connections import service as connections
 from cds.models import CONNECTION_KINDS
+from cds.sources import LIMIT_DEFAULTS, LIMIT_LABELS, limits_of
 
 
 def _find(name: str):
@@ -22,9 +23,17 @@ def _password() -> str:
     return click.prompt("Password", hide_input=True)
 
 
+def _limit_options(fn):
+    for name in reversed(list(LIMIT_DEFAULTS)):
+        fn = click.option(f"--{name.replace('_', '-')}", name, type=int, default=None,
+                          help=f"Limit of one read (default {LIMIT_DEFAULTS[name]:,} "
+                               f"{LIMIT_LABELS[name]}).")(fn)
+    return fn
+
+
 @click.group("connections")
 def connections_group():
-    """Sources of users: list, show, add, authorize, test, delete."""
+    """Sources of users: list, show, add, limits, authorize, test, delete."""
 
 
 @connections_group.command("list")
@@ -64,7 +73,8 @@ def show_command(name, as_json):
 @click.option("--interval", "interval", type=int, default=60, show_default=True, help="Minutes between syncs.")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Kind-specific setting, e.g. base_dn=ou=people,dc=example,dc=org (LDAP).")
-def add_command(name, kind, url, username, interval, options):
+@_limit_options
+def add_command(name, kind, url, username, interval, options, **limits):
     """Create a connection; CDS authorizes with the source first. Password from a prompt or stdin."""
     opts = {}
     for item in options:
@@ -72,6 +82,7 @@ def add_command(name, kind, url, username, interval, options):
         if not sep:
             fail(f"--option takes KEY=VALUE (got {item!r})")
         opts[key.strip()] = value
+    opts.update({k: v for k, v in limits.items() if v is not None})
     settings = connections.ConnectionSettings(name=name, kind=kind, url=url, username=username,
                                               sync_interval_minutes=interval, options=opts)
     try:
@@ -79,6 +90,32 @@ def add_command(name, kind, url, username, interval, options):
     except connections.ConnectionProblem as exc:
         fail(str(exc) + "".join(f" {k}: {v}" for k, v in exc.errors.items()))
     click.echo(f"connection {conn.name} created and verified (id {conn.id})")
+
+
+@connections_group.command("limits")
+@click.argument("name")
+@_limit_options
+@click.option("--default", "reset", is_flag=True, help="Back to the default limits.")
+def limits_command(name, reset, **limits):
+    """Show or change the limits of one read of the source (records, pages, MB, minutes)."""
+    conn = _find(name)
+    options = dict(conn.options or {})
+    given = {k: v for k, v in limits.items() if v is not None}
+    if reset:
+        for key in LIMIT_DEFAULTS:
+            options.pop(key, None)
+    options.update(given)
+    if given or reset:
+        settings = connections.ConnectionSettings(
+            name=conn.name, kind=conn.kind, url=conn.url, username=conn.username,
+            sync_interval_minutes=conn.sync_interval_minutes, enabled=conn.enabled, options=options)
+        try:
+            conn = connections.update_connection(conn, settings, actor="cli")
+        except connections.ConnectionProblem as exc:
+            fail(str(exc) + "".join(f" {v}" for v in exc.errors.values()))
+    for key, value in limits_of(conn.options or {}).items():
+        own = "" if key in (conn.options or {}) else "  (default)"
+        click.echo(f"{key:>14}: {value:,} {LIMIT_LABELS[key]}{own}")
 
 
 @connections_group.command("authorize")

@@ -5,6 +5,7 @@ from wtforms import (BooleanField, IntegerField, PasswordField, SelectField, Str
 from wtforms.validators import InputRequired, NumberRange, Optional
 
 from cds.models import CONNECTION_KINDS
+from cds.sources import LIMIT_DEFAULTS, LIMIT_RANGES
 from cds.sources.ldap import DEFAULT_FILTER, DEFAULT_KEY_ATTRIBUTE, DEFAULT_MAPPING, MAPPABLE_FIELDS
 
 
@@ -30,6 +31,15 @@ class SettingsFields:
     page_size = IntegerField("Page size", default=500, validators=[
         Optional(), NumberRange(1, 5000, "The page size must be 1 to 5000.")])
     verify_tls = BooleanField("Verify the server certificate", default=True)
+    # Limits of one read of the source (empty: cds.sources.LIMIT_DEFAULTS).
+    max_records = IntegerField("Most users", validators=[
+        Optional(), NumberRange(*LIMIT_RANGES["max_records"], "Enter 1 to 5,000,000 users.")])
+    max_pages = IntegerField("Most pages", validators=[
+        Optional(), NumberRange(*LIMIT_RANGES["max_pages"], "Enter 1 to 1,000,000 pages.")])
+    max_megabytes = IntegerField("Most data (MB)", validators=[
+        Optional(), NumberRange(*LIMIT_RANGES["max_megabytes"], "Enter 1 to 16,384 MB.")])
+    max_seconds = IntegerField("Longest read (seconds)", validators=[
+        Optional(), NumberRange(*LIMIT_RANGES["max_seconds"], "Enter 1 to 86,400 seconds (a day).")])
     ca_cert_pem = TextAreaField("CA certificate (PEM, for a private CA)", filters=[_strip])
     # LDAP / Active Directory
     base_dn = StringField("Base DN", filters=[_strip])
@@ -48,6 +58,9 @@ class SettingsFields:
     def options(self, kind: str) -> dict:
         opts = {"timeout": self.timeout.data or 30, "page_size": self.page_size.data or 500,
                 "verify_tls": bool(self.verify_tls.data), "ca_cert_pem": self.ca_cert_pem.data or ""}
+        for name in LIMIT_DEFAULTS:
+            if getattr(self, name).data is not None:
+                opts[name] = getattr(self, name).data
         if kind == "ldap":
             opts.update(base_dn=self.base_dn.data or "", search_filter=self.search_filter.data or "",
                         key_attribute=self.key_attribute.data or "",
@@ -97,6 +110,8 @@ def form_data(conn) -> dict:
             "ca_cert_pem": opts.get("ca_cert_pem", ""), "base_dn": opts.get("base_dn", ""),
             "search_filter": opts.get("search_filter", ""),
             "key_attribute": opts.get("key_attribute", "")}
+    for name in LIMIT_DEFAULTS:
+        data[name] = opts.get(name)
     for f in MAPPABLE_FIELDS:
         data[f"map_{f}"] = mapping.get(f, DEFAULT_MAPPING.get(f, ""))
     return data

@@ -11,7 +11,7 @@ from cds.connections.service import (ConnectionProblem, ConnectionSettings,
 from cds.extensions import db
 from cds.jobs.service import JobError
 from cds.models import CONNECTION_KINDS, Job
-from cds.sources import SourceError
+from cds.sources import LIMIT_DEFAULTS, SourceError
 from cds.web import primary_required, row_id, toast, write_required
 
 bp = Blueprint("connections", __name__, url_prefix="/connections")
@@ -33,7 +33,7 @@ def index():
 
 def _render_form(template: str, form, conn=None, status: int = 200, **extra):
     return render_template(template, form=form, conn=conn, kinds=CONNECTION_KINDS,
-                           placeholders=ldap_defaults(), mapping_labels=MAPPING_LABELS,
+                           limit_defaults=LIMIT_DEFAULTS, placeholders=ldap_defaults(), mapping_labels=MAPPING_LABELS,
                            active_tab="connections", **extra), status
 
 

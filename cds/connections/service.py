@@ -27,8 +27,8 @@ from cds.models import (CONNECTION_KINDS, SOURCE_CONNECTION, SOURCE_CSV, SOURCE_
                         Job, SourceRecord, User, utcnow)
 from cds.scheduler import tick_task
 from cds.security import encrypt
-from cds.sources import (FIELD_SIZES, HTTP_KINDS, LDAP_KIND, SourceAuthError, SourceError,
-                         authorize, fetch_records, provided_fields)
+from cds.sources import (FIELD_SIZES, HTTP_KINDS, LDAP_KIND, LIMIT_DEFAULTS, SourceAuthError, SourceError,
+                         authorize, fetch_records, limit_problems, provided_fields)
 
 log = logging.getLogger("cds.connections")
 
@@ -129,6 +129,16 @@ def _validate(settings: ConnectionSettings, existing: Connection | None) -> dict
     options = settings.options or {}
     if settings.kind == LDAP_KIND and not (options.get("base_dn") or "").strip():
         errors["base_dn"] = "The base DN is required (e.g. ou=people,dc=example,dc=com)."
+    limits = limit_problems(options)
+    for name, problem in limits.items():
+        errors[name] = f"{name}: {problem}."
+    if not limits:
+        # Stored as whole numbers; an empty one means the default.
+        for name in LIMIT_DEFAULTS:
+            if options.get(name) in (None, ""):
+                options.pop(name, None)
+            else:
+                options[name] = int(options[name])
     pem = (options.get("ca_cert_pem") or "").strip()
     if pem:
         import ssl

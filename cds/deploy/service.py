@@ -3,11 +3,15 @@ Users tab, the API, the CLI and the scheduler.
 
 A deployment is a link with a fresh 256-bit token; only the token's hash is
 stored. Sending is exactly-once: a deployment is marked "sending" and committed
-before its message is handed to SMTP, and "sent" after. A run that dies in
+before its message is handed to SMTP (or written to the outbox), and "sent"
+after. Only a pending deployment becomes "sending", and in a job only while the
+job's runner still holds its claim, in the same transaction. A run that dies in
 between leaves "sending" behind, which is never sent again: it becomes
-"unknown" and the user is reported as not sent. A temporary refusal (4xx, or an
-unreachable server) is retried by the scheduler with backoff; the retry gets a
-new token, because the old one was never delivered and is not kept.
+"unknown" and the user is reported as not sent. A temporary refusal (4xx, an
+unreachable server, an outbox that cannot be written) is retried by the
+scheduler with backoff; the retry gets a new token, because the old one was
+never delivered and is not kept. A user's older links stay valid until a new
+message has actually been handed over.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from cds.extensions import db
 from cds.jobs.service import Outcome, action
 from cds.mail.compose import MailTemplates, TemplateProblem, build_message, mail_context, sample_context
 from cds.mail.qr import QrMaker, qr_png
-from cds.mail.transport import FAILED, RETRY, SENT, UNKNOWN, Delivery, MailTransport
+from cds.mail.transport import FAILED, RETRY, SENT, UNKNOWN, Delivery, MailSettings, MailTransport
 from cds.models import (SEND_FAILED, SEND_PENDING, SEND_RETRY, SEND_SENDING, SEND_SENT, SEND_UNKNOWN,
                         ClientDevice, Deployment, Job, User, utcnow)
 from cds.redirect.service import register_link, withdraw_links
@@ -46,6 +50,10 @@ SKIP_DO_NOT_DEPLOY = "Profile is \"Do Not Deploy\"."
 NO_ADDRESS = "No e-mail address (the user has none and the profile has no central address)."
 INTERRUPTED = ("Interrupted while the message was being sent; not resent, as it may already have "
                "arrived. Deploy again to send a new link.")
+NOT_WRITTEN = ("Interrupted while the message was being written to the outbox, and it is not there: "
+               "not sent. Deploy again to send a new link.")
+REPLACED_UNSENT = ("Not handed over: the run was interrupted before this message was sent; "
+                   "a new link was issued instead.")
 
 
 class DeployError(Exception):
@@ -65,11 +73,9 @@ def link_for(token: str, profile=None) -> str:
     return kind_of(profile).link(token)
 
 
-def supersede_open_links(user_ids: list[int], now: datetime) -> int:
-    """Older unused links of these users stop working. Joins the caller's transaction."""
-    if not user_ids:
-        return 0
-    open_link = (Deployment.user_id.in_(user_ids), Deployment.used_at.is_(None),
+def supersede_other_links(dep: Deployment, now: datetime) -> int:
+    """Once ``dep``'s message was handed over, the user's older unused links stop working."""
+    open_link = (Deployment.user_id == dep.user_id, Deployment.id != dep.id, Deployment.used_at.is_(None),
                  Deployment.revoked_at.is_(None), Deployment.superseded_at.is_(None))
     hashes = list(db.session.scalars(select(Deployment.token_hash).where(*open_link)))
     if hashes:
@@ -81,14 +87,15 @@ def supersede_open_links(user_ids: list[int], now: datetime) -> int:
 
 def issue_deployments(users: list[User], *, actor: str | None = None, job_id: int | None = None
                       ) -> list[tuple[User, Deployment, str]]:
-    """A new link per user (older unused ones superseded), registered with the redirect
-    store. Returns (user, deployment, token); the token exists only in memory. The
-    caller commits. Resending never changes a user's passwords: only links change."""
+    """A new link per user, registered with the redirect store. The user's older
+    unused links stay valid until the new one's message has been handed over (then
+    they are superseded, see ``_record_delivery``). Returns (user, deployment, token);
+    the token exists only in memory. The caller commits. Resending never changes a
+    user's passwords: only links change."""
     now = utcnow()
     for user in users:
         if user.profile.is_do_not_deploy:
             raise DeployError(f"{user.login_id}: {SKIP_DO_NOT_DEPLOY}")
-    supersede_open_links([u.id for u in users], now)
     issued = []
     for user in users:
         token = new_token()
@@ -237,11 +244,26 @@ def send_deployment_mail(run: MailRun, user: User, dep: Deployment, token: str, 
             message = compose_deployment_mail(run, user, dep, token)
         except TemplateProblem as exc:
             return _record_delivery(dep, user, Delivery(FAILED, f"E-mail template problem: {exc}"), actor)
+    from cds.jobs.service import renew_claim
+
     run.transport.pace()
-    dep.send_state = SEND_SENDING
-    dep.send_attempts += 1
-    dep.next_attempt_at = utcnow()  # "sending since", read by the interrupted-send sweep
+    # In one transaction: this runner still holds its job (else ClaimLost), and the
+    # deployment is still pending and current (no other run replaced or sent it).
+    renew_claim()
+    now = utcnow()
+    marked = db.session.execute(update(Deployment).where(
+        Deployment.id == dep.id, Deployment.send_state == SEND_PENDING,
+        Deployment.superseded_at.is_(None), Deployment.revoked_at.is_(None))
+        .values(send_state=SEND_SENDING, send_attempts=Deployment.send_attempts + 1,
+                next_attempt_at=now)  # "sending since", read by the interrupted-send sweep
+        .execution_options(synchronize_session=False)).rowcount
+    if marked != 1:
+        db.session.rollback()
+        log.warning("deployment %s for user %s was no longer pending; not sent", dep.id, user.id)
+        return Delivery(FAILED, "Not sent: this link was replaced or handled by another run "
+                                "before it was handed over.")
     db.session.commit()
+    dep.send_state, dep.send_attempts, dep.next_attempt_at = SEND_SENDING, dep.send_attempts + 1, now
     delivery = run.transport.send(message, label=f"d{dep.id}")
     return _record_delivery(dep, user, delivery, actor)
 
@@ -255,6 +277,7 @@ def _record_delivery(dep: Deployment, user: User, delivery: Delivery, actor: str
     dep.send_error = None if state == SENT else delivery.detail
     if state == SENT:
         dep.send_state, dep.sent_at, dep.next_attempt_at = SEND_SENT, now, None
+        supersede_other_links(dep, now)
         user.deployed_at = now
         user.send_error = user.send_error_at = None
         user.redeploy_required = False
@@ -295,11 +318,19 @@ def _outcome(user: User, delivery: Delivery) -> Outcome:
 
 # --- the bulk actions ----------------------------------------------------------
 
+# A run's SMTP connection belongs to the claim of the runner that opened it (two
+# runners of one job never share one); without a claim (a direct call), to the job.
 _runs: dict[int, MailRun] = {}
 _runs_lock = threading.Lock()
 
 
 def _run_for(job: Job) -> MailRun:
+    from cds.jobs.service import current_claim
+    claim = current_claim()
+    if claim is not None and claim.job_id == job.id:
+        if "mail" not in claim.resources:
+            claim.resources["mail"] = MailRun()
+        return claim.resources["mail"]
     with _runs_lock:
         if job.id not in _runs:
             _runs[job.id] = MailRun()
@@ -308,8 +339,13 @@ def _run_for(job: Job) -> MailRun:
 
 def _finish(job: Job) -> None:
     """End of a Deploy / Auto deploy job: close its SMTP connection, push redirect links."""
-    with _runs_lock:
-        run = _runs.pop(job.id, None)
+    from cds.jobs.service import current_claim
+    claim = current_claim()
+    if claim is not None and claim.job_id == job.id:
+        run = claim.resources.pop("mail", None)
+    else:
+        with _runs_lock:
+            run = _runs.pop(job.id, None)
     if run is not None:
         run.close()
     from cds.redirect.service import push_outbox
@@ -345,6 +381,11 @@ def _deploy_users(job: Job, users: list[User]) -> list[Outcome]:
         Deployment.job_id == job.id, Deployment.user_id.in_([u.id for u in users]),
         Deployment.superseded_at.is_(None)))}
     to_issue = []
+    # Issued by an interrupted run but never handed over: withdrawn, a new link replaces it.
+    unsent = [d for d in earlier.values() if d.send_state == SEND_PENDING]
+    _withdraw_unsent(unsent)
+    for d in unsent:
+        del earlier[d.user_id]
     for user in users:
         dep = earlier.get(user.id)
         if dep is not None and dep.send_state != SEND_PENDING:
@@ -392,10 +433,46 @@ def _profiles_with_template_problems(run: MailRun, users: list[User]) -> dict[in
     return problems
 
 
+def _withdraw_unsent(deps: list[Deployment]) -> None:
+    """Pending deployments of an interrupted run: never handed over, so nobody has their
+    link; it stops working (the user's older links are untouched)."""
+    if not deps:
+        return
+    now = utcnow()
+    ids = [d.id for d in deps]
+    db.session.execute(update(Deployment).where(Deployment.id.in_(ids), Deployment.send_state == SEND_PENDING)
+                       .values(send_state=SEND_FAILED, superseded_at=now, send_error=REPLACED_UNSENT)
+                       .execution_options(synchronize_session=False))
+    withdraw_links([d.token_hash for d in deps])
+    for d in deps:
+        d.send_state, d.superseded_at, d.send_error = SEND_FAILED, now, REPLACED_UNSENT
+    db.session.commit()
+
+
+def _in_outbox(dep: Deployment) -> str | None:
+    """The outbox file written for this deployment, if any (outbox mode only)."""
+    from cds.mail.transport import outbox_dir
+    try:
+        found = sorted(outbox_dir().glob(f"*-d{dep.id}-*.eml"))
+    except OSError:
+        return None
+    return found[0].name if found else None
+
+
 def _resumed_outcome(user: User, dep: Deployment, actor: str | None) -> Outcome:
     if dep.send_state == SEND_SENT:
         return Outcome(user, "ok", "Sent.")
     if dep.send_state == SEND_SENDING:
+        # Written to the outbox before the run stopped: it was handed over, exactly once.
+        written = _in_outbox(dep)
+        if written:
+            _record_delivery(dep, user, Delivery(SENT, "Written to the outbox.", outbox_file=written), actor)
+            return Outcome(user, "ok", "Written to the outbox.")
+        if MailSettings.load().uses_outbox:
+            # No file: the outbox never got it. Not retried automatically all the same
+            # (the run may have used an SMTP server set up then), but known not sent.
+            _record_delivery(dep, user, Delivery(FAILED, NOT_WRITTEN), actor)
+            return Outcome(user, "failed", NOT_WRITTEN)
         _record_delivery(dep, user, Delivery(UNKNOWN, INTERRUPTED), actor)
         return Outcome(user, "failed", INTERRUPTED)
     if dep.send_state == SEND_RETRY:
@@ -403,7 +480,24 @@ def _resumed_outcome(user: User, dep: Deployment, actor: str | None) -> Outcome:
     return Outcome(user, "failed", dep.send_error or "Not sent.")
 
 
-@action("deploy", "Deploy", finish=_finish, schedulable=True)
+def settle_users(job: Job, users: list[User], reason: str) -> list[Outcome]:
+    """The outcome of users a failed Deploy / Auto deploy job did not record: what their
+    deployment of this job says, else ``reason``."""
+    deps = {d.user_id: d for d in db.session.scalars(select(Deployment).where(
+        Deployment.job_id == job.id, Deployment.user_id.in_([u.id for u in users]),
+        Deployment.superseded_at.is_(None)).order_by(Deployment.id))}
+    _withdraw_unsent([d for d in deps.values() if d.send_state == SEND_PENDING])
+    outcomes = []
+    for user in users:
+        dep = deps.get(user.id)
+        if dep is None or dep.send_state == SEND_FAILED and dep.send_error == REPLACED_UNSENT:
+            outcomes.append(Outcome(user, "failed", reason))
+        else:
+            outcomes.append(_resumed_outcome(user, dep, job.created_by))
+    return outcomes
+
+
+@action("deploy", "Deploy", finish=_finish, schedulable=True, settle=settle_users)
 def deploy_batch(job: Job, users: list[User]) -> list[Outcome]:
     return deploy_users(job, users)
 
@@ -435,7 +529,7 @@ def force_config_batch(job: Job, users: list[User]) -> list[Outcome]:
     return force_config_users(job, users)
 
 
-@action("auto_deploy", "Auto deploy", finish=_finish, schedulable=True)
+@action("auto_deploy", "Auto deploy", finish=_finish, schedulable=True, settle=settle_users)
 def auto_deploy_batch(job: Job, users: list[User]) -> list[Outcome]:
     """Users whose client has downloaded get Set Force Config, all others Deploy."""
     downloaded = [u for u in users if u.downloaded_at is not None and not u.redeploy_required]
@@ -499,7 +593,7 @@ def mark_interrupted_sends() -> int:
         Deployment.send_state == SEND_SENDING, Deployment.next_attempt_at < cutoff)
         .options(selectinload(Deployment.user))))
     for dep in stuck:
-        _record_delivery(dep, dep.user, Delivery(UNKNOWN, INTERRUPTED), None)
+        _resumed_outcome(dep.user, dep, None)
     return len(stuck)
 
 

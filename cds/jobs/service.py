@@ -9,17 +9,21 @@ recorded, so no user is acted on twice.
 """
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import socket
 import threading
+import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Callable
 
 from flask import current_app, g, has_request_context
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from cds import errors
 from cds.extensions import db
@@ -30,8 +34,6 @@ from cds.scheduler import tick_task
 log = logging.getLogger("cds.jobs")
 
 BATCH_SIZE = 100
-STALE_AFTER = timedelta(seconds=60)
-RUNNER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 
 class JobError(errors.CdsError):
@@ -73,15 +75,19 @@ class Action:
     schedulable: bool = False
     # The parameters it takes besides the selection (other keys given are ignored).
     options: tuple[str, ...] = ()
+    # Called with (job, users, reason) when the job ends on an error, for the users it
+    # has no outcome for yet: returns their outcomes (e.g. "sent" for a message already
+    # handed over, after withdrawing links issued but never handed over).
+    settle: Callable[[Job, list[User], str], list[Outcome]] | None = None
 
 
 ACTIONS: dict[str, Action] = {}
 
 
 def action(kind: str, label: str, *, finish=None, batch_size: int = BATCH_SIZE, check=None,
-           schedulable: bool = False, options: tuple[str, ...] = ()):
+           schedulable: bool = False, options: tuple[str, ...] = (), settle=None):
     def register(fn):
-        ACTIONS[kind] = Action(kind, label, fn, finish, batch_size, check, schedulable, options)
+        ACTIONS[kind] = Action(kind, label, fn, finish, batch_size, check, schedulable, options, settle)
         return fn
     return register
 
@@ -189,9 +195,123 @@ def cancel_job(job_id: int, *, actor: str | None = None, actor_type: str | None 
 
 
 # --- running -------------------------------------------------------------------
+#
+# A runner claims a job by writing its own claim token (host, process, a random part:
+# never the same for two runs, even in one process) and a heartbeat. While it works,
+# a heartbeat thread renews the claim every JOB_HEARTBEAT_SECONDS, and every write
+# that matters (the counters, and an action's "about to hand over" step, see
+# ``renew_claim``) is made only while the row still names this claim. A claim not
+# renewed for JOB_STALE_SECONDS belongs to a dead runner and may be taken over.
+
+class ClaimLost(Exception):
+    """Another runner took this job over (this one was presumed dead); stop at once."""
+
+
+PAUSED = "Paused:"
+
+
+class RunnerStopping(Exception):
+    """This process is stopping: the job is left for the next runner to resume."""
+
+
+# Set when the server stops: runners stop before their next hand-over.
+_stopping = threading.Event()
+
+
+def stop_runners(timeout: float) -> bool:
+    """Ask this process's job runners to stop (the server is shutting down) and wait up
+    to ``timeout`` seconds for them. Their jobs are resumed by the next runner."""
+    _stopping.set()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with _executor_lock:
+            if not _in_process:
+                return True
+        time.sleep(0.05)
+    return False
+
+
+@dataclass
+class Claim:
+    job_id: int
+    token: str
+    lost: threading.Event = field(default_factory=threading.Event)
+    stop: threading.Event = field(default_factory=threading.Event)
+    # What an action keeps for the length of this run (e.g. its SMTP connection).
+    resources: dict = field(default_factory=dict)
+
+
+_claim_var: contextvars.ContextVar[Claim | None] = contextvars.ContextVar("cds_job_claim", default=None)
+
+
+def current_claim() -> Claim | None:
+    """The claim of the job this thread is running, if any."""
+    return _claim_var.get()
+
+
+def heartbeat_interval() -> float:
+    return float(current_app.config["JOB_HEARTBEAT_SECONDS"])
+
+
+def stale_after() -> timedelta:
+    return timedelta(seconds=float(current_app.config["JOB_STALE_SECONDS"]))
+
+
+def renew_claim() -> None:
+    """Within the caller's transaction: renew this thread's claim, or raise ClaimLost
+    (and roll back) when another runner holds the job. An action calls it in the same
+    transaction that records "about to hand over", so only the claim holder ever does."""
+    claim = current_claim()
+    if claim is None:
+        return
+    if _stopping.is_set():
+        db.session.rollback()
+        raise RunnerStopping(f"job {claim.job_id}: this process is stopping")
+    if claim.lost.is_set() or not _renew(claim.job_id, claim.token):
+        claim.lost.set()
+        db.session.rollback()
+        raise ClaimLost(f"job {claim.job_id} was taken over by another runner")
+
+
+def _renew(job_id: int, token: str) -> bool:
+    return db.session.execute(update(Job).where(Job.id == job_id, Job.runner == token)
+                              .values(heartbeat_at=utcnow())).rowcount == 1
+
+
+def _heartbeat(app, claim: Claim) -> None:
+    """Renews the claim while the runner works; notices when it was taken over."""
+    with app.app_context():
+        interval = heartbeat_interval()
+        while not claim.stop.wait(interval):
+            try:
+                renewed = _renew(claim.job_id, claim.token)
+                db.session.commit()
+            except Exception as exc:  # storage trouble: the runner itself will hit it too
+                db.session.rollback()
+                log.warning("job %s: heartbeat not written (%s)", claim.job_id, _short(exc))
+                continue
+            if not renewed:
+                claim.lost.set()
+                return
+        db.session.remove()
+
+
+def _short(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {text[0][:200]}" if text else exc.__class__.__name__
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """The database could not be written or reached (disk full, read-only, connection
+    lost): worth waiting out, not a reason to give a job up."""
+    return isinstance(exc, (OperationalError, InterfaceError)) or \
+        (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+
 
 _executor: ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
+# Jobs submitted to or running in this process: never two runners of one job here.
+_in_process: set[int] = set()
 
 
 def submit(job: Job) -> None:
@@ -205,60 +325,169 @@ def submit(job: Job) -> None:
     start_in_background(app, job.id)
 
 
-def start_in_background(app, job_id: int) -> None:
+def start_in_background(app, job_id: int) -> bool:
+    """Run the job on a background thread, unless this process already runs it."""
     global _executor
     with _executor_lock:
+        if job_id in _in_process:
+            return False
+        _in_process.add(job_id)
         if _executor is None:
             _executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cds-job")
-    _executor.submit(_run_in_context, app, job_id)
+    try:
+        _executor.submit(_run_in_context, app, job_id)
+    except Exception:
+        with _executor_lock:
+            _in_process.discard(job_id)
+        raise
+    return True
 
 
 def _run_in_context(app, job_id: int) -> None:
     with app.app_context():
         try:
-            run_job(job_id)
-        except Exception:
-            log.exception("job %s crashed", job_id)
+            run_job(job_id, _submitted=True)
+        except ClaimLost:
+            log.warning("job %s: another runner took it over; this one stopped", job_id)
             db.session.rollback()
-            db.session.execute(update(Job).where(Job.id == job_id, Job.state == JOB_RUNNING)
-                               .values(state=JOB_FAILED, finished_at=utcnow(),
-                                       message="The job stopped on an unexpected error; see the log."))
-            db.session.commit()
+        except Exception as exc:
+            db.session.rollback()
+            if is_storage_error(exc):
+                _pause(job_id, exc)
+            else:
+                log.exception("job %s crashed", job_id)
+                _fail(job_id, "The job stopped on an unexpected error; see the log.")
+        finally:
+            with _executor_lock:
+                _in_process.discard(job_id)
+            db.session.remove()
 
 
-def _claim(job_id: int) -> bool:
+def _pause(job_id: int, exc: BaseException) -> None:
+    """A storage error interrupted the job: it stays "running" with an old heartbeat,
+    so the scheduler resumes it (after the last user recorded) once writes work again."""
+    log.warning("job %s paused: the database cannot be written (%s); it resumes by itself "
+                "when it can", job_id, _short(exc))
+    try:
+        db.session.execute(update(Job).where(Job.id == job_id, Job.state == JOB_RUNNING).values(
+            heartbeat_at=utcnow() - stale_after() - timedelta(seconds=1), runner=None,
+            message=f"{PAUSED} the database could not be written ({_short(exc)[:300]}). "
+                    "It resumes by itself when it can."))
+        db.session.commit()
+    except Exception:
+        # Still failing: the heartbeat is no longer renewed, so the claim goes stale anyway.
+        db.session.rollback()
+
+
+def _fail(job_id: int, message: str) -> None:
+    """The job ends as failed; every user it did not reach is recorded with the reason."""
+    try:
+        job = db.session.get(Job, job_id)
+        if job is not None and job.state == JOB_RUNNING:
+            _record_not_reached(job, f"Not done: {message}")
+        db.session.execute(update(Job).where(Job.id == job_id, Job.state == JOB_RUNNING)
+                           .values(state=JOB_FAILED, finished_at=utcnow(), runner=None,
+                                   message=message))
+        db.session.commit()
+    except Exception as exc:
+        db.session.rollback()
+        if not is_storage_error(exc):
+            raise
+        _pause(job_id, exc)
+
+
+def _record_not_reached(job: Job, reason: str) -> None:
+    """A failed item for every selected user the job has no item for."""
+    from cds.users.service import selection_query
+
+    act = ACTIONS.get(job.kind)
+    while True:
+        last_id = db.session.scalar(select(func.max(JobItem.user_id)).where(JobItem.job_id == job.id)) or 0
+        users = list(db.session.scalars(selection_query(job.params["selection"])
+                                        .where(User.id > last_id).order_by(User.id).limit(1000)))
+        if not users:
+            return
+        outcomes = act.settle(job, users, reason) if act and act.settle else \
+            [Outcome(u, "failed", reason) for u in users]
+        _record(job, outcomes, token=None)
+
+
+def _claim(job_id: int) -> Claim | None:
     now = utcnow()
+    # Host, a part no other run ever has, and the process (to read in the Jobs tab):
+    # at most 64 characters, the column's size.
+    token = f"{socket.gethostname()[:40]}#{uuid.uuid4().hex[:12]}:{os.getpid()}"
     claimed = db.session.execute(
         update(Job).where(
             Job.id == job_id,
-            (Job.state == JOB_QUEUED) | ((Job.state == JOB_RUNNING) & (Job.heartbeat_at < now - STALE_AFTER)),
-        ).values(state=JOB_RUNNING, runner=RUNNER_ID, heartbeat_at=now,
-                 started_at=func.coalesce(Job.started_at, now))
+            (Job.state == JOB_QUEUED)
+            | ((Job.state == JOB_RUNNING)
+               & (Job.heartbeat_at.is_(None) | (Job.heartbeat_at < now - stale_after()))),
+        ).values(state=JOB_RUNNING, runner=token, heartbeat_at=now,
+                 started_at=func.coalesce(Job.started_at, now),
+                 message=case((Job.message.like(f"{PAUSED}%"), None), else_=Job.message))
     ).rowcount
     db.session.commit()
-    return claimed == 1
+    return Claim(job_id, token) if claimed == 1 else None
 
 
-def run_job(job_id: int) -> Job | None:
+def run_job(job_id: int, *, _submitted: bool = False) -> Job | None:
     """Run (or resume) a job to its end. Returns None if another runner owns it."""
+    if not _submitted:
+        # Called directly (inline, CLI, tests): still never beside a runner of this process.
+        with _executor_lock:
+            if job_id in _in_process:
+                return None
+            _in_process.add(job_id)
+        try:
+            return run_job(job_id, _submitted=True)
+        finally:
+            with _executor_lock:
+                _in_process.discard(job_id)
+    claim = _claim(job_id)
+    if claim is None:
+        return None
+    app = current_app._get_current_object()
+    beat = threading.Thread(target=_heartbeat, args=(app, claim), daemon=True,
+                            name=f"cds-job-{job_id}-heartbeat")
+    beat.start()
+    reset = _claim_var.set(claim)
+    try:
+        return _run_claimed(db.session.get(Job, job_id), claim)
+    except RunnerStopping:
+        db.session.rollback()
+        # Let the next runner (after a restart, or another node) resume it at once.
+        db.session.execute(update(Job).where(Job.id == job_id, Job.runner == claim.token).values(
+            runner=None, heartbeat_at=utcnow() - stale_after() - timedelta(seconds=1)))
+        db.session.commit()
+        log.info("job %s stopped with the server; it resumes after the last user recorded", job_id)
+        return None
+    finally:
+        _claim_var.reset(reset)
+        claim.stop.set()
+        beat.join(timeout=5)
+
+
+def _run_claimed(job: Job, claim: Claim) -> Job:
     from cds.users.service import selection_query
 
-    if not _claim(job_id):
-        return None
-    job = db.session.get(Job, job_id)
     act = ACTIONS[job.kind]
-    log.info("job %s (%s) started by %s: %s users", job.id, job.kind, RUNNER_ID, job.total)
+    log.info("job %s (%s) started by %s: %s users", job.id, job.kind, claim.token, job.total)
     # Resume after the last user this job recorded (users are walked in id order).
     last_id = db.session.scalar(select(func.max(JobItem.user_id)).where(JobItem.job_id == job.id)) or 0
     try:
         while True:
+            if claim.lost.is_set():
+                raise ClaimLost(f"job {job.id} was taken over by another runner")
+            if _stopping.is_set():
+                raise RunnerStopping(f"job {job.id}: this process is stopping")
             query = selection_query(job.params["selection"]).where(User.id > last_id) \
                 .order_by(User.id).limit(act.batch_size)
             users = list(db.session.scalars(query))
             if not users:
                 break
             outcomes = act.run_batch(job, users)
-            _record(job, outcomes)
+            _record(job, outcomes, token=claim.token)
             last_id = users[-1].id
             db.session.refresh(job)
             if job.state == JOB_CANCELLED:
@@ -268,16 +497,27 @@ def run_job(job_id: int) -> Job | None:
     finally:
         if act.finish:
             act.finish(job)
-    job.state = JOB_FAILED if job.failed and not job.succeeded and not job.skipped else JOB_DONE
-    job.finished_at = utcnow()
-    job.total = max(job.total, job.done)
+    state = JOB_FAILED if job.failed and not job.succeeded and not job.skipped else JOB_DONE
+    finished = db.session.execute(update(Job).where(Job.id == job.id, Job.runner == claim.token,
+                                                    Job.state == JOB_RUNNING).values(
+        state=state, finished_at=utcnow(),
+        total=case((Job.done > Job.total, Job.done), else_=Job.total))).rowcount
     db.session.commit()
-    log.info("job %s finished: %s ok, %s skipped, %s failed",
-             job.id, job.succeeded, job.skipped, job.failed)
+    db.session.refresh(job)
+    if finished:
+        log.info("job %s finished: %s ok, %s skipped, %s failed",
+                 job.id, job.succeeded, job.skipped, job.failed)
     return job
 
 
-def _record(job: Job, outcomes: list[Outcome]) -> None:
+def _record(job: Job, outcomes: list[Outcome], *, token: str | None) -> None:
+    """One item per user and the counters, in one transaction; a user already recorded
+    for this job is not recorded (nor counted) again. With ``token``, only while that
+    claim holds the job (else ClaimLost, nothing written)."""
+    if outcomes:
+        already = set(db.session.scalars(select(JobItem.user_id).where(
+            JobItem.job_id == job.id, JobItem.user_id.in_([o.user.id for o in outcomes]))))
+        outcomes = [o for o in outcomes if o.user.id not in already]
     counts = {"ok": 0, "skipped": 0, "failed": 0}
     now = utcnow()
     items = []
@@ -285,6 +525,14 @@ def _record(job: Job, outcomes: list[Outcome]) -> None:
         counts[o.outcome] += 1
         items.append({"job_id": job.id, "user_id": o.user.id, "login_id": o.user.login_id,
                       "outcome": o.outcome, "message": o.message[:1000], "at": now})
+    guard = [Job.id == job.id] + ([Job.runner == token] if token else [])
+    changed = db.session.execute(update(Job).where(*guard).values(
+        done=Job.done + len(outcomes), succeeded=Job.succeeded + counts["ok"],
+        skipped=Job.skipped + counts["skipped"], failed=Job.failed + counts["failed"],
+        heartbeat_at=now)).rowcount
+    if not changed:
+        db.session.rollback()
+        raise ClaimLost(f"job {job.id} was taken over by another runner")
     if items:
         # Not one ORM object per user: a job over 100,000 users records 100,000 items.
         # SQLite takes them fastest as one executemany, PostgreSQL as one COPY.
@@ -297,10 +545,6 @@ def _record(job: Job, outcomes: list[Outcome]) -> None:
                         copy.write_row([item[c] for c in columns])
         else:
             connection.execute(insert(JobItem.__table__), items)
-    db.session.execute(update(Job).where(Job.id == job.id).values(
-        done=Job.done + len(outcomes), succeeded=Job.succeeded + counts["ok"],
-        skipped=Job.skipped + counts["skipped"], failed=Job.failed + counts["failed"],
-        heartbeat_at=utcnow()))
     db.session.commit()
 
 
@@ -379,9 +623,11 @@ def run_due(app) -> None:
     db.session.commit()
     waiting = db.session.scalars(select(Job.id).where(
         ((Job.state == JOB_QUEUED) & ((Job.run_at.is_not(None)) | (Job.created_at < now - timedelta(seconds=10))))
-        | ((Job.state == JOB_RUNNING) & (Job.heartbeat_at < now - STALE_AFTER)))).all()
+        | ((Job.state == JOB_RUNNING)
+           & (Job.heartbeat_at.is_(None) | (Job.heartbeat_at < now - stale_after()))))).all()
     for job_id in waiting:
-        start_in_background(app, job_id)
+        if start_in_background(app, job_id):
+            log.info("job %s: starting (queued, or its runner stopped renewing its claim)", job_id)
 
 
 @tick_task("jobs.prune", every_ticks=720)

@@ -12,6 +12,7 @@ import io
 import logging
 import multiprocessing
 import os
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
 from typing import Iterator
@@ -64,13 +65,29 @@ def qr_png(text: str, module_pixels: int = MODULE_PIXELS) -> bytes:
 POOL_MIN_CODES = 50
 
 
+def _end_with_server(lifeline) -> None:
+    """Runs in each worker process: the worker ends as soon as the server process is
+    gone, however it ended (a normal stop, SIGTERM, SIGINT, kill -9). The server holds
+    the only write end of the lifeline pipe; the kernel closes it when the server
+    dies, and the read below returns."""
+    def watch():
+        try:
+            lifeline.recv_bytes()
+        except (EOFError, OSError):
+            pass
+        os._exit(0)
+    threading.Thread(target=watch, name="cds-qr-lifeline", daemon=True).start()
+
+
 class QrMaker:
     """QR codes for a bulk run. Large runs draw them in a worker process, so one
-    core draws codes while the other composes and sends the messages."""
+    core draws codes while the other composes and sends the messages. The workers
+    end with the pool, and with the server if it dies first (``_end_with_server``)."""
 
     def __init__(self):
         self._pool: ProcessPoolExecutor | None = None
         self._pool_failed = False
+        self._lifeline = None
 
     def _executor(self) -> ProcessPoolExecutor | None:
         if self._pool is None and not self._pool_failed:
@@ -80,7 +97,11 @@ class QrMaker:
                 ctx = multiprocessing.get_context("forkserver")
                 ctx.set_forkserver_preload(["qrcode", "PIL.Image", "cds.mail.qr"])
                 workers = max(1, min(3, (os.cpu_count() or 2) - 1))
-                self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+                # Workers start when first needed, so both ends stay open here until close().
+                self._lifeline = ctx.Pipe(duplex=False)
+                self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                                                 initializer=_end_with_server,
+                                                 initargs=(self._lifeline[0],))
             except (OSError, ValueError) as exc:
                 log.warning("QR codes are drawn in this process: no worker process (%s)", exc)
                 self._pool_failed = True
@@ -97,3 +118,7 @@ class QrMaker:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+        if self._lifeline is not None:
+            for end in self._lifeline:
+                end.close()
+            self._lifeline = None

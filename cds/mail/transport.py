@@ -125,15 +125,19 @@ class MailTransport:
     # --- pacing ------------------------------------------------------------
 
     def pace(self) -> None:
-        """Wait for the next slot under MAIL_RATE_LIMIT (messages per minute)."""
+        """Wait for the next slot under MAIL_RATE_LIMIT (messages per minute). Slots are
+        counted from the end of the previous message, as a relay counts what it accepted:
+        a slow message never lets the next two arrive closer than the limit allows."""
         rate = self.settings.rate_limit
         if rate <= 0 or self.uses_outbox:
             return
         now = time.monotonic()
         if self._next_slot > now:
             time.sleep(self._next_slot - now)
-            now = self._next_slot
-        self._next_slot = now + 60.0 / rate
+
+    def _slot_used(self) -> None:
+        if self.settings.rate_limit > 0:
+            self._next_slot = time.monotonic() + 60.0 / self.settings.rate_limit
 
     # --- connection ----------------------------------------------------------
 
@@ -207,7 +211,10 @@ class MailTransport:
         conn = self._connection()
         if isinstance(conn, Delivery):
             return conn
-        result = self._transmit(conn, recipient, data)
+        try:
+            result = self._transmit(conn, recipient, data)
+        finally:
+            self._slot_used()
         if result.state == SENT:
             self.sent += 1
         return result
@@ -250,15 +257,28 @@ class MailTransport:
         return result
 
     def _write_outbox(self, data: bytes, label: str) -> Delivery:
+        """Write the message as one .eml file, whole or not at all. A folder that cannot
+        be written (full disk, read-only, missing permission) is a temporary failure:
+        nothing was handed over, and the message is retried."""
         folder = self._outbox
-        folder.mkdir(parents=True, exist_ok=True)
         name = f"{utcnow():%Y%m%dT%H%M%S}-{label}-{secrets.token_hex(3)}.eml"
         tmp = folder / (name + ".part")
-        # The file holds a live link: readable by this service's account only.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, folder / name)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            # The file holds a live link: readable by this service's account only.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, folder / name)
+        except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            reason = exc.strerror or exc.__class__.__name__
+            return Delivery(RETRY, f"The outbox folder {folder} cannot be written ({reason}).")
         self.sent += 1
         return Delivery(SENT, "Written to the outbox (no SMTP server is configured).", outbox_file=name)
 
@@ -272,6 +292,12 @@ _WIRE_POLICY = compat32.clone(linesep="\r\n")
 def message_bytes(message: Message) -> bytes:
     """The message as sent on the wire (CRLF line ends, no line over 78 characters)."""
     mime = message._message()
+    for part in mime.walk():
+        if part.is_multipart() and part.get_boundary() is None:
+            # The generator would compile a regular expression per part to check that
+            # a boundary of its own choosing is not in the text: 128 random bits that
+            # no template or attachment can know cannot be in it either.
+            part.set_boundary("=" * 15 + secrets.token_hex(16) + "==")
     out = io.BytesIO()
     BytesGenerator(out, mangle_from_=False, policy=_WIRE_POLICY).flatten(mime)
     return out.getvalue()

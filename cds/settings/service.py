@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flask import current_app
+from flask import current_app, g
 from sqlalchemy import select
 
 from cds import errors
@@ -121,6 +121,8 @@ def save_settings(values: dict, actor: str | None = None, *, commit: bool = True
             continue
         row.value, row.updated_by = stored, actor
         changed.append(key)
+    if changed:
+        g.pop(_URLS, None)
     if commit:
         db.session.commit()
     return changed
@@ -176,14 +178,34 @@ def save_general(values: dict, actor: str | None = None) -> list[str]:
     return changed
 
 
+# The two URLs, read once per application context (a request, or a job's run): a deploy
+# asks for them for every user, and an unset setting is a SELECT each time.
+_URLS = "_cds_setting_urls"
+
+
+def _once(name: str, compute):
+    cache = g.setdefault(_URLS, {})
+    if name not in cache:
+        cache[name] = compute()
+    return cache[name]
+
+
 def public_url() -> str:
     """Where administrators and client apps reach this CDS (Settings over config)."""
+    return _once("public", _public_url)
+
+
+def _public_url() -> str:
     return (get_setting("PUBLIC_URL") or current_app.config["PUBLIC_URL"]).rstrip("/")
 
 
 def redirect_url() -> str:
     """Base of the links in deployment e-mails: the redirect server's URL if one is set
     (Settings or config), else this CDS's own public URL."""
+    return _once("redirect", _redirect_url)
+
+
+def _redirect_url() -> str:
     row = db.session.get(Setting, "REDIRECT_URL")
     if row is not None and row.value:
         return row.value.rstrip("/")

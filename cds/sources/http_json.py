@@ -21,13 +21,13 @@ from datetime import datetime, timedelta, timezone
 from cds import safejson
 from cds.models import utcnow
 from cds.security import decrypt
-from cds.sources import Authorization, SourceAuthError, SourceError, clean_record
+from cds.sources import Authorization, ReadBudget, SourceAuthError, SourceError, clean_record
 
 API_PREFIX = "/api/v1"
 DEFAULT_TIMEOUT = 30
 DEFAULT_PAGE_SIZE = 500
-MAX_PAGES = 100_000
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+READ_CHUNK = 256 * 1024
 
 # JSON field of each kind -> CDS user field. "id" is always the record's stable key.
 KIND_FIELDS: dict[str, dict[str, str]] = {
@@ -71,8 +71,9 @@ def _ssl_context(options: dict) -> ssl.SSLContext:
 
 
 def _call(method: str, url: str, options: dict, *, body: dict | None = None,
-          token: str | None = None) -> dict:
-    """One request; returns the decoded JSON object or raises SourceError with a clear reason."""
+          token: str | None = None, budget: ReadBudget | None = None) -> dict:
+    """One request; returns the decoded JSON object or raises SourceError with a clear reason.
+    The body is read in chunks, counted against ``budget`` (bytes and time) as it comes."""
     headers = {"Accept": "application/json", "User-Agent": "CDS"}
     data = None
     if body is not None:
@@ -82,11 +83,14 @@ def _call(method: str, url: str, options: dict, *, body: dict | None = None,
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(url, data=data, headers=headers, method=method)
     timeout = float(options.get("timeout") or DEFAULT_TIMEOUT)
+    if budget is not None:
+        budget.check_time()
+        timeout = max(0.5, min(timeout, budget.remaining_seconds()))
     host = urllib.parse.urlsplit(url).netloc
     try:
         kwargs = {"context": _ssl_context(options)} if url.startswith("https:") else {}
         with urllib.request.urlopen(request, timeout=timeout, **kwargs) as resp:
-            raw = resp.read(MAX_RESPONSE_BYTES + 1)
+            raw = _read_body(resp, budget)
     except urllib.error.HTTPError as exc:
         reason = _error_text(exc)
         if exc.code == 401:
@@ -114,6 +118,22 @@ def _call(method: str, url: str, options: dict, *, body: dict | None = None,
     if not isinstance(payload, dict):
         raise SourceError(f"{host} answered JSON that is not an object.")
     return payload
+
+
+def _read_body(resp, budget: ReadBudget | None) -> bytes:
+    """The response body, chunk by chunk, stopped as soon as a bound is passed."""
+    chunks, size = [], 0
+    while True:
+        chunk = resp.read(READ_CHUNK)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if budget is not None:
+            budget.add_bytes(len(chunk))
+            budget.check_time()
+        if size > MAX_RESPONSE_BYTES:
+            return b"".join(chunks) + chunk  # reported as too large by the caller
+        chunks.append(chunk)
 
 
 def _error_text(exc: urllib.error.HTTPError) -> str:
@@ -157,7 +177,8 @@ def _expiry(payload: dict) -> datetime | None:
 
 
 def fetch_http_records(connection) -> list[dict]:
-    """Walk GET /api/v1/users page by page with the connection's token."""
+    """Walk GET /api/v1/users page by page with the connection's token, within the
+    connection's limits (records, pages, bytes, time: ``cds.sources.LIMIT_DEFAULTS``)."""
     if connection.token_expires_at is not None and connection.token_expires_at <= utcnow():
         raise SourceAuthError(
             f"The authorization expired on {connection.token_expires_at:%Y-%m-%d %H:%M} UTC; "
@@ -173,13 +194,15 @@ def fetch_http_records(connection) -> list[dict]:
     records: list[dict] = []
     seen: set[str] = set()
     cursor = None
-    for _ in range(MAX_PAGES):
+    budget = ReadBudget.for_connection(connection)
+    while True:
+        budget.add_page()
         query = {"limit": page_size}
         if cursor:
             query["cursor"] = cursor
         url = _endpoint(connection.url, "/users") + "?" + urllib.parse.urlencode(query)
         try:
-            payload = _call("GET", url, options, token=token)
+            payload = _call("GET", url, options, token=token, budget=budget)
         except SourceAuthError:
             raise SourceAuthError("The source refused the connection's token (expired or revoked); "
                                   "the primary administrator must re-authorize this connection.") \
@@ -188,6 +211,7 @@ def fetch_http_records(connection) -> list[dict]:
         if not isinstance(users, list):
             raise SourceError("The source's answer has no \"users\" list.")
         for item in users:
+            budget.add_record()
             record = _parse_user(item, mapping, fields, len(records) + 1)
             if record["source_key"] in seen:
                 raise SourceError(f"The source returned the id {record['source_key']!r} twice.")
@@ -201,7 +225,6 @@ def fetch_http_records(connection) -> list[dict]:
         if not users:
             raise SourceError("The source returned an empty page with a next cursor.")
         cursor = str(next_cursor)
-    raise SourceError(f"The source returned more than {MAX_PAGES} pages.")
 
 
 def _parse_user(item, mapping: dict[str, str], fields: tuple[str, ...], position: int) -> dict:

@@ -11,7 +11,7 @@ import ssl
 import uuid
 from urllib.parse import urlsplit
 
-from cds.sources import SourceAuthError, SourceError, clean_record
+from cds.sources import ReadBudget, SourceAuthError, SourceError, clean_record
 
 DEFAULT_FILTER = "(objectClass=person)"
 DEFAULT_PAGE_SIZE = 500
@@ -168,14 +168,22 @@ def fetch_ldap_records(connection) -> list[dict]:
     conn = _open(connection.url, connection.username, connection.get_password() or "", options)
     records: list[dict] = []
     seen: set[str] = set()
+    budget = ReadBudget.for_connection(connection)
     try:
         entries = conn.extend.standard.paged_search(
             base_dn, search_filter, search_scope=SUBTREE, attributes=attributes,
             paged_size=page_size, generator=True)
-        for entry in entries:
+        for position, entry in enumerate(entries):
+            # The directory's pages arrive as the generator is walked: one entry at a time
+            # is counted (every page_size entries as a page, the raw values as bytes).
+            if position % page_size == 0:
+                budget.add_page()
             if entry.get("type") != "searchResEntry":
                 continue  # referrals
             attrs = entry.get("raw_attributes") or {}
+            budget.add_bytes(sum(len(v) for vals in attrs.values() for v in vals
+                                 if isinstance(v, (bytes, str))))
+            budget.add_record()
             decoded = {k: ([_decode(v) for v in vals] if k.lower() not in
                            {a.lower() for a in key_attrs} else vals)
                        for k, vals in attrs.items()}

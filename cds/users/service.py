@@ -270,12 +270,14 @@ def _sort_the_hits(f: UserFilter, total: int) -> bool:
     return bool(f.search) and total <= SORT_HITS_UP_TO
 
 
-def list_users(q: UserQuery) -> UserPage:
-    """One page of the table. The page's ids come from the sort index alone (a
-    covering index walk, cheap even at a deep offset); only those rows are loaded."""
-    from sqlalchemy.orm import selectinload
+def _page_ids(q: UserQuery) -> tuple[list[int], int]:
+    """The ids of one page of the table, and how many users the filter matches.
 
-    total = db.session.scalar(q.filter.apply(select(func.count(User.id))))
+    The count is COUNT(*), which SQLite answers from the smallest index (an unfiltered
+    count of 100,000 users: 0.15 ms instead of 4 ms for COUNT(id)), and a filter's
+    count reads the filter index of migration 0005. The page's ids come from the sort
+    index alone (a covering index walk, cheap even at a deep offset)."""
+    total = db.session.scalar(q.filter.apply(select(func.count()).select_from(User)))
     pages = max(1, -(-total // q.per_page))
     q.page = min(q.page, pages)
     col = _sort_key(q)
@@ -284,10 +286,68 @@ def list_users(q: UserQuery) -> UserPage:
         col = col.op("||")(literal_column("''"))
     order = (col.desc(), User.id.desc()) if q.desc else (col.asc(), User.id.asc())
     ids = list(db.session.scalars(q.filter.apply(select(User.id)).order_by(*order)
-                                  .offset((q.page - 1) * q.per_page).limit(q.per_page)))
+                                  .offset((q.page - 1) * q.per_page).limit(q.per_page))) if total else []
+    return ids, total
+
+
+def list_users(q: UserQuery) -> UserPage:
+    """One page of users as User objects (the API and the CLI show every field)."""
+    from sqlalchemy.orm import selectinload
+
+    ids, total = _page_ids(q)
     rows = {u.id: u for u in db.session.scalars(
         select(User).where(User.id.in_(ids)).options(selectinload(User.profile),
                                                      selectinload(User.connection)))} if ids else {}
+    return UserPage([rows[i] for i in ids if i in rows], total, q)
+
+
+class _Named:
+    """The profile or connection of a table row: what the table shows of it."""
+    __slots__ = ("name", "is_do_not_deploy")
+
+    def __init__(self, name: str, is_do_not_deploy: bool = False):
+        self.name, self.is_do_not_deploy = name, is_do_not_deploy
+
+
+# What a row of the Users table shows, read as plain columns in one statement.
+TABLE_COLUMNS = (User.id, User.login_id, User.first_name, User.last_name, User.number,
+                 User.mbg_sip_username, User.mcs_account, User.email, User.deployed_at,
+                 User.downloaded_at, User.source, User.force_config, User.redeploy_required,
+                 User.send_error, User.not_in_source)
+TABLE_FIELDS = tuple(c.key for c in TABLE_COLUMNS)
+
+
+class UserRow:
+    """One line of the Users table. The same attribute names as User, so the table
+    reads it the same way; no ORM object is built (three times cheaper)."""
+    __slots__ = TABLE_FIELDS + ("profile", "connection")
+    display_name = property(User.display_name.fget)
+
+    def __init__(self, values, profile: _Named, connection: _Named | None):
+        for name, value in zip(TABLE_FIELDS, values):
+            setattr(self, name, value)
+        self.profile, self.connection = profile, connection
+
+
+def table_page(q: UserQuery) -> UserPage:
+    """One page of the Users tab: the same page as list_users, as UserRow lines read
+    with their profile and connection names in one statement."""
+    ids, total = _page_ids(q)
+    if not ids:
+        return UserPage([], total, q)
+    stmt = (select(*TABLE_COLUMNS, DeploymentProfile.id, DeploymentProfile.name,
+                   DeploymentProfile.is_do_not_deploy, Connection.name)
+            .join(DeploymentProfile, DeploymentProfile.id == User.profile_id)
+            .outerjoin(Connection, Connection.id == User.connection_id)
+            .where(User.id.in_(ids)))
+    profiles: dict[int, _Named] = {}
+    rows = {}
+    width = len(TABLE_COLUMNS)
+    for row in db.session.execute(stmt):
+        pid = row[width]
+        profile = profiles.get(pid) or profiles.setdefault(pid, _Named(row[width + 1], row[width + 2]))
+        conn = _Named(row[width + 3]) if row[width + 3] is not None else None
+        rows[row[0]] = UserRow(row, profile, conn)
     return UserPage([rows[i] for i in ids if i in rows], total, q)
 
 
@@ -365,7 +425,7 @@ def selection_query(selection: dict) -> Select:
 
 
 def count_selection(selection: dict) -> int:
-    query = selection_query(selection).with_only_columns(func.count(User.id))
+    query = selection_query(selection).with_only_columns(func.count()).select_from(User)
     return db.session.scalar(query)
 
 
