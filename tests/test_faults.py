@@ -31,7 +31,7 @@ from sqlalchemy import func, select, update
 
 from cds.extensions import db
 from cds.models import Deployment, Job, JobItem, SourceRecord, User, utcnow
-from tests.conftest import free_port
+from tests.conftest import configure_default_profile, free_port
 from tests.fixtures.source_server import PASSWORD, USERNAME, SourceServer, usa_user
 from tests.mailsink import MailSink, link_in, parts
 from tests.test_deploy import make_users, use_smtp
@@ -370,6 +370,7 @@ def test_full_disk(make_app, database_url, tmp_path, claims, monkeypatch):
                 from tests.conftest import empty_database
                 empty_database()
             ensure_builtin_profiles()
+            configure_default_profile()
             _, api_token = create_api_token("monitor", "readonly")
         ids = make_users(base, 40)
         # One user's phone is set up already, and keeps checking its status.
@@ -485,6 +486,7 @@ def test_read_only_outbox_keeps_the_previous_links_and_records_why(make_app, tmp
     with app.app_context():
         empty_database()
         ensure_builtin_profiles()
+        configure_default_profile()
     ids = make_users(app, 12)
     outbox = instance / "outbox"
     with app.app_context():
@@ -667,7 +669,9 @@ def test_healthz_reports_a_dead_scheduler_thread_until_the_watchdog_restarts_it(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(store, "update_job", broken_update)
-    wait_until(lambda: not first._thread.is_alive(), 30, "the scheduler thread to die")
+    # (Once the watchdog has replaced it, the old scheduler has no thread at all.)
+    wait_until(lambda: first._thread is None or not first._thread.is_alive(), 30,
+               "the scheduler thread to die")
     # Until the watchdog's next look it is reported; then it is running again.
     body = None
     for _ in range(50):

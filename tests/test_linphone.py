@@ -299,3 +299,18 @@ def test_wrong_paths_and_methods_under_provisioning_answer_plainly(client):
                                  ("GET", "/provisioning/", 404), ("GET", "/provisioning/linphone/device/" + "x" * 200, 410)):
         resp = client.open(path, method=method)
         assert resp.status_code == status and resp.mimetype == "text/plain", (method, path)
+
+
+def test_concurrent_first_fetches_use_the_link_once(app):
+    from concurrent.futures import ThreadPoolExecutor
+    uid = make_user(app, make_profile(app))
+    token = issue(app, uid)
+
+    def fetch(_):
+        return app.test_client().get(f"/provisioning/linphone/{token}", headers=LINPHONE).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = sorted(pool.map(fetch, range(8)))
+    assert codes.count(200) == 1 and codes.count(410) == 7
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(ClientDevice)) == 1

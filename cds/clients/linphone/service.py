@@ -43,7 +43,9 @@ _BY_TOKEN = DriverStatement(
            Deployment.superseded_at, Deployment.expires_at, *_COLUMNS)
     .join_from(Deployment, User, Deployment.user_id == User.id)
     .join(DeploymentProfile, DeploymentProfile.id == User.profile_id)
-    .where(Deployment.token_hash == bindparam("h")))
+    .where(Deployment.token_hash == bindparam("h"))
+    # PostgreSQL: the link's row stays locked until the batch commits (as in protocol v1).
+    .with_for_update(of=Deployment))
 _BY_KEY = DriverStatement(
     select(ClientDevice.id.label("device_pk"), ClientDevice.device_id, ClientDevice.platform,
            ClientDevice.revoked_at.label("device_revoked_at"), *_COLUMNS)
@@ -78,7 +80,7 @@ _AUDIT = DriverStatement(insert(AuditEvent).values(
 
 
 def _audit(cur, action: str, r, now: datetime, ip: str | None, detail: dict) -> None:
-    _AUDIT.execute(cur, {"at": now, "actor": f"client:{r.login_id}"[:64], "actor_type": "client",
+    _AUDIT.write(cur, {"at": now, "actor": f"client:{r.login_id}"[:64], "actor_type": "client",
                          "action": action, "user_id": r.user_id, "login_id": r.login_id, "count": None,
                          "detail": detail, "ip": ip})
 
@@ -123,13 +125,19 @@ def first_fetch(token: str, *, configured_url: str, ip: str | None, user_agent: 
         if r.client != "linphone":
             raise OTHER_CLIENT
         document = render(r, _secrets(r), device_url(cur, configured_url, key))  # before any write
-        if _CONSUME.execute(cur, {"d_id": r.deployment_id, "now": now, "dev": hint or None, "ip": ip}) != 1:
+        # Single use: only the request whose UPDATE changes the row goes on. In a
+        # PostgreSQL pipeline the row is locked since the read (FOR UPDATE), so the
+        # UPDATE changes it and its count need not be waited for.
+        used = {"d_id": r.deployment_id, "now": now, "dev": hint or None, "ip": ip}
+        if cur.pipeline is not None:
+            _CONSUME.write(cur, used)
+        elif _CONSUME.execute(cur, used) != 1:
             raise ClientError(410, *GONE_MESSAGES["used"])
-        _NEW_DEVICE.execute(cur, {
+        _NEW_DEVICE.write(cur, {
             "user_id": r.user_id, "deployment_id": r.deployment_id, "key_hash": token_hash(key),
             "device_id": hint, "platform": PLATFORM, "app_version": version,
             "activated_at": now, "last_seen_at": now, "last_ip": ip})
-        _USER_ACTIVATED.execute(cur, {"u_id": r.user_id, "now": now})
+        _USER_ACTIVATED.write(cur, {"u_id": r.user_id, "now": now})
         _audit(cur, "client.activate", r, now, ip, {
             "deployment": r.deployment_id, "platform": PLATFORM, "app_version": version, "device": hint})
         return r, document
@@ -156,9 +164,9 @@ def device_fetch(key: str, *, configured_url: str, ip: str | None, user_agent: s
         if r.client != "linphone":
             raise OTHER_CLIENT
         document = render(r, _secrets(r), device_url(cur, configured_url, key))
-        _USER_DOWNLOADED.execute(cur, {"u_id": r.user_id, "now": now})
+        _USER_DOWNLOADED.write(cur, {"u_id": r.user_id, "now": now})
         # The app sends its account (From) once it has one: a better name for the device.
-        _DEVICE_SEEN.execute(cur, {"d_pk": r.device_pk, "now": now, "ip": ip, "ver": version,
+        _DEVICE_SEEN.write(cur, {"d_pk": r.device_pk, "now": now, "ip": ip, "ver": version,
                                    "hint": hint or r.device_id})
         _audit(cur, "client.config_download", r, now, ip, {"device": r.device_id, "platform": PLATFORM})
         return document
