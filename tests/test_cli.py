@@ -70,9 +70,8 @@ def test_jobs_list_and_cancel(app, runner):
     from cds.jobs.service import create_job
     from cds.models import utcnow
     from datetime import timedelta
+    from cds.profiles.service import default_profile
     with app.app_context():
-        from cds.profiles.service import default_profile
-        # Not id 1: on PostgreSQL the ids keep counting across tests.
         job = create_job("assign_profile", {"filter": {}}, params={"profile_id": default_profile().id},
                          run_at=utcnow() + timedelta(hours=2))
         job_id = job.id
