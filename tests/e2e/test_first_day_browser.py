@@ -201,6 +201,12 @@ def test_the_first_day(browser, live_server):
     answer = phone_page.goto(link)
     assert answer.status == 200 and "/deploy/" in phone_page.url
     expect(phone_page.locator("body")).not_to_contain_text("Jane")
+    # On a phone the page offers a button that opens the app, and install links.
+    button = phone_page.locator("#open-app")
+    expect(button).to_be_visible()
+    assert button.get_attribute("href").startswith("cds-client://activate?link=")
+    expect(phone_page.locator("#on-phone .install a").first).to_be_visible()
+    expect(phone_page.locator("#on-computer img.qr")).to_be_hidden()
     if SHOTS:
         phone_page.screenshot(path=f"{SHOTS}/landing-phone-390.png", full_page=True)
     phone.close()
