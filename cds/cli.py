@@ -49,6 +49,27 @@ def pending_migrations() -> bool:
     return current != set(script.get_heads())
 
 
+class RoleChoice(click.Choice):
+    """primary, admin or read-only: the one spelling every command prints. The older
+    `readonly` is still accepted. Converts to the stored role name."""
+
+    def __init__(self, roles=("primary", "admin", "read-only")):
+        super().__init__(list(roles))
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.strip().lower() == "readonly":
+            value = "read-only"
+        return super().convert(value, param, ctx)
+
+
+def role_text(role: str) -> str:
+    return "read-only" if role == "readonly" else role
+
+
+def stored_role(role: str) -> str:
+    return "readonly" if role == "read-only" else role
+
+
 def fail(message: str, code: int = 1):
     """One line on stderr and a non-zero exit: what scripts and people both read."""
     click.echo(f"error: {message}", err=True)
@@ -93,8 +114,7 @@ def upgrade_command():
 
 @cds_cli.command("create-admin")
 @click.argument("name")
-@click.option("--role", type=click.Choice(["primary", "admin", "readonly"]), default="admin",
-              show_default=True)
+@click.option("--role", type=RoleChoice(), default="admin", show_default=True)
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 def create_admin_command(name, role, password_stdin):
     """Create an administrator account; the password is prompted for (or read from stdin)."""
@@ -104,8 +124,31 @@ def create_admin_command(name, role, password_stdin):
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    create_admin(name, password, role, actor="cli")
+    create_admin(name, password, stored_role(role), actor="cli")
     click.echo(f"administrator {name} created ({role})")
+
+
+@cds_cli.command("set-admin-role")
+@click.argument("name")
+@click.argument("role", type=RoleChoice())
+def set_admin_role_command(name, role):
+    """Change an administrator's role. The last active primary administrator keeps theirs."""
+    from sqlalchemy import select
+
+    from cds.auth.service import AccountError
+    from cds.extensions import db
+    from cds.models import AdminAccount
+    from cds.settings import accounts
+
+    admin = db.session.scalar(select(AdminAccount).where(AdminAccount.username == name))
+    if admin is None:
+        fail(f"no administrator {name!r}")
+    old = admin.role
+    try:
+        accounts.change_role(admin.id, stored_role(role), actor="cli")
+    except AccountError as exc:
+        fail(str(exc))
+    click.echo(f"administrator {name}: {role_text(old)} → {role}")
 
 
 @cds_cli.command("serve")
@@ -126,7 +169,7 @@ def serve_command(host, port):
             click.echo("First start: created the primary administrator.")
             click.echo("  user name: admin")
             click.echo(f"  password:  {password}")
-            click.echo("This password is shown once. Sign in and change it in Settings.")
+            click.echo("This password is shown once. CDS asks you to choose your own when you sign in.")
             click.echo("=" * 64)
         # Serve from a fresh interpreter (same process id): Alembic, loaded to migrate,
         # would otherwise stay in the console's memory for good.

@@ -67,6 +67,22 @@ def decrypt(ciphertext: str | None) -> str | None:
         raise SecretUnreadable("a stored secret cannot be decrypted with this instance's key") from None
 
 
+def seal(plaintext: str) -> str:
+    """A secret a form must send again (e.g. the password typed before an error),
+    carried encrypted in the page: never the typed value itself."""
+    return _cipher().encrypt(plaintext.encode()).decode()
+
+
+def unseal(sealed: str | None, max_age_seconds: int = 3600) -> str | None:
+    """The secret ``seal`` wrapped, if it is this instance's and recent; else None."""
+    if not sealed:
+        return None
+    try:
+        return _cipher().decrypt(sealed.encode(), ttl=max_age_seconds).decode()
+    except (InvalidToken, ValueError):
+        return None
+
+
 def encrypt_secrets(values: dict[str, str | None], cipher: MultiFernet | None = None) -> str | None:
     """A user's secrets as one encrypted JSON object (only those set), or None if none is."""
     present = {name: value for name, value in values.items() if value}

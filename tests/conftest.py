@@ -4,6 +4,7 @@ way the pages do, and helpers to create administrators."""
 from __future__ import annotations
 
 import os
+import shutil
 import re
 import socket
 import uuid
@@ -117,6 +118,10 @@ def app(make_app):
     """A fresh app on an emptied database. No context is left pushed: each test-client
     request gets its own, as in production (a shared one would share ``g``)."""
     app = make_app()
+    # The Outbox folder is the instance's, shared by the session: emptied with the database,
+    # or an earlier test's message (named after a deployment id used again) looks like
+    # this test's to the sweep of interrupted sends.
+    shutil.rmtree(os.path.join(app.instance_path, "outbox"), ignore_errors=True)
     with app.app_context():
         empty_database()
         from cds.profiles.service import ensure_builtin_profiles

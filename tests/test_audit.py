@@ -128,3 +128,27 @@ def test_secret_named_detail_values_are_never_stored(app):
 def test_audit_requires_sign_in(client):
     assert client.get("/audit").status_code == 302
     assert client.get("/audit/export.csv").status_code == 302
+
+
+def test_job_events_carry_who_asked_not_system(app):
+    """A job running on a background thread (no request) records its events as the
+    administrator or API token that started it."""
+    from cds.jobs.service import create_job, run_job
+    from tests.test_export import add_user
+    with app.app_context():
+        from cds.models import DeploymentProfile
+        add_user("ann")
+        other = DeploymentProfile(name="Teleworkers")
+        db.session.add(other)
+        db.session.commit()
+        job = create_job("assign_profile", {"filter": {}}, params={"profile_id": other.id}, actor="admin")
+        run_job(job.id)
+        event = db.session.scalar(select(AuditEvent).where(AuditEvent.action == "user.assign_profile"))
+        assert (event.actor, event.actor_type) == ("admin", "admin")
+    from cds.audit.service import acting_for, record_event
+    with app.app_context(), acting_for("nightly", "api"):
+        assert record_event("test.event", actor="nightly").actor_type == "api"
+        assert record_event("test.other").actor == "nightly"
+    with app.app_context():
+        assert record_event("test.cli", actor="cli").actor_type == "system"
+        assert record_event("test.scheduler").actor_type == "system"

@@ -124,3 +124,21 @@ def test_public_areas_answer_404_and_405_not_a_sign_in_page(client):
     assert resp.status_code == 405 and resp.get_json()["error"] == "method_not_allowed"
     assert client.get("/client/v1/nope").status_code == 404
     assert client.post("/healthz").status_code == 405
+
+
+def test_a_one_time_password_is_followed_by_the_prompt_to_choose_ones_own(app, client):
+    from cds.auth.service import ensure_first_admin
+    with app.app_context():
+        printed = ensure_first_admin()
+    resp = sign_in(client, "admin", printed)
+    assert resp.status_code == 302 and resp.headers["Location"].endswith("/settings/account")
+    page = client.get("/settings/account").get_data(as_text=True)
+    assert 'id="one-time-password"' in page and "Choose your own" in page
+    assert 'id="password-change-due"' in client.get("/users").get_data(as_text=True)
+    resp = client.post("/settings/account", data={"current": printed, "new": "my own long passphrase",
+                                                   "repeat": "my own long passphrase"})
+    assert resp.status_code in (200, 302)
+    assert 'id="password-change-due"' not in client.get("/users").get_data(as_text=True)
+    client.post("/logout")
+    resp = sign_in(client, "admin", "my own long passphrase")
+    assert resp.status_code == 302 and resp.headers["Location"].endswith("/users")

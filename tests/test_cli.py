@@ -70,8 +70,9 @@ def test_jobs_list_and_cancel(app, runner):
     from cds.jobs.service import create_job
     from cds.models import utcnow
     from datetime import timedelta
+    from cds.profiles.service import default_profile
     with app.app_context():
-        job = create_job("assign_profile", {"filter": {}}, params={"profile_id": 1},
+        job = create_job("assign_profile", {"filter": {}}, params={"profile_id": default_profile().id},
                          run_at=utcnow() + timedelta(hours=2))
         job_id = job.id
     listed = json.loads(run(runner, "jobs", "list", "--json").output)
@@ -79,3 +80,28 @@ def test_jobs_list_and_cancel(app, runner):
     assert run(runner, "jobs", "cancel", str(job_id)).exit_code == 0
     again = run(runner, "jobs", "cancel", str(job_id))
     assert again.exit_code == 1 and "already finished" in again.output
+
+
+def test_roles_are_spelled_read_only_and_the_old_spelling_still_works(app, runner):
+    from cds.models import AdminAccount
+    result = runner.invoke(args=["cds", "create-admin", "rita", "--role", "read-only", "--password-stdin"],
+                           input="correct horse battery\n")
+    assert result.exit_code == 0 and "created (read-only)" in result.output
+    result = runner.invoke(args=["cds", "create-admin", "otto", "--role", "readonly", "--password-stdin"],
+                           input="correct horse battery\n")
+    assert result.exit_code == 0 and "created (read-only)" in result.output
+    result = runner.invoke(args=["cds", "create-admin", "--help"])
+    assert "read-only" in result.output and "readonly" not in result.output
+    result = runner.invoke(args=["cds", "create-api-token", "ci", "--role", "readonly"])
+    assert result.exit_code == 0, result.output
+    assert '"role": "read-only"' in runner.invoke(args=["cds", "list-api-tokens", "--json"]).output
+    # Roles change from the shell too; the last active primary administrator keeps the role.
+    runner.invoke(args=["cds", "create-admin", "pat", "--role", "primary", "--password-stdin"],
+                  input="correct horse battery\n")
+    result = runner.invoke(args=["cds", "set-admin-role", "rita", "admin"])
+    assert result.exit_code == 0 and "read-only → admin" in result.output
+    result = runner.invoke(args=["cds", "set-admin-role", "pat", "read-only"])
+    assert result.exit_code == 1 and "last primary administrator" in result.output
+    with app.app_context():
+        roles = dict(db.session.execute(db.select(AdminAccount.username, AdminAccount.role)).all())
+    assert roles == {"rita": "admin", "otto": "readonly", "pat": "primary"}

@@ -199,7 +199,7 @@ def test_import_all_matching_with_a_profile_and_skips(admin_client, source, app)
                              follow_redirects=True)
     page = resp.get_data(as_text=True)
     assert "Imported 7 users." in page and "2 skipped" in page
-    assert "not a valid e-mail address" in page and "already used by another user" in page
+    assert "not a valid e-mail address" in page and "is already used by" in page
     with app.app_context():
         imported = db.session.scalars(select(User).where(User.source == "connection")).all()
         assert len(imported) == 7 and {u.profile.name for u in imported} == {"Sales"}
@@ -232,3 +232,41 @@ def test_import_and_deploy_sends_the_new_users_their_deployment(make_app, app, s
     with mail_app.app_context():
         users = db.session.scalars(select(User)).all()
         assert len(users) == 3 and all(u.deployed_at is not None for u in users)
+
+
+def test_unreachable_source_is_saved_not_verified_and_test_verifies_it_later(admin_client, source, app):
+    from tests.conftest import free_port
+    closed = f"http://127.0.0.1:{free_port()}"
+    resp = admin_client.post("/connections/new", data=create_form(source, url=closed, timeout="1"))
+    assert resp.status_code == 302
+    page = admin_client.get("/connections").get_data(as_text=True)
+    assert "not verified" in page and "saved" in page
+    with app.app_context():
+        conn = db.session.scalar(select(Connection))
+        assert not conn.verified and conn.get_password() == PASSWORD
+        conn.url = source.url  # the source is reachable now
+        db.session.commit()
+        conn_id = conn.id
+    admin_client.post(f"/connections/{conn_id}/test")
+    page = admin_client.get("/connections").get_data(as_text=True)
+    assert "connection works" in page and "Read 7 users" in page
+    with app.app_context():
+        assert db.session.get(Connection, conn_id).verified
+
+
+def test_the_typed_password_is_kept_sealed_after_a_form_error(admin_client, source, app):
+    resp = admin_client.post("/connections/new", data=create_form(source, name=""))
+    page = resp.get_data(as_text=True)
+    assert resp.status_code == 422 and PASSWORD not in page
+    kept = re.search(r'name="password_kept" type="hidden" value="([^"]+)"', page).group(1)
+    assert "The password you typed is kept" in page
+    # Corrected without typing the password again: created and authorized with the kept one.
+    resp = admin_client.post("/connections/new", data=create_form(source, password="", password_kept=kept))
+    assert resp.status_code == 302
+    with app.app_context():
+        conn = db.session.scalar(select(Connection))
+        assert conn.verified and conn.get_password() == PASSWORD
+    # Something not sealed by this instance is no password.
+    resp = admin_client.post("/connections/new", data=create_form(source, name="Other", password="",
+                                                                   password_kept="forged"))
+    assert resp.status_code == 422 and "password is required" in resp.get_data(as_text=True)

@@ -218,7 +218,7 @@ def test_duplicate_ids_login_ids_and_unknown_profile(admin_client, app):
     assert "Unknown columns (not imported): Shoe size" in page
     assert f"ID {existing_id} is also on line 2" in page
     assert "Login ID &#39;existing&#39; is also on line 2" in page
-    assert "Login ID &#39;taken&#39; already belongs to another user" in page
+    assert "Login ID &#39;taken&#39; is already used by" in page
     assert "Unknown profile &#39;Marketing&#39;" in page
     assert "Has 5 cells; the header has 6" in page
     admin_client.post("/import/csv/commit")
@@ -384,6 +384,41 @@ def test_cli_import_csv(app, tmp_path):
     result = runner.invoke(args=["cds", "import-csv", str(latin)])
     assert result.exit_code == 1 and "not UTF-8" in result.output
     assert os.path.exists(path)
+
+
+def test_retry_with_partial_import_and_fix_the_rejected_rows(app, admin_client):
+    """The file is kept for the retry, every error is listed with the count, and the
+    rejected rows come back as a CSV with the reason, to fix and import again."""
+    header = HEADER + ["Voicemail PIN"]
+    good = [person(i) + ["1234"] for i in range(5)]
+    bad = [person(100 + i, **{"Email address": f"broken{i}-at-example"}) + ["9876"] for i in range(12)]
+    data = make_csv(good + bad, header=header)
+    page = preview(admin_client, data, name="staff.csv").get_data(as_text=True)
+    assert "12 rows with errors" in page and page.count('class="reason"') == 12
+    assert "Allow partial import: skip these rows" in page
+    # Tick "allow partial import" without choosing the file again.
+    resp = admin_client.post("/import/csv/preview", data={"partial": "1", "empty_cells": "keep"})
+    page = resp.get_data(as_text=True)
+    assert resp.status_code == 200 and "Import 5 users (skip 12 rows)" in page
+    rejected_before = admin_client.get("/import/csv/rejected.csv?of=preview")
+    assert rejected_before.mimetype == "text/csv" and "broken0-at-example" in rejected_before.get_data(as_text=True)
+    page = admin_client.post("/import/csv/commit").get_data(as_text=True)
+    assert "12</strong> rows skipped" in page and 'id="csv-rejected"' in page
+    assert count_users(app) == 5
+    resp = admin_client.get("/import/csv/rejected.csv")
+    assert "staff-rejected-rows.csv" in resp.headers["Content-Disposition"]
+    rows = list(csv.reader(io.StringIO(resp.get_data(as_text=True).lstrip("\ufeff"))))
+    assert rows[0] == header + ["Reason"] and len(rows) == 13
+    assert all("not a valid e-mail address" in r[-1] for r in rows[1:])
+    assert all(r[header.index("Voicemail PIN")] == "" for r in rows[1:])  # never a secret in a download
+    # Fix the addresses and import the same file again: the Reason column is ignored.
+    fixed = [r[:2] + [r[2], r[3], r[4].replace("-at-example", "@example.org")] + r[5:] for r in rows[1:]]
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerows([rows[0]] + fixed)
+    page = preview(admin_client, out.getvalue().encode(), name="staff-fixed.csv").get_data(as_text=True)
+    assert "Unknown columns" not in page and "Reason" in page, page[page.find("csv-preview"):][:3000]
+    done = admin_client.post("/import/csv/commit").get_data(as_text=True)
+    assert count_users(app) == 17, re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", done))[:3000]
 
 
 # --- the same rules for secrets as the form, the API and the CLI ----------------------

@@ -82,7 +82,7 @@ def test_cancelled_scheduled_job_never_runs(admin_client, app):
                              headers={"HX-Request": "true", "HX-Target": "job-lists"})
     assert resp.status_code == 200
     text = resp.get_data(as_text=True)
-    assert "Cancelled: Delete: 1 selected user" in text  # the toast, out of band
+    assert "Cancelled: Delete: Ann Test (ann)" in text  # the toast, out of band
     assert f'id="scheduled-{cancelled}"' not in text and f'id="scheduled-{other}"' in text
     with app.app_context():
         # Both run times pass; the scheduler tick starts only the one not cancelled.
@@ -114,7 +114,7 @@ def test_cancel_without_htmx_redirects(admin_client, app):
     resp = admin_client.post(f"/jobs/{job_id}/cancel", data={"next": "detail"})
     assert resp.status_code == 302 and resp.headers["Location"].endswith(f"/jobs/{job_id}")
     page = admin_client.get(f"/jobs/{job_id}").get_data(as_text=True)
-    assert "cancelled" in page and "Cancelled: Delete: 1 selected user" in page
+    assert "cancelled" in page and "Cancelled: Delete: Ann Test (ann)" in page
 
 
 def test_readonly_sees_jobs_but_cannot_cancel(readonly_client, app):
@@ -122,7 +122,7 @@ def test_readonly_sees_jobs_but_cannot_cancel(readonly_client, app):
         add_user("ann")
     job_id = schedule_delete(app, ["ann"])
     page = readonly_client.get("/jobs").get_data(as_text=True)
-    assert "Delete: 1 selected user" in page and ">Cancel</button>" not in page
+    assert "Delete: Ann Test (ann)" in page and ">Cancel</button>" not in page
     assert readonly_client.post(f"/jobs/{job_id}/cancel").status_code == 403
     with app.app_context():
         assert db.session.get(Job, job_id).state == "scheduled"

@@ -160,3 +160,22 @@ def test_read_only_sees_profiles_but_cannot_change_them(app, readonly_client):
     assert readonly_client.get(f"/profiles/{ids['Default']}").status_code == 200
     assert readonly_client.post(f"/profiles/{ids['Default']}/delete").status_code == 403
     assert readonly_client.post("/profiles/new", data={"name": "X"}).status_code == 403
+
+
+def test_a_profile_in_use_is_not_offered_for_deletion_with_a_plain_question(app, admin_client):
+    """"Delete?" then "it has users" is a question answered wrongly: a profile in use says so
+    first, and its Delete opens the choice of where the users move."""
+    import re
+    with app.app_context():
+        used, empty = DeploymentProfile(name="Sales"), DeploymentProfile(name="Spare")
+        db.session.add_all([used, empty])
+        db.session.commit()
+        used_id, empty_id = used.id, empty.id
+    add_users(app, used_id, 2)
+    page = admin_client.get("/profiles").get_data(as_text=True)
+    used_button = re.search(rf'hx-post="/profiles/{used_id}/delete"[^>]*>', page).group(0)
+    empty_button = re.search(rf'hx-post="/profiles/{empty_id}/delete"[^>]*>', page).group(0)
+    assert "hx-confirm" not in used_button and "choose where they move" in used_button
+    assert "hx-confirm" in empty_button
+    panel = admin_client.post(f"/profiles/{used_id}/delete", headers={"HX-Request": "true"}).get_data(as_text=True)
+    assert 'id="reassign-panel"' in panel and "used by 2 users" in panel

@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 from cds import ROOT
 from cds.extensions import db
 from cds.models import Deployment, Job, User, utcnow
-from tests.conftest import free_port
+from tests.conftest import configure_default_profile, free_port
 
 PG_URL = os.environ.get("CDS_TEST_DATABASE_URL", "")
 SHARED_KEYS = {"CDS_ENCRYPTION_KEY": Fernet.generate_key().decode(),
@@ -120,6 +120,7 @@ def schedule_deploy(app, login_ids: list[str], seconds_ahead: int = 3) -> int:
     from cds.jobs.service import create_job
     from cds.profiles.service import default_profile
     with app.app_context():
+        configure_default_profile()  # its own database: Deploy skips a profile without servers
         profile = default_profile()
         users = []
         for login_id in login_ids:

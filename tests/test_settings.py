@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from sqlalchemy import select
 
 from cds.extensions import db
@@ -129,7 +131,7 @@ def test_change_role_reset_password_disable_enable(admin_client, app):
     bob = app.test_client()
     assert sign_in(bob, "bob").status_code == 302
 
-    resp = hx(admin_client, f"/settings/admins/{bob_id}/role", role="readonly")
+    resp = hx(admin_client, f"/settings/admins/{bob_id}/role", role="readonly", confirm="1")
     assert resp.status_code == 200 and "bob is now read-only." in resp.get_data(as_text=True)
     assert bob.get("/users").status_code == 200  # a role change keeps the session
     assert bob.post("/settings", data={}).status_code == 403  # …with the new role
@@ -171,7 +173,8 @@ def test_the_last_primary_administrator_stays(admin_client, app):
     assert hx(admin_client, f"/settings/admins/{alice_id}/role", role="readonly").status_code == 422
     # With a second active primary, alice may step down.
     hx(admin_client, f"/settings/admins/{carol_id}/enable")
-    assert hx(admin_client, f"/settings/admins/{alice_id}/role", role="admin").status_code == 200
+    resp = hx(admin_client, f"/settings/admins/{alice_id}/role", role="admin", confirm="1")
+    assert resp.status_code == 200
     with app.app_context():
         assert db.session.get(AdminAccount, alice_id).role == "admin"
 
@@ -250,3 +253,31 @@ def test_public_url_changed_in_settings_reaches_new_links(ctx):
     assert db.session.get(RedirectEntry, "h" * 64).cds_url == "https://cds.example.org"
     save_settings({"REDIRECT_URL": "https://go.example.org"})
     assert link_for("tok") == "https://go.example.org/r/tok"
+
+
+def test_role_changes_and_locking_oneself_out_ask_first(admin_client, app):
+    from cds.settings import accounts
+    make_admin(app, "bob", "admin")
+    make_admin(app, "carol", "primary")
+    bob_id, alice_id = admin_id(app, "bob"), admin_id(app, "alice")
+    # The drop-down alone changes nothing: the page asks, saying what the role may do.
+    page = hx(admin_client, f"/settings/admins/{bob_id}/role", role="readonly").get_data(as_text=True)
+    assert 'id="admin-confirm"' in page and "Change bob from administrator to read-only?" in page
+    assert "only look" in page and 'name="confirm" value="1"' in page
+    # Demoting oneself (another primary exists) says so, and needs the confirmation.
+    page = hx(admin_client, f"/settings/admins/{alice_id}/role", role="readonly").get_data(as_text=True)
+    assert "This is your own account" in page
+    page = hx(admin_client, f"/settings/admins/{alice_id}/disable").get_data(as_text=True)
+    assert 'id="admin-confirm"' in page and "disabling it signs you out" in page
+    with app.app_context():
+        assert db.session.get(AdminAccount, bob_id).role == "admin"
+        alice = db.session.get(AdminAccount, alice_id)
+        assert alice.role == "primary" and not alice.disabled
+        # The service enforces it for every caller, not only the page.
+        with pytest.raises(accounts.ConfirmationNeeded):
+            accounts.change_role(alice_id, "admin", actor="alice")
+        with pytest.raises(accounts.ConfirmationNeeded):
+            accounts.set_disabled(alice_id, True, actor="alice")
+    hx(admin_client, f"/settings/admins/{bob_id}/role", role="read-only", confirm="1")
+    with app.app_context():
+        assert db.session.get(AdminAccount, bob_id).role == "readonly"

@@ -337,7 +337,11 @@ def test_add_user_validation_errors_keep_what_was_typed(app, admin_client):
     assert 'value="jane-at-example"' in html and 'value="Jane"' in html  # kept
     assert "482913" not in html  # a typed secret is not echoed back
     resp = admin_client.post("/users/new", headers=HTMX, data=form_data(login_id="taken", profile_id=profile_id))
-    assert resp.status_code == 422 and "already has the Login ID" in resp.get_data(as_text=True)
+    assert resp.status_code == 422 and "is already used by" in resp.get_data(as_text=True)
+    # Another case is the same ID; the message names who has it.
+    resp = admin_client.post("/users/new", headers=HTMX, data=form_data(login_id="TAKEN", profile_id=profile_id))
+    html = resp.get_data(as_text=True)
+    assert resp.status_code == 422 and "(taken)" in html and "differ only in upper/lower case" in html
     resp = admin_client.post("/users/new", headers=HTMX, data=form_data(profile_id="99999"))
     assert resp.status_code == 422 and "Not a valid choice" in resp.get_data(as_text=True)
     resp = admin_client.post("/users/new", headers=HTMX, data=form_data(login_id="y" * 114, profile_id=profile_id))
@@ -406,7 +410,7 @@ def test_edit_user_validation_and_save(app, admin_client):
     assert "not a valid e-mail address" in resp.get_data(as_text=True)
     resp = admin_client.post(f"/users/{ids[0]}", headers={**HTMX, "HX-Target": "user-main"},
                              data=form_data(login_id="other", profile_id=profile_id))
-    assert resp.status_code == 422 and "already has the Login ID" in resp.get_data(as_text=True)
+    assert resp.status_code == 422 and "is already used by" in resp.get_data(as_text=True)
     resp = admin_client.post(f"/users/{ids[0]}", headers={**HTMX, "HX-Target": "user-main"},
                              data=form_data(login_id="jdoe", profile_id=profile_id, first_name="Janet"))
     assert resp.status_code == 200 and "Saved." in resp.get_data(as_text=True)
@@ -446,8 +450,18 @@ def test_id_change_revokes_access_and_tells_the_admin(app, admin_client):
         db.session.add(ClientDevice(user_id=ids[0], key_hash="b" * 64, platform="android", app_version="9.1"))
         db.session.commit()
         profile_id = str(default_profile().id)
+    # Asked first, saying what will happen; nothing changes until confirmed.
     resp = admin_client.post(f"/users/{ids[0]}", headers={**HTMX, "HX-Target": "user-main"},
                              data=form_data(login_id="jdoe2", profile_id=profile_id))
+    html = resp.get_data(as_text=True)
+    assert resp.status_code == 200 and 'id="id-change-confirm"' in html
+    assert "Change the ID from jdoe to jdoe2?" in html and "1 device stops working" in html
+    assert "1 unused deployment link stops working" in html
+    with app.app_context():
+        assert db.session.get(User, ids[0]).login_id == "jdoe"
+        assert db.session.scalar(db.select(ClientDevice)).revoked_at is None
+    resp = admin_client.post(f"/users/{ids[0]}", headers={**HTMX, "HX-Target": "user-main"},
+                             data=form_data(login_id="jdoe2", profile_id=profile_id, confirm_id_change="jdoe2"))
     assert resp.status_code == 200
     html = resp.get_data(as_text=True)
     assert 'id="id-change-notice"' in html and "factory reset" in html and "new deployment e-mail" in html
@@ -471,6 +485,10 @@ def test_id_change_redeploys_automatically_when_set(app, admin_client):
         profile_id = str(default_profile().id)
     html = admin_client.post(f"/users/{ids[0]}", headers={**HTMX, "HX-Target": "user-main"},
                              data=form_data(login_id="jdoe2", profile_id=profile_id)).get_data(as_text=True)
+    assert "a new deployment e-mail is sent at once" in html  # the question says so
+    html = admin_client.post(f"/users/{ids[0]}", headers={**HTMX, "HX-Target": "user-main"},
+                             data=form_data(login_id="jdoe2", profile_id=profile_id,
+                                            confirm_id_change="jdoe2")).get_data(as_text=True)
     assert "being sent automatically" in html
     with app.app_context():
         job = db.session.scalar(db.select(Job).where(Job.kind == "deploy"))

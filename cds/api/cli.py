@@ -4,11 +4,12 @@ import json
 import click
 
 from cds.api.tokens import create_api_token, list_api_tokens, revoke_api_token
+from cds.cli import RoleChoice, role_text
 
 
 @click.command("create-api-token")
 @click.argument("name")
-@click.option("--role", type=click.Choice(["admin", "read-only", "primary"]), default="admin",
+@click.option("--role", type=RoleChoice(("admin", "read-only", "primary")), default="admin",
               show_default=True, help="primary may also create and re-authorize connections.")
 @click.option("--expires", "expires_days", type=int, default=None, help="Days until it stops working.")
 def create_api_token_command(name, role, expires_days):
@@ -24,7 +25,7 @@ def create_api_token_command(name, role, expires_days):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_api_tokens_command(as_json):
     """List API tokens (never the tokens themselves)."""
-    rows = [{"id": t.id, "name": t.name, "role": "read-only" if t.role == "readonly" else t.role,
+    rows = [{"id": t.id, "name": t.name, "role": role_text(t.role),
              "created_at": t.created_at.isoformat() + "Z",
              "expires_at": t.expires_at.isoformat() + "Z" if t.expires_at else None,
              "last_used_at": t.last_used_at.isoformat() + "Z" if t.last_used_at else None,

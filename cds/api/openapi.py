@@ -13,6 +13,9 @@ from cds.users.service import MAX_SECRET_LENGTH
 TS = {"type": ["string", "null"], "format": "date-time"}
 STR = {"type": "string"}
 NSTR = {"type": ["string", "null"]}
+# A user's profile by name, as GET returns it ("profile"), or by id ("profile_id"); both must agree.
+PROFILE_NAME = {"type": "string", "description": "The profile's name (case-insensitive); "
+                                                 "an alternative to profile_id."}
 INT = {"type": "integer"}
 BOOL = {"type": "boolean"}
 
@@ -163,9 +166,10 @@ SCHEMAS.update({
                 "absent keeps it. Never returned.",
                 "properties": {k: {**NSTR, "maxLength": MAX_SECRET_LENGTH} for k in SECRET_NAMES},
                 "additionalProperties": False},
-    "UserCreate": obj({**USER_FIELD_PROPS, "profile_id": INT, "secrets": ref("Secrets")},
-                      ["login_id", "last_name", "email"]),
-    "UserUpdate": obj({**USER_FIELD_PROPS, "profile_id": INT, "secrets": ref("Secrets")}),
+    "UserCreate": obj({**USER_FIELD_PROPS, "profile_id": INT, "profile": PROFILE_NAME,
+                       "secrets": ref("Secrets")}, ["login_id", "last_name", "email"]),
+    "UserUpdate": obj({**USER_FIELD_PROPS, "profile_id": INT, "profile": PROFILE_NAME,
+                       "secrets": ref("Secrets")}),
     "Profile": obj({"id": INT, **PROFILE_PROPS, "is_default": BOOL, "is_do_not_deploy": BOOL,
                     "missing": {"type": "array", "items": STR, "description": "What the profile lacks for its "
                                 "client kind; Deploy skips its users while this is not empty."},

@@ -41,7 +41,7 @@ def _invalid(exc: users.InvalidUser):
 
 def _split_body(data: dict, user: User | None) -> tuple[dict, dict]:
     """JSON body -> (values for save_user, secrets). Unknown keys are refused, not ignored."""
-    allowed = set(USER_FIELDS) | {"profile_id", "secrets"}
+    allowed = set(USER_FIELDS) | {"profile_id", "profile", "secrets"}
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise ApiError(422, "invalid", "Unknown fields: " + ", ".join(unknown) + ".",
@@ -51,6 +51,20 @@ def _split_body(data: dict, user: User | None) -> tuple[dict, dict]:
     if "profile_id" in data and (not isinstance(data["profile_id"], int) or isinstance(data["profile_id"], bool)
                                  or not 1 <= data["profile_id"] <= 2**31 - 1):
         bad_types["profile_id"] = "must be a profile id (integer)"
+    if "profile" in data:
+        # GET says "profile" (the name): it is accepted back, alone or agreeing with profile_id.
+        from cds.profiles.service import find_profile_by_name
+        named = find_profile_by_name(data["profile"]) if isinstance(data["profile"], str) else None
+        if not isinstance(data["profile"], str):
+            bad_types["profile"] = "must be a profile name (string)"
+        elif named is None:
+            raise ApiError(422, "invalid", f"There is no profile named {data['profile']!r}.",
+                           {"profile": "no such profile"})
+        elif "profile_id" in data and data["profile_id"] != named.id:
+            raise ApiError(422, "invalid", "profile and profile_id name different profiles.",
+                           {"profile": "does not match profile_id"})
+        else:
+            data = {**data, "profile_id": named.id}
     secrets = data.get("secrets", {})
     if not isinstance(secrets, dict):
         bad_types["secrets"] = "must be an object"

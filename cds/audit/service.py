@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Iterator
@@ -42,16 +44,36 @@ def actor_type_of(actor: str | None) -> str:
     return "api" if actor.startswith("api:") else "admin"
 
 
+# Who a job acts for while it runs outside the request that started it (a background
+# thread, the scheduler): its events carry that actor and kind, not "system".
+_acting_for: ContextVar[tuple[str, str] | None] = ContextVar("cds_acting_for", default=None)
+
+
+@contextmanager
+def acting_for(actor: str | None, actor_type: str | None):
+    kind = actor_type or actor_type_of(actor)
+    token = _acting_for.set((actor, kind) if actor else None)
+    try:
+        yield
+    finally:
+        _acting_for.reset(token)
+
+
 def record_event(action: str, *, actor: str | None = None, actor_type: str | None = None,
                  user: User | None = None, count: int | None = None,
                  detail: dict | None = None, commit: bool = True) -> AuditEvent:
     """Add one audit event; with ``commit=False`` it joins the caller's transaction."""
     in_request = has_request_context()
+    job = None if in_request else _acting_for.get()
     if actor is None:
-        actor = (g.get("actor") if in_request else None) or "system"
+        actor = (g.get("actor") if in_request else (job[0] if job else None)) or "system"
     if actor_type is None:
-        actor_type = (g.get("actor_type") if in_request else None) or \
-            ("admin" if in_request and (g.get("admin") or g.get("actor")) else "system")
+        if in_request:
+            actor_type = g.get("actor_type") or ("admin" if g.get("admin") or g.get("actor") else "system")
+        elif job is not None and job[0] == actor:
+            actor_type = job[1]
+        else:
+            actor_type = actor_type_of(actor)
     event = AuditEvent(
         action=action, actor=actor[:64], actor_type=actor_type,
         user_id=user.id if user is not None else None,

@@ -6,7 +6,7 @@ from cds.audit.service import record_event
 from cds.auth.forms import LoginForm
 from cds.auth.service import (SignInThrottled, authenticate, check_sign_in_allowed, end_sessions,
                               record_failed_sign_in)
-from cds.web import client_ip
+from cds.web import client_ip, toast
 
 bp = Blueprint("auth", __name__)
 
@@ -46,6 +46,9 @@ def login():
             session["epoch"] = admin.session_epoch
             g.actor = admin.username
             record_event("admin.login", actor=admin.username)
+            if admin.password_change_due:
+                toast("You signed in with a one-time password: choose your own now.", "warning")
+                return redirect(url_for("settings.account"))
             return redirect(safe_next(request.args.get("next")) or url_for("users.index"))
         record_failed_sign_in(client_ip(), form.username.data)
         record_event("admin.login_failed", actor=form.username.data.strip()[:64] or "-")

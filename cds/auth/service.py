@@ -63,7 +63,9 @@ def ensure_first_admin() -> str | None:
     if db.session.scalar(select(func.count()).select_from(AdminAccount)):
         return None
     password = generate_password()
-    create_admin("admin", password, role="primary", actor="system", password_generated=True)
+    admin = create_admin("admin", password, role="primary", actor="system", password_generated=True)
+    admin.password_change_due = True  # printed in the log: the administrator chooses their own
+    db.session.commit()
     return password
 
 

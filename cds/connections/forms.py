@@ -1,7 +1,7 @@
 """Connection forms. Passwords are write-only: a form never carries the stored value."""
 from flask_wtf import FlaskForm
-from wtforms import (BooleanField, IntegerField, PasswordField, SelectField, StringField,
-                     TextAreaField)
+from wtforms import (BooleanField, HiddenField, IntegerField, PasswordField, SelectField,
+                     StringField, TextAreaField)
 from wtforms.validators import InputRequired, NumberRange, Optional
 
 from cds.models import CONNECTION_KINDS
@@ -81,17 +81,31 @@ class ConnectionEditForm(SettingsFields, FlaskForm):
     pass
 
 
-class ConnectionCreateForm(SettingsFields, FlaskForm):
+class KeptPassword:
+    """The password typed before an error is kept for the next attempt, sealed (encrypted
+    with the instance key) in a hidden field: the page never holds the password itself."""
+    password = PasswordField("Password")
+    password_kept = HiddenField()
+
+    def typed_password(self) -> str:
+        from cds.security import unseal
+        return self.password.data or unseal(self.password_kept.data) or ""
+
+    def keep_password(self) -> None:
+        from cds.security import seal
+        typed = self.typed_password()
+        self.password_kept.data = seal(typed) if typed else ""
+
+
+class ConnectionCreateForm(KeptPassword, SettingsFields, FlaskForm):
     kind = SelectField("Kind", choices=list(CONNECTION_KINDS.items()), default="mbg")
     url = StringField("URL", filters=[_strip])
     username = StringField("User name / bind DN", filters=[_strip])
-    password = PasswordField("Password")
 
 
-class AuthorizeForm(FlaskForm):
+class AuthorizeForm(KeptPassword, FlaskForm):
     url = StringField("URL", filters=[_strip])
     username = StringField("User name / bind DN", filters=[_strip])
-    password = PasswordField("Password")
 
     def add_errors(self, errors: dict) -> None:
         for name, message in errors.items():

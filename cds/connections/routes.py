@@ -53,11 +53,16 @@ def new():
             sync_interval_minutes=form.sync_interval_minutes.data,
             enabled=form.enabled.data, options=form.options(form.kind.data))
         try:
-            conn = create_connection(settings, form.password.data or "", actor=g.get("actor"))
+            conn = create_connection(settings, form.typed_password(), actor=g.get("actor"))
         except ConnectionProblem as exc:
             db.session.rollback()
             form.add_errors(exc.errors)
+            form.keep_password()
             return _render_form("connections/form.html", form, status=422, problem=str(exc))
+        if not conn.verified:
+            toast(f"Connection {conn.name} saved. {conn.last_sync_message} Press Test once the "
+                  f"source can be reached.", "warning")
+            return redirect(url_for("connections.index"))
         message = f"Connection {conn.name} created and authorized."
         try:
             result = verify_connection(conn)
@@ -65,6 +70,7 @@ def new():
         except SourceError as exc:
             toast(f"{message} Reading its users failed: {exc}", "warning")
         return redirect(url_for("connections.index"))
+    form.keep_password()
     return _render_form("connections/form.html", form, status=422)
 
 
@@ -101,11 +107,12 @@ def authorize(connection_id: int):
         return _render_form("connections/authorize.html", form, conn)
     form = AuthorizeForm(request.form)
     try:
-        reauthorize(conn, form.url.data or "", form.username.data or "", form.password.data or None,
+        reauthorize(conn, form.url.data or "", form.username.data or "", form.typed_password() or None,
                     actor=g.get("actor"))
     except ConnectionProblem as exc:
         db.session.rollback()
         form.add_errors(exc.errors)
+        form.keep_password()
         return _render_form("connections/authorize.html", form, conn, 422, problem=str(exc))
     toast(f"Connection {conn.name} re-authorized.", "success")
     return redirect(url_for("connections.index"))

@@ -170,23 +170,31 @@ def create_connection(settings: ConnectionSettings, password: str, *, actor: str
         raise ConnectionProblem("Check the highlighted fields.", errors)
     url = settings.url.strip().rstrip("/")
     options = settings.options or {}
+    grant, unverified = None, None
     try:
         grant = authorize(settings.kind, url, settings.username.strip(), password, options)
-    except SourceError as exc:
+    except SourceAuthError as exc:
         raise ConnectionProblem(f"The source did not accept the connection: {exc}",
-                                {"url" if not isinstance(exc, SourceAuthError) else "password":
-                                 str(exc)}) from None
+                                {"password": str(exc)}) from None
+    except SourceError as exc:
+        # Unreachable (or answering nonsense) now: saved anyway, marked not verified;
+        # Test authorizes it once the source answers.
+        unverified = str(exc)
     now = utcnow()
     conn = Connection(name=settings.name.strip(), kind=settings.kind, url=url,
                       username=settings.username.strip(), options=options,
                       sync_interval_minutes=settings.sync_interval_minutes,
-                      enabled=settings.enabled, verified=True, verified_at=now,
-                      token_enc=encrypt(grant.token), token_expires_at=grant.expires_at,
+                      enabled=settings.enabled, verified=grant is not None,
+                      verified_at=now if grant else None,
+                      token_enc=encrypt(grant.token) if grant else None,
+                      token_expires_at=grant.expires_at if grant else None,
+                      last_sync_ok=False if unverified else None,
+                      last_sync_message=f"Not verified: {unverified}"[:2000] if unverified else None,
                       next_sync_at=now + timedelta(minutes=settings.sync_interval_minutes))
     conn.set_password(password)
     db.session.add(conn)
     db.session.flush()
-    _audit("connection.create", conn, actor, host=host_of(conn))
+    _audit("connection.create", conn, actor, host=host_of(conn), verified=grant is not None)
     db.session.commit()
     return conn
 
@@ -337,7 +345,19 @@ def refresh_source_records(conn: Connection) -> RefreshResult:
 
 
 def verify_connection(conn: Connection) -> RefreshResult:
-    """The Test button: read the source now (which also refreshes the Import Users view)."""
+    """The Test button: read the source now (which also refreshes the Import Users view).
+    A connection saved while its source was unreachable is authorized first, with the
+    credentials it was saved with."""
+    if not conn.verified and conn.token_enc is None:
+        try:
+            grant = authorize(conn.kind, conn.url, conn.username, conn.get_password() or "",
+                              conn.options or {})
+        except SourceError as exc:
+            _record_failure(conn.id, f"Not verified: {exc}")
+            raise
+        conn.token_enc = encrypt(grant.token)
+        conn.token_expires_at = grant.expires_at
+        db.session.commit()
     return refresh_source_records(conn)
 
 
@@ -468,7 +488,8 @@ def sync_users(job: Job, users: list[User]) -> list[Outcome]:
 def _apply_record(user: User, rec: dict, fields: tuple[str, ...], claimed: set[str]
                   ) -> tuple[str, Outcome]:
     """Bring one imported user in line with its source record: (summary key, outcome)."""
-    from cds.users.service import (USER_FIELD_LABELS, apply_login_id_change, login_id_taken,
+    from cds.models import login_key
+    from cds.users.service import (USER_FIELD_LABELS, apply_login_id_change, login_id_owner,
                                    validate_user_fields)
 
     changes = {f: rec[f] for f in fields if rec[f] != getattr(user, f)}
@@ -479,10 +500,14 @@ def _apply_record(user: User, rec: dict, fields: tuple[str, ...], claimed: set[s
         return "failed", Outcome(user, "failed", "The source's data is not valid, nothing "
                                                  "changed: " + " ".join(errors.values()))
     new_login = changes.pop("login_id", None)
-    if new_login is not None and (new_login in claimed or login_id_taken(new_login, user.id)):
-        return "failed", Outcome(user, "failed", f"The source changed the login id to "
-                                                 f"{new_login!r}, which another user already has; "
-                                                 f"nothing changed.")
+    if new_login is not None:
+        owner = login_id_owner(new_login, user.id)
+        if owner is not None or login_key(new_login) in claimed:
+            who = f"{owner.display_name} ({owner.login_id})" if owner else "another user of this sync"
+            return "failed", Outcome(user, "failed", f"The source changed the login id to "
+                                                     f"{new_login!r}, which {who} already has (login "
+                                                     f"ids are the same ignoring upper/lower case); "
+                                                     f"nothing changed.")
     notes = []
     if user.not_in_source:
         user.not_in_source = False
@@ -495,7 +520,7 @@ def _apply_record(user: User, rec: dict, fields: tuple[str, ...], claimed: set[s
         notes.append("changed " + ", ".join(USER_FIELD_LABELS[f] for f in changes))
     if new_login is not None:
         old = user.login_id
-        claimed.add(new_login)
+        claimed.add(login_key(new_login))
         apply_login_id_change(user, new_login)
         notes.append(f"login id changed from {old!r} to {new_login!r}: devices revoked, "
                      f"redeploy required (factory reset the app and send a new deployment e-mail)")

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from cds.cli import fail
 from cds.extensions import db
 from cds.jobs.actions import RUN_AT_HELP, start_action
-from cds.models import User
+from cds.models import User, login_key
 from cds.users.service import parse_selection
 
 AT_HELP = f"Schedule for later: {RUN_AT_HELP}."
@@ -21,8 +21,9 @@ def _selection(all_users: bool, login_ids: tuple[str, ...]) -> dict:
     if all_users:
         return {"filter": {}}
     wanted = list(dict.fromkeys(login_ids))
-    rows = dict(db.session.execute(select(User.login_id, User.id).where(User.login_id.in_(wanted))).all())
-    missing = [x for x in wanted if x not in rows]
+    rows = dict(db.session.execute(select(User.login_key, User.id).where(
+        User.login_key.in_([login_key(x) for x in wanted]))).all())
+    missing = [x for x in wanted if login_key(x) not in rows]
     if missing:
         fail(f"no user with login id {', '.join(missing)}")
     return parse_selection({"ids": sorted(rows.values())})

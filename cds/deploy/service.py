@@ -48,6 +48,7 @@ INTERRUPTED_AFTER = timedelta(minutes=10)
 
 SKIP_DO_NOT_DEPLOY = "Profile is \"Do Not Deploy\"."
 NO_ADDRESS = "No e-mail address (the user has none and the profile has no central address)."
+OUTBOX_WRITTEN = "Written to the Outbox (no SMTP configured): not sent to the user."
 INTERRUPTED = ("Interrupted while the message was being sent; not resent, as it may already have "
                "arrived. Deploy again to send a new link.")
 NOT_WRITTEN = ("Interrupted while the message was being written to the outbox, and it is not there: "
@@ -233,7 +234,7 @@ def compose_deployment_mail(run: MailRun, user: User, dep: Deployment, token: st
     link = link_for(token, user.profile)
     rendered = run.templates.render(mail_context(user, link, dep.expires_at), user.profile)
     return build_message(rendered, run.transport.settings.sender, dep.recipient,
-                         png if png is not None else qr_png(link))
+                         png if png is not None else qr_png(link), recipient_name=user.display_name)
 
 
 def send_deployment_mail(run: MailRun, user: User, dep: Deployment, token: str, *,
@@ -310,7 +311,7 @@ def token_ref_of(dep: Deployment) -> str:
 
 def _outcome(user: User, delivery: Delivery) -> Outcome:
     if delivery.state == SENT:
-        return Outcome(user, "ok", "Written to the outbox." if delivery.outbox_file else "Sent.")
+        return Outcome(user, "ok", OUTBOX_WRITTEN if delivery.outbox_file else "Sent.")
     if delivery.state == RETRY:
         return Outcome(user, "failed", f"Not sent yet: {delivery.detail} It is retried automatically.")
     return Outcome(user, "failed", delivery.detail)
@@ -531,16 +532,109 @@ def force_config_batch(job: Job, users: list[User]) -> list[Outcome]:
 
 @action("auto_deploy", "Auto deploy", finish=_finish, schedulable=True, settle=settle_users)
 def auto_deploy_batch(job: Job, users: list[User]) -> list[Outcome]:
-    """Users whose client has downloaded get Set Force Config, all others Deploy."""
-    downloaded = [u for u in users if u.downloaded_at is not None and not u.redeploy_required]
-    active = set(db.session.scalars(select(ClientDevice.user_id).where(
-        ClientDevice.user_id.in_([u.id for u in downloaded]), ClientDevice.revoked_at.is_(None))))
-    forced = [u for u in downloaded if u.id in active]
-    forced_ids = {u.id for u in forced}
-    to_deploy = [u for u in users if u.id not in forced_ids]
-    outcomes = {o.user.id: o for o in force_config_users(job, forced)}
+    """Users whose client has downloaded get Set Force Config; users with a link that is
+    still open are left alone; all others Deploy (see ``classify``)."""
+    decisions = classify("auto_deploy", users)
+    forced = [u for u in users if decisions[u.id].step == FORCE]
+    to_deploy = [u for u in users if decisions[u.id].step in (SEND, FAIL)]
+    outcomes = {u.id: Outcome(u, "skipped", decisions[u.id].reason) for u in users
+                if decisions[u.id].step == SKIP}
+    outcomes.update({o.user.id: o for o in force_config_users(job, forced)} if forced else {})
     outcomes.update({o.user.id: o for o in deploy_users(job, to_deploy)} if to_deploy else {})
     return [outcomes[u.id] for u in users]
+
+
+# --- what Deploy and Auto deploy will do, before they do it ----------------------------
+
+FORCE, SEND, SKIP, FAIL = "force_config", "send", "skip", "fail"
+LINK_STILL_OPEN = ("A link sent earlier is still valid and not used yet: not sent again "
+                   "(Deploy sends a new one on purpose).")
+
+
+@dataclass
+class Decision:
+    step: str  # FORCE, SEND, SKIP (with the reason), FAIL (cannot be sent: the reason)
+    reason: str = ""
+
+
+def classify(kind: str, users: list[User]) -> dict[int, Decision]:
+    """What ``kind`` ("deploy" or "auto_deploy") does with each user, by id. One set of
+    rules for the confirmation (before anything is sent) and for the job itself.
+
+    Auto deploy: an activated client gets Set Force Config; a user whose last e-mail's
+    link is still valid and unused is not mailed again (a second e-mail would kill the
+    first link); everyone else is deployed. Deploy sends to everyone on purpose."""
+    ids = [u.id for u in users]
+    active: set[int] = set()
+    open_links: set[int] = set()
+    if kind == "auto_deploy" and ids:
+        downloaded = [u.id for u in users if u.downloaded_at is not None and not u.redeploy_required]
+        if downloaded:
+            active = set(db.session.scalars(select(ClientDevice.user_id).where(
+                ClientDevice.user_id.in_(downloaded), ClientDevice.revoked_at.is_(None))))
+        open_links = set(db.session.scalars(select(Deployment.user_id).where(
+            Deployment.user_id.in_(ids), Deployment.send_state == SEND_SENT,
+            Deployment.used_at.is_(None), Deployment.revoked_at.is_(None),
+            Deployment.superseded_at.is_(None), Deployment.expires_at > utcnow())))
+    decisions = {}
+    for user in users:
+        # Whom Deploy would not send to, and why, is Deploy's own rule (deploy_refusal).
+        refusal = deploy_refusal(user)
+        if user.id in active:
+            decisions[user.id] = Decision(FORCE)
+        elif refusal is not None and refusal[0] == "skipped":
+            decisions[user.id] = Decision(SKIP, refusal[1])
+        elif user.id in open_links:
+            decisions[user.id] = Decision(SKIP, LINK_STILL_OPEN)
+        elif refusal is not None:
+            decisions[user.id] = Decision(FAIL, refusal[1])
+        else:
+            decisions[user.id] = Decision(SEND)
+    return decisions
+
+
+@dataclass
+class DeployPreview:
+    """The counts a Deploy / Auto deploy confirmation shows."""
+    kind: str
+    total: int = 0
+    force_config: int = 0
+    send: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)   # reason -> users
+    failing: dict[str, int] = field(default_factory=dict)   # reason -> users
+
+    @property
+    def skipped_total(self) -> int:
+        return sum(self.skipped.values())
+
+    @property
+    def failing_total(self) -> int:
+        return sum(self.failing.values())
+
+
+def preview_deploy(kind: str, selection: dict, batch: int = 1000) -> DeployPreview:
+    """Classify every selected user as the job will (``classify``), without changing anything."""
+    from cds.users.service import selection_query
+
+    preview = DeployPreview(kind)
+    last_id = 0
+    while True:
+        users = list(db.session.scalars(selection_query(selection).where(User.id > last_id)
+                                        .order_by(User.id).limit(batch)
+                                        .options(selectinload(User.profile))))
+        if not users:
+            break
+        for decision in classify(kind, users).values():
+            preview.total += 1
+            if decision.step == FORCE:
+                preview.force_config += 1
+            elif decision.step == SEND:
+                preview.send += 1
+            else:
+                bucket = preview.skipped if decision.step == SKIP else preview.failing
+                bucket[decision.reason] = bucket.get(decision.reason, 0) + 1
+        last_id = users[-1].id
+    return preview
 
 
 # --- retries and interrupted sends (scheduler) -------------------------------------

@@ -100,7 +100,8 @@ def iso_utc(value: datetime | None) -> str:
 
 
 def _source_labels() -> dict:
-    labels = {("manual", None): "Manual", ("csv", None): "CSV"}
+    from cds.models import SOURCE_LABELS
+    labels = {(code, None): label for code, label in SOURCE_LABELS.items()}
     for cid, name in db.session.execute(select(Connection.id, Connection.name)):
         labels[("connection", cid)] = name
     return labels

@@ -19,7 +19,7 @@ from cds import errors
 from cds.extensions import db
 from cds.imports.service import insert_users
 from cds.models import (SOURCE_CONNECTION, SOURCE_CSV, USER_SECRETS, DeploymentProfile, User,
-                        utcnow)
+                        login_key, utcnow)
 from cds.security import decrypt_secrets, encrypt_secrets
 
 # The CSV format shared by import, export and the template: header -> key.
@@ -61,6 +61,9 @@ def header_key(name: str) -> str:
 
 HEADER_KEYS = {header_key(label): key for label, key in COLUMNS + SECRET_COLUMNS}
 LABELS = {key: label for label, key in COLUMNS + SECRET_COLUMNS}
+# The last column of the rejected-rows download: ignored when that file comes back fixed.
+HEADER_KEYS["reason"], LABELS["reason"] = "reason", "Reason"
+INFO_KEYS = INFO_KEYS + ("reason",)
 
 
 class CsvProblem(errors.Invalid):
@@ -356,33 +359,34 @@ def _stored_secrets(ids: list[int]) -> dict[int, str | None]:
 
 def _check_login_ids(plans: list[RowPlan], existing: dict[int, dict]) -> None:
     """A login id may appear once in the file and must not belong to another user
-    (unless that user is given a new login id by this same file)."""
+    (unless that user is given a new login id by this same file). Ignoring case:
+    "JDoe" and "jdoe" are the same ID."""
+    from cds.users.service import login_id_in_use, login_id_owners
+
     first_line: dict[str, int] = {}
     for plan in plans:
         if plan.errors or plan.action not in ("create", "update") or not plan.login_id:
             continue
+        key = login_key(plan.login_id)
         if plan.action == "update" and "login_id" not in plan.values:
-            first_line.setdefault(plan.login_id, plan.line)
+            first_line.setdefault(key, plan.line)
             continue
-        if plan.login_id in first_line:
-            plan.errors.append(f"Login ID {plan.login_id!r} is also on line {first_line[plan.login_id]}.")
+        if key in first_line:
+            plan.errors.append(f"Login ID {plan.login_id!r} is also on line {first_line[key]}"
+                                " (Login IDs are the same ignoring upper/lower case).")
         else:
-            first_line[plan.login_id] = plan.line
-    wanted = sorted({p.login_id for p in plans if p.login_id and not p.errors
-                     and (p.action == "create" or "login_id" in p.values)})
-    owners: dict[str, int] = {}
-    for start in range(0, len(wanted), 900):
-        owners.update(db.session.execute(select(User.login_id, User.id).where(
-            User.login_id.in_(wanted[start:start + 900]))).all())
+            first_line[key] = plan.line
+    owners = login_id_owners(p.login_id for p in plans if p.login_id and not p.errors
+                             and (p.action == "create" or "login_id" in p.values))
     moving_away = {p.user_id for p in plans if p.action == "update" and "login_id" in p.values
                    and not p.errors}
     for plan in plans:
-        if plan.errors or plan.login_id not in owners:
+        owner = owners.get(login_key(plan.login_id)) if plan.login_id else None
+        if plan.errors or owner is None:
             continue
         if plan.action == "create" or "login_id" in plan.values:
-            owner = owners[plan.login_id]
-            if owner != plan.user_id and owner not in moving_away:
-                plan.errors.append(f"Login ID {plan.login_id!r} already belongs to another user.")
+            if owner[0] != plan.user_id and owner[0] not in moving_away:
+                plan.errors.append(login_id_in_use(plan.login_id, owner[1], owner[2]))
 
 
 # --- writing ---------------------------------------------------------------------------
@@ -474,6 +478,33 @@ def commit_import(data: bytes, options: CsvOptions, *, actor: str | None = None,
         db.session.rollback()
         raise
     return result
+
+
+REASON_COLUMN = LABELS["reason"]
+
+
+def rejected_rows_csv(data: bytes, rows: list[RowPlan]) -> str:
+    """The rows of the file that have errors, as the file wrote them, with a last
+    "Reason" column: to fix and import again (the Reason column is reported as unknown
+    and ignored then). The secret columns are left empty: this file is a download, and
+    downloads never carry a password or PIN."""
+    header, raw_rows = read_rows(decode(data))
+    reasons = {r.line: " ".join(r.errors) for r in rows if r.errors}
+    secret_at = {i for i, name in enumerate(header)
+                 if HEADER_KEYS.get(header_key(name)) in dict(SECRET_COLUMNS).values()}
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow([*header, REASON_COLUMN] if header_key(header[-1]) != header_key(REASON_COLUMN)
+                    else header)
+    drop_reason = header_key(header[-1]) == header_key(REASON_COLUMN)
+    for line, cells in raw_rows:
+        if line not in reasons:
+            continue
+        cells = ["" if i in secret_at else c for i, c in enumerate(cells)]
+        if drop_reason:
+            cells = cells[:len(header) - 1]
+        writer.writerow([*cells, reasons[line]])
+    return out.getvalue()
 
 
 def template_csv() -> str:

@@ -5,7 +5,8 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from cds.extensions import db
 from cds.imports.csv_import import (EMPTY_POLICIES, MAX_LISTED_ERRORS, CsvOptions, CsvProblem,
-                                    CsvRejected, commit_import, plan_import, template_csv)
+                                    CsvRejected, commit_import, plan_import, rejected_rows_csv,
+                                    template_csv)
 from cds.imports.service import (PAGE_SIZES, ImportProblem, RecordFilter, connection_choices,
                                  discard_upload, import_and_deploy,
                                  import_records, list_records, parse_record_selection,
@@ -18,6 +19,7 @@ from cds.web import page_number, row_id, toast, write_required
 bp = Blueprint("imports", __name__, url_prefix="/import")
 
 SESSION_KEY = "csv_import"
+REJECTED_KEY = "csv_rejected"
 
 
 def _int_arg(name: str, default: int) -> int:
@@ -114,6 +116,20 @@ def _options_from(form) -> CsvOptions:
 def csv_preview():
     upload = request.files.get("file")
     options = _options_from(request.form)
+    pending = session.get(SESSION_KEY)
+    if (upload is None or not upload.filename) and pending:
+        # No new file: preview the one already uploaded again, with the options now chosen
+        # (e.g. "allow partial import" ticked after seeing the errors).
+        try:
+            data = read_upload(pending.get("file"))
+            plan = plan_import(data, options)
+        except ImportProblem as exc:
+            session.pop(SESSION_KEY, None)
+            return _csv_page(422, problem=str(exc), options=options)
+        except CsvProblem as exc:
+            return _csv_page(422, problem=f"{pending.get('name')}: {exc}", options=options)
+        session[SESSION_KEY] = {**pending, "options": options.to_dict()}
+        return _csv_page(200, plan=plan, file_name=pending.get("name"), options=options)
     if upload is None or not upload.filename:
         return _csv_page(422, problem="Choose a CSV file to upload.", options=options)
     data = upload.read()
@@ -129,6 +145,44 @@ def csv_preview():
     session[SESSION_KEY] = {"file": store_upload(data), "name": upload.filename[:200],
                             "options": options.to_dict()}
     return _csv_page(200, plan=plan, file_name=upload.filename, options=options)
+
+
+def _rejected_name(file_name: str) -> str:
+    stem = (file_name or "users.csv").rsplit(".", 1)[0]
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in stem)[:80] or "users"
+    return f"{safe}-rejected-rows.csv"
+
+
+@bp.route("/csv/rejected.csv")
+@write_required
+def csv_rejected():
+    """The rows with errors, with the reason: of the previewed file (``?of=preview``) or
+    of the last import, to fix and import again."""
+    if request.args.get("of") == "preview":
+        pending = session.get(SESSION_KEY)
+        try:
+            data = read_upload(pending.get("file")) if pending else b""
+            if not data:
+                raise ImportProblem("There is no previewed file any more; upload it again.")
+            options = CsvOptions.from_dict(pending.get("options") or {})
+            text = rejected_rows_csv(data, plan_import(data, options).rows)
+        except (ImportProblem, CsvProblem) as exc:
+            toast(str(exc), "error")
+            return redirect(url_for("imports.csv_page"))
+        name = pending.get("name", "")
+    else:
+        rejected = session.get(REJECTED_KEY)
+        try:
+            text = read_upload(rejected.get("file")).decode("utf-8") if rejected else None
+        except ImportProblem:
+            text = None
+        if text is None:
+            toast("The rejected rows of the last import are no longer available.", "error")
+            return redirect(url_for("imports.csv_page"))
+        name = rejected.get("name", "")
+    return Response("\ufeff" + text, mimetype="text/csv", headers={
+        "Content-Disposition": f'attachment; filename="{_rejected_name(name)}"',
+        "Cache-Control": "no-store"})
 
 
 @bp.route("/csv/commit", methods=["POST"])
@@ -154,6 +208,12 @@ def csv_commit():
                          options=options)
     discard_upload(pending.get("file"))
     session.pop(SESSION_KEY, None)
+    old = session.pop(REJECTED_KEY, None)
+    discard_upload(old and old.get("file"))
+    if result.skipped:
+        # Kept (owner-only, pruned after a day) so the skipped rows can be downloaded and fixed.
+        session[REJECTED_KEY] = {"file": store_upload(rejected_rows_csv(data, result.skipped).encode("utf-8")),
+                                 "name": pending.get("name", "")}
     toast(result.describe(), "warning" if result.skipped else "success")
     return _csv_page(200, result=result, file_name=pending.get("name"), options=options)
 

@@ -19,7 +19,8 @@ from sqlalchemy.orm import aliased
 
 from cds import errors
 from cds.extensions import db
-from cds.models import SOURCE_CONNECTION, Connection, DeploymentProfile, SourceRecord, User, utcnow
+from cds.models import (SOURCE_CONNECTION, Connection, DeploymentProfile, SourceRecord, User, login_key,
+                        utcnow)
 from cds.scheduler import tick_task
 from cds.sources import FIELD_SIZES
 
@@ -218,7 +219,9 @@ def import_records(selection: dict, profile_id=None, *, actor: str | None = None
     imported = set(db.session.execute(
         select(User.connection_id, User.source_key).where(
             User.connection_id.in_({r.connection_id for r in records}))).all())
-    taken = _existing_login_ids({r.login_id for r in records})
+    from cds.users.service import login_id_in_use, login_id_owners
+
+    taken = login_id_owners(r.login_id for r in records)
     names = dict(db.session.execute(select(Connection.id, Connection.name)).all())
     result = ImportResult([])
     rows = []
@@ -233,10 +236,12 @@ def import_records(selection: dict, profile_id=None, *, actor: str | None = None
         if errors:
             result.skipped.append((who, " ".join(errors.values())))
             continue
-        if rec.login_id in taken:
-            result.skipped.append((who, f"Login ID {rec.login_id!r} is already used by another user."))
+        owner = taken.get(login_key(rec.login_id))
+        if owner is not None:
+            result.skipped.append((who, login_id_in_use(rec.login_id, owner[1], owner[2])))
             continue
-        taken.add(rec.login_id)
+        taken[login_key(rec.login_id)] = (0, rec.login_id, " ".join(
+            p for p in (rec.first_name, rec.last_name) if p) or rec.login_id)
         rows.append({**values, "profile_id": profile.id, "source": SOURCE_CONNECTION,
                      "connection_id": rec.connection_id, "source_key": rec.source_key,
                      "created_at": now, "updated_at": now})
@@ -261,6 +266,9 @@ def insert_users(rows: list[dict]) -> None:
     """Insert users in bulk within the caller's transaction (the caller commits)."""
     if not rows:
         return
+    # Bulk inserts bypass the model: the case-folded key is set here (see models.login_key).
+    for row in rows:
+        row["login_key"] = login_key(row["login_id"])
     table = User.__table__
     trigger_sql = None
     if len(rows) >= BULK_INDEX_THRESHOLD and db.session.get_bind().dialect.name == "sqlite":
@@ -279,14 +287,6 @@ def insert_users(rows: list[dict]) -> None:
         db.session.execute(text(f'INSERT INTO user_search(rowid, {names}) SELECT id, {names} '
                                 f'FROM "user" WHERE id > :before'), {"before": before})
         db.session.execute(text(trigger_sql))
-
-
-def _existing_login_ids(candidates: set[str]) -> set[str]:
-    found, items = set(), sorted(c for c in candidates if c)
-    for start in range(0, len(items), 900):
-        found.update(db.session.scalars(select(User.login_id).where(
-            User.login_id.in_(items[start:start + 900]))))
-    return found
 
 
 def _ids_of(pairs: list[tuple[int, str]]) -> list[int]:

@@ -26,6 +26,7 @@ from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from cds import errors
+from cds.audit.service import acting_for
 from cds.extensions import db
 from cds.models import (JOB_CANCELLED, JOB_DONE, JOB_FAILED, JOB_QUEUED, JOB_RUNNING,
                         JOB_SCHEDULED, Job, JobItem, User, utcnow)
@@ -475,28 +476,29 @@ def _run_claimed(job: Job, claim: Claim) -> Job:
     log.info("job %s (%s) started by %s: %s users", job.id, job.kind, claim.token, job.total)
     # Resume after the last user this job recorded (users are walked in id order).
     last_id = db.session.scalar(select(func.max(JobItem.user_id)).where(JobItem.job_id == job.id)) or 0
-    try:
-        while True:
-            if claim.lost.is_set():
-                raise ClaimLost(f"job {job.id} was taken over by another runner")
-            if _stopping.is_set():
-                raise RunnerStopping(f"job {job.id}: this process is stopping")
-            query = selection_query(job.params["selection"]).where(User.id > last_id) \
-                .order_by(User.id).limit(act.batch_size)
-            users = list(db.session.scalars(query))
-            if not users:
-                break
-            outcomes = act.run_batch(job, users)
-            _record(job, outcomes, token=claim.token)
-            last_id = users[-1].id
-            db.session.refresh(job)
-            if job.state == JOB_CANCELLED:
-                log.info("job %s cancelled after %s users", job.id, job.done)
-                return job
-            log.info("job %s progress %s/%s", job.id, job.done, job.total)
-    finally:
-        if act.finish:
-            act.finish(job)
+    with acting_for(job.created_by, job.params.get("actor_type")):
+        try:
+            while True:
+                if claim.lost.is_set():
+                    raise ClaimLost(f"job {job.id} was taken over by another runner")
+                if _stopping.is_set():
+                    raise RunnerStopping(f"job {job.id}: this process is stopping")
+                query = selection_query(job.params["selection"]).where(User.id > last_id) \
+                    .order_by(User.id).limit(act.batch_size)
+                users = list(db.session.scalars(query))
+                if not users:
+                    break
+                outcomes = act.run_batch(job, users)
+                _record(job, outcomes, token=claim.token)
+                last_id = users[-1].id
+                db.session.refresh(job)
+                if job.state == JOB_CANCELLED:
+                    log.info("job %s cancelled after %s users", job.id, job.done)
+                    return job
+                log.info("job %s progress %s/%s", job.id, job.done, job.total)
+        finally:
+            if act.finish:
+                act.finish(job)
     state = JOB_FAILED if job.failed and not job.succeeded and not job.skipped else JOB_DONE
     finished = db.session.execute(update(Job).where(Job.id == job.id, Job.runner == claim.token,
                                                     Job.state == JOB_RUNNING).values(
@@ -556,12 +558,15 @@ def job_items(job: Job, outcome: str | None = None, limit: int = 200) -> list[Jo
 
 
 def reason_counts(job: Job) -> list[tuple[str, str, int]]:
-    """(outcome, message, count) for skipped and failed users: the summary's reasons."""
+    """(outcome, message, count): the summary's split. Successes are split too (e.g. Auto
+    deploy: "Force config set." and "Sent."; an Outbox write is not a send), then
+    failures and skips with their reasons."""
     rows = db.session.execute(
         select(JobItem.outcome, JobItem.message, func.count())
-        .where(JobItem.job_id == job.id, JobItem.outcome != "ok")
-        .group_by(JobItem.outcome, JobItem.message).order_by(func.count().desc()).limit(20))
-    return [tuple(r) for r in rows]
+        .where(JobItem.job_id == job.id)
+        .group_by(JobItem.outcome, JobItem.message).order_by(func.count().desc()).limit(30))
+    order = {"ok": 0, "failed": 1, "skipped": 2}
+    return sorted((tuple(r) for r in rows), key=lambda r: order.get(r[0], 3))
 
 
 # --- what the Jobs tab shows ------------------------------------------------------

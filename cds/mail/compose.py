@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import re
 from dataclasses import dataclass
+from email.utils import formataddr, make_msgid, parseaddr
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -225,11 +226,23 @@ class DeploymentMessage(Message):
         return msg
 
 
-def build_message(rendered: RenderedMail, sender: str, recipient: str, qr_png: bytes | None) -> Message:
-    """A Flask-Mail message: text and HTML alternatives, the QR code as an inline image."""
+def message_id(sender: str) -> str:
+    """A Message-ID in the sender's own domain: one in ``localhost`` (the host name of a
+    typical appliance) is a spam signal, and it is not unique across installations."""
+    domain = parseaddr(sender)[1].rpartition("@")[2].strip().lower()
+    return make_msgid(domain=domain if domain and domain != "localhost" else None)
+
+
+def build_message(rendered: RenderedMail, sender: str, recipient: str, qr_png: bytes | None,
+                  recipient_name: str = "") -> Message:
+    """A Flask-Mail message: text and HTML alternatives, the QR code as an inline image.
+    ``To:`` carries the user's name: a bare address beside an image is a spam signal."""
     attachments = []
     if qr_png is not None:
         attachments.append(Attachment(QR_FILENAME, "image/png", qr_png, "inline",
                                       {"Content-ID": f"<{QR_CID}>"}))
-    return DeploymentMessage(subject=rendered.subject, recipients=[recipient], body=rendered.text,
-                             html=rendered.html, sender=sender, attachments=attachments)
+    to = formataddr((" ".join(recipient_name.split()), recipient)) if recipient_name.strip() else recipient
+    message = DeploymentMessage(subject=rendered.subject, recipients=[to], body=rendered.text,
+                                html=rendered.html, sender=sender, attachments=attachments)
+    message.msgId = message_id(sender)
+    return message

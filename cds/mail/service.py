@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask_mail import Message
 
 from cds.audit.service import record_event
-from cds.mail.compose import MailTemplates, TemplateProblem, qr_data_uri, sample_context
+from cds.mail.compose import MailTemplates, TemplateProblem, message_id, qr_data_uri, sample_context
 from cds.mail.qr import qr_png
 from cds.mail.transport import SENT, Delivery, MailSettings, MailTransport
 from cds.settings.service import public_url, redirect_url
@@ -35,6 +35,7 @@ def send_test_mail(to: str, actor: str) -> Delivery:
                       body=f"This is a test e-mail from the CDS at {public_url()}.\n"
                            f"Sent by {actor} at {utcnow():%Y-%m-%d %H:%M} UTC.\n\n"
                            "If you can read this, deployment e-mails can be delivered.\n")
+    message.msgId = message_id(settings.sender)
     try:
         delivery = transport.send(message, label="test")
     finally:

@@ -28,13 +28,15 @@ def _message(name: str):
 @bp.route("")
 def index():
     page = page_number(request.args.get("page"))
-    entries, total = service.list_messages(page)
+    to = request.args.get("to", "").strip()[:254]
+    entries, total = service.list_messages(page, to)
     if not _may_see_links():
         for entry in entries:
             entry.subject = service.mask_links(entry.subject)
     pages = max(1, -(-total // service.PAGE_SIZE))
+    everything = service.count_messages() if to else total
     return render_template("outbox/index.html", entries=entries, total=total, page=page, pages=pages,
-                           settings=MailSettings.load(), active_tab="settings")
+                           to=to, everything=everything, settings=MailSettings.load(), active_tab="settings")
 
 
 @bp.route("/<name>")

@@ -14,7 +14,7 @@ from cds import errors
 from cds.mail.compose import qr_data_uri
 from cds.mail.transport import outbox_dir
 
-PAGE_SIZE = 100
+PAGE_SIZE = 50
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.eml$")
 
 
@@ -81,18 +81,33 @@ def _date(value) -> datetime | None:
     return when
 
 
-def list_messages(page: int = 1) -> tuple[list[OutboxEntry], int]:
-    """One page of messages, newest first, and the total count. Only headers are read."""
+def _entry(path: Path, parser) -> OutboxEntry:
+    with path.open("rb") as fh:
+        headers = parser.parse(fh)
+    return OutboxEntry(path.name, str(headers.get("Subject", "")), str(headers.get("To", "")),
+                       _date(headers.get("Date")), path.stat().st_size)
+
+
+def list_messages(page: int = 1, to: str = "") -> tuple[list[OutboxEntry], int]:
+    """One page of messages, newest first, and how many there are. ``to``: only those
+    whose recipient (name or address) contains it, ignoring case. Only headers are read."""
     files = _files()
     start = (max(page, 1) - 1) * PAGE_SIZE
-    entries = []
     parser = BytesHeaderParser(policy=policy.default)
-    for path in files[start:start + PAGE_SIZE]:
-        with path.open("rb") as fh:
-            headers = parser.parse(fh)
-        entries.append(OutboxEntry(path.name, str(headers.get("Subject", "")), str(headers.get("To", "")),
-                                   _date(headers.get("Date")), path.stat().st_size))
-    return entries, len(files)
+    wanted = to.strip().casefold()
+    if not wanted:
+        return [_entry(p, parser) for p in files[start:start + PAGE_SIZE]], len(files)
+    matching = [e for e in (_entry(p, parser) for p in files) if wanted in e.to.casefold()]
+    return matching[start:start + PAGE_SIZE], len(matching)
+
+
+def count_messages() -> int:
+    return len(_files())
+
+
+def has_messages() -> bool:
+    folder = outbox_dir()
+    return folder.is_dir() and any(folder.glob("*.eml"))
 
 
 def _path(name: str) -> Path:

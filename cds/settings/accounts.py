@@ -22,6 +22,30 @@ class LastPrimaryAdmin(AccountError):
     """The change would leave no active primary administrator."""
 
 
+class ConfirmationNeeded(AccountError):
+    """An administrator is about to lock themselves out of something: done only when
+    explicitly confirmed. The message says what would happen."""
+
+
+# What each role may do, for the question asked before a role changes.
+ROLE_POWERS = {
+    "primary": "may do everything, including administrator accounts, connections and mail settings",
+    "admin": "may change users, deploy, import and sync, but not manage administrator accounts "
+             "or create connections",
+    "readonly": "may only look: no changes to users, no deployments, imports or settings",
+}
+
+
+def role_change_question(admin: AdminAccount, role: str, actor: str | None) -> str:
+    """What a role change will do, said before it is done (``actor``: who asks, by name)."""
+    text = (f"Change {admin.username} from {ROLE_LABELS[admin.role].lower()} to "
+            f"{ROLE_LABELS[role].lower()}? Then {admin.username} {ROLE_POWERS[role]}.")
+    if actor == admin.username:
+        text += (" This is your own account: you lose the rights of a primary administrator at once "
+                 "and cannot take them back yourself.")
+    return text
+
+
 def list_admins() -> list[AdminAccount]:
     return list(db.session.scalars(select(AdminAccount).order_by(
         AdminAccount.disabled, func.lower(AdminAccount.username))))
@@ -52,17 +76,31 @@ def add_admin(username: str, role: str, password: str = "", *, actor: str | None
     if not password:
         password = generated = generate_password()
     admin = create_admin(username, password, role, actor=actor, password_generated=bool(generated))
+    admin.password_change_due = True  # the primary administrator knows it: a one-time password
+    db.session.commit()
     return admin, generated
 
 
-def change_role(admin_id: int, role: str, *, actor: str) -> AdminAccount:
+def check_role_change(admin_id: int, role: str) -> AdminAccount:
+    """The account, if ``role`` may be given to it; else AccountError saying why."""
     admin = get_admin(admin_id)
+    role = "readonly" if role == "read-only" else role
     if role not in ROLES:
         raise AccountError(f"The role must be one of: {', '.join(ROLE_LABELS.values())}.")
+    if role != admin.role and role != "primary":
+        _keep_a_primary(admin, f"made {ROLE_LABELS[role].lower()}")
+    return admin
+
+
+def change_role(admin_id: int, role: str, *, actor: str, confirmed: bool = False) -> AdminAccount:
+    """Change an account's role. Never the last active primary administrator's; one's own
+    (``actor`` is the account's name) only when ``confirmed``."""
+    admin = check_role_change(admin_id, role)
+    role = "readonly" if role == "read-only" else role
     if role == admin.role:
         return admin
-    if role != "primary":
-        _keep_a_primary(admin, f"made {ROLE_LABELS[role].lower()}")
+    if actor == admin.username and not confirmed:
+        raise ConfirmationNeeded(role_change_question(admin, role, actor))
     old = admin.role
     admin.role = role
     record_event("admin.role", actor=actor, commit=False,
@@ -80,17 +118,23 @@ def reset_password(admin_id: int, password: str = "", *, actor: str) -> tuple[Ad
     check_new_password(password)
     admin.password_hash = hash_password(password)
     end_sessions(admin)
+    admin.password_change_due = True
     record_event("admin.password_reset", actor=actor, commit=False, detail={"account": admin.username})
     db.session.commit()
     return admin, generated
 
 
-def set_disabled(admin_id: int, disabled: bool, *, actor: str) -> AdminAccount:
+def set_disabled(admin_id: int, disabled: bool, *, actor: str, confirmed: bool = False) -> AdminAccount:
+    """Disable or enable an account. Never the last active primary administrator; one's
+    own account (``actor``) only when ``confirmed``."""
     admin = get_admin(admin_id)
     if disabled == admin.disabled:
         return admin
     if disabled:
         _keep_a_primary(admin, "disabled")
+        if actor == admin.username and not confirmed:
+            raise ConfirmationNeeded("This is your own account: disabling it signs you out at once, "
+                                     "and only another primary administrator can enable it again.")
         end_sessions(admin)  # their open sessions end now
     admin.disabled = disabled
     record_event("admin.disable" if disabled else "admin.enable", actor=actor, commit=False,
@@ -111,6 +155,7 @@ def change_own_password(admin: AdminAccount, current: str, new: str, repeat: str
         raise AccountError("The new password is the same as the current one.")
     admin.password_hash = hash_password(new)
     end_sessions(admin)
+    admin.password_change_due = False
     record_event("admin.password_change", actor=admin.username, commit=False, detail={"account": admin.username})
     db.session.commit()
     return admin.session_epoch

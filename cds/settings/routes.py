@@ -3,7 +3,7 @@ and My account. Mail server and e-mail template have their own pages in this sec
 (/settings/mail, /settings/template)."""
 from __future__ import annotations
 
-from flask import (Blueprint, abort, g, redirect, render_template, request, session, url_for)
+from flask import Blueprint, abort, g, redirect, render_template, request, session, url_for
 
 from cds.auth.service import AccountError
 from cds.models import ROLE_LABELS, ROLES
@@ -49,10 +49,15 @@ def index():
 
 # --- Administrators ----------------------------------------------------------------
 
-def _admins_page(status: int = 200, error: str | None = None, shown_password=None, form=None):
+def _admins_page(status: int = 200, error: str | None = None, shown_password=None, form=None,
+                 question=None):
     return _render("settings/admins.html", "settings/_admins.html", "admins", status,
                    section="admins", admins=accounts.list_admins(), roles=ROLES, error=error,
-                   shown_password=shown_password, form=form or {})
+                   shown_password=shown_password, form=form or {}, question=question)
+
+
+def _confirmed() -> bool:
+    return request.form.get("confirm") == "1"
 
 
 @bp.route("/admins")
@@ -64,6 +69,10 @@ def _account_change(change, success: str):
     """Run one account change; errors come back as the section with a message (422)."""
     try:
         result = change()
+    except accounts.ConfirmationNeeded as exc:
+        fields = {k: v for k, v in request.form.items() if k not in ("csrf_token", "confirm")}
+        return _admins_page(question={"text": str(exc), "action": request.path, "fields": fields,
+                                      "button": "Yes, go ahead"})
     except AccountError as exc:
         return _admins_page(422, error=str(exc), form=request.form)
     shown = None
@@ -92,7 +101,21 @@ def add_admin():
 @primary_required
 def change_role(admin_id: int):
     role = request.form.get("role", "")
-    return _account_change(lambda: accounts.change_role(admin_id, role, actor=g.actor),
+    if not _confirmed():
+        # Ask first, saying what the new role may do; nothing changes until confirmed.
+        try:
+            admin = accounts.check_role_change(admin_id, role)
+        except AccountError as exc:
+            return _admins_page(422, error=str(exc))
+        role = "readonly" if role == "read-only" else role
+        if role == admin.role:
+            toast(f"{admin.username} already is {ROLE_LABELS[role].lower()}.", "info")
+            return _admins_page()
+        question = {"text": accounts.role_change_question(admin, role, g.actor),
+                    "action": url_for("settings.change_role", admin_id=admin.id),
+                    "fields": {"role": role}, "button": "Change role"}
+        return _admins_page(question=question)
+    return _account_change(lambda: accounts.change_role(admin_id, role, actor=g.actor, confirmed=True),
                            "{name} is now " + ROLE_LABELS.get(role, role).lower() + ".")
 
 
@@ -106,7 +129,8 @@ def reset_password(admin_id: int):
 @bp.route("/admins/<int:admin_id>/disable", methods=["POST"])
 @primary_required
 def disable(admin_id: int):
-    return _account_change(lambda: accounts.set_disabled(admin_id, True, actor=g.actor),
+    return _account_change(lambda: accounts.set_disabled(admin_id, True, actor=g.actor,
+                                                         confirmed=_confirmed()),
                            "{name} is disabled and signed out.")
 
 

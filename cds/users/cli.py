@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from cds.cli import fail
 from cds.extensions import db
-from cds.models import USER_SECRETS, User
+from cds.models import USER_SECRETS, User, login_key
 from cds.users import service as users
 
 FIELD_OPTIONS = [("--first-name", "first_name"), ("--last-name", "last_name"), ("--number", "number"),
@@ -17,7 +17,7 @@ FIELD_OPTIONS = [("--first-name", "first_name"), ("--last-name", "last_name"), (
 
 
 def _user_by_login(login_id: str) -> User:
-    user = db.session.scalar(select(User).where(User.login_id == login_id))
+    user = db.session.scalar(select(User).where(User.login_key == login_key(login_id)))
     if user is None:
         fail(f"no user with Login ID {login_id!r}")
     return user

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from flask import Blueprint, abort, g, redirect, render_template, request, session, url_for
+from flask import (Blueprint, abort, current_app, g, redirect, render_template, request, session,
+                   url_for)
 
 from cds.clients import kind_of
 from cds.deploy.service import deploy_refusal
@@ -14,9 +15,10 @@ from cds.models import USER_SECRETS
 from cds.profiles.service import all_profiles
 from cds.users.forms import ImportedUserForm, UserForm
 from cds.users.service import (PAGE_SIZES, InvalidQuery, InvalidUser,
-                               UserQuery, deployment_history, get_user, parse_selection,
-                               redeploy_after_id_change, revoke_device, save_user, source_choices,
-                               source_label, table_page, user_audit_events, user_devices)
+                               UserQuery, deployment_history, get_user, id_change_consequences,
+                               parse_selection, redeploy_after_id_change, revoke_device, save_user,
+                               source_choices, source_label, table_page, user_audit_events,
+                               user_devices, user_errors)
 from cds.web import app_response, current_admin, toast, write_required
 
 bp = Blueprint("users", __name__, url_prefix="/users")
@@ -78,9 +80,11 @@ def index():
         return resp
     admin = current_admin()
     profiles = all_profiles()
+    from cds.mail.transport import MailSettings
     from cds.clients import profile_problems
     return render_template(
         "users/page.html", page=page, active_tab="users", profiles=profiles,
+        uses_outbox=MailSettings.load().uses_outbox,
         incomplete_default=next(((p, profile_problems(p)) for p in profiles
                                  if p.is_default and profile_problems(p)), None),
         # Said before Delete: what an app of the users' client kinds keeps after it.
@@ -112,6 +116,25 @@ def deploy_plan():
     return plan_deploy(parse_selection(request.args)).as_dict()
 
 
+@bp.route("/actions/<kind>/preview", methods=["POST"])
+@write_required
+def bulk_preview(kind: str):
+    """What Auto deploy would do with the selection, for its confirmation: counted by the
+    rules the job itself follows (``classify``), before anything is sent."""
+    from cds.deploy.service import preview_deploy
+    from cds.mail.transport import MailSettings
+
+    if kind != "auto_deploy" or kind not in ACTIONS:
+        abort(404, f"There is no preview for {kind!r}.")
+    try:
+        selection = parse_selection(request.form)
+    except InvalidQuery as exc:
+        return current_app.response_class(str(exc), status=400, mimetype="text/plain")
+    text = render_template("users/_deploy_preview.txt", preview=preview_deploy(kind, selection),
+                           outbox=MailSettings.load().uses_outbox)
+    return current_app.response_class(text, mimetype="text/plain")
+
+
 # --- adding and editing one user -----------------------------------------------------
 
 def _form_for(user, formdata=None):
@@ -125,8 +148,19 @@ def _form_for(user, formdata=None):
     return form
 
 
+def _outbox_link(user) -> str | None:
+    """Where this user's messages are when deployments went to the Outbox (no SMTP)."""
+    from cds.deploy.service import recipient_for
+    from cds.outbox.service import has_messages
+
+    address = recipient_for(user)
+    return url_for("outbox.index", to=address) if address and has_messages() else None
+
+
 def _user_context(user, form, **extra):
     return dict(user=user, form=form, secrets=USER_SECRETS, source=source_label(user),
+                outbox_link=_outbox_link(user),
+                id_change_consequences=None if user.is_imported else id_change_consequences(user),
                 history=deployment_history(user), devices=user_devices(user),
                 events=user_audit_events(user), can_write=current_admin().can_write,
                 kind=kind_of(user.profile), deploy_refusal=deploy_refusal(user), **extra)
@@ -179,6 +213,14 @@ def detail(user_id: int):
     form = _form_for(user, request.form)
     if not form.validate():
         return _render_user(user, form, 422)
+    new_id = None if user.is_imported else (form.login_id.data or "").strip()
+    if new_id and new_id != user.login_id and request.form.get("confirm_id_change") != new_id:
+        # Ask first, saying what will happen: nothing is saved until the administrator confirms.
+        errors = user_errors(user, form.values(), form.secret_changes())
+        if errors:
+            form.add_errors(errors)
+            return _render_user(user, form, 422)
+        return _render_user(user, form, confirm_id_change=new_id)
     try:
         result = save_user(user, form.values(), form.secret_changes(), actor=g.get("actor"))
     except InvalidUser as exc:

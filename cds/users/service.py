@@ -10,8 +10,9 @@ from sqlalchemy import (Select, and_, bindparam, case, false, func, literal_colu
 from cds import errors
 from cds.extensions import db
 from cds.jobs.service import Outcome, action
-from cds.models import (SOURCE_CONNECTION, SOURCE_CSV, SOURCE_MANUAL, USER_SECRETS, ClientDevice,
-                        Connection, Deployment, DeploymentProfile, User, utcnow)
+from cds.models import (SOURCE_CONNECTION, SOURCE_CSV, SOURCE_LABELS, SOURCE_MANUAL, USER_SECRETS,
+                        ClientDevice, Connection, Deployment, DeploymentProfile, User, login_key,
+                        utcnow)
 
 
 class UserError(errors.Conflict):
@@ -430,6 +431,11 @@ def count_selection(selection: dict) -> int:
 
 
 def describe_selection(selection: dict, total: int) -> str:
+    """The job's title: one user is named (a list of "1 selected user" jobs says nothing)."""
+    if total == 1:
+        user = db.session.scalar(selection_query(selection).limit(1))
+        if user is not None:
+            return f"{user.display_name} ({user.login_id})"
     noun = "user" if total == 1 else "users"
     if "ids" in selection:
         return f"{total} selected {noun}"
@@ -478,15 +484,37 @@ def apply_login_id_change(user: User, new_login_id: str) -> bool:
     return True
 
 
+def id_change_consequences(user: User) -> str:
+    """What changing this user's ID does, said before it is done (the page asks first)."""
+    from cds.settings.service import get_setting
+
+    devices = db.session.scalar(select(func.count(ClientDevice.id)).where(
+        ClientDevice.user_id == user.id, ClientDevice.revoked_at.is_(None))) or 0
+    links = db.session.scalar(select(func.count(Deployment.id)).where(
+        Deployment.user_id == user.id, Deployment.used_at.is_(None), Deployment.revoked_at.is_(None),
+        Deployment.superseded_at.is_(None), Deployment.expires_at > utcnow())) or 0
+    parts = []
+    if devices:
+        parts.append(f"the app on {devices} device{'s' if devices != 1 else ''} stops working "
+                     f"and must be factory reset")
+    if links:
+        parts.append(f"{links} unused deployment link{'s' if links != 1 else ''} stop{'s' if links == 1 else ''} working")
+    parts.append("the user is marked \"redeploy required\"")
+    then = ("a new deployment e-mail is sent at once (setting \"Redeploy on ID change\")"
+            if get_setting("AUTO_REDEPLOY_ON_ID_CHANGE") else "a new deployment e-mail must be sent")
+    return "Changing the ID of " + user.display_name + ": " + "; ".join(parts) + "; " + then + "."
+
+
 def source_label(user: User) -> str:
     if user.source == SOURCE_CONNECTION:
         return user.connection.name if user.connection else "connection (deleted)"
-    return {"manual": "Manual", "csv": "CSV"}.get(user.source, user.source)
+    return SOURCE_LABELS.get(user.source, user.source)
 
 
 def source_choices() -> list[tuple[str, str]]:
     rows = db.session.execute(select(Connection.id, Connection.name).order_by(Connection.name))
-    return [("manual", "Manual"), ("csv", "CSV import")] + [(f"c{i}", n) for i, n in rows]
+    return [(SOURCE_MANUAL, SOURCE_LABELS[SOURCE_MANUAL]), (SOURCE_CSV, SOURCE_LABELS[SOURCE_CSV])] + \
+        [(f"c{i}", n) for i, n in rows]
 
 
 # --- field rules, shared by the user form, the CSV import and the API ---------------
@@ -510,7 +538,7 @@ def validate_user_fields(data: dict) -> dict[str, str]:
 
     Only the fields present in ``data`` are checked, so a partial update can be
     validated; values are expected already stripped. Uniqueness of the login id
-    needs the database: see ``login_id_taken``."""
+    needs the database: see ``login_id_owner``."""
     errors: dict[str, str] = {}
     for name, value in data.items():
         if name not in USER_FIELD_LIMITS:
@@ -561,11 +589,30 @@ def email_problem(value: str) -> str | None:
     return None
 
 
-def login_id_taken(login_id: str, exclude_user_id: int | None = None) -> bool:
-    query = select(User.id).where(User.login_id == login_id)
+def login_id_owner(login_id: str, exclude_user_id: int | None = None) -> User | None:
+    """The user who has this login ID, ignoring case ("JDoe" is "jdoe"), or None."""
+    query = select(User).where(User.login_key == login_key(login_id))
     if exclude_user_id is not None:
         query = query.where(User.id != exclude_user_id)
-    return db.session.scalar(query.limit(1)) is not None
+    return db.session.scalar(query.limit(1))
+
+
+def login_id_owners(login_ids) -> dict[str, tuple[int, str, str]]:
+    """For the login IDs already in use: login_key -> (user id, login ID, name)."""
+    keys = sorted({login_key(v) for v in login_ids if v})
+    out = {}
+    for start in range(0, len(keys), 900):
+        for row in db.session.execute(select(User.login_key, User.id, User.login_id, User.first_name,
+                                             User.last_name).where(User.login_key.in_(keys[start:start + 900]))):
+            name = " ".join(p for p in (row.first_name, row.last_name) if p) or row.login_id
+            out[row.login_key] = (row.id, row.login_id, name)
+    return out
+
+
+def login_id_in_use(login_id: str, owner_login_id: str, owner_name: str) -> str:
+    """The message for a login ID another user has: which user, and why a different case is no escape."""
+    same = "" if owner_login_id == login_id else " (Login IDs that differ only in upper/lower case are the same)"
+    return f"Login ID {login_id!r} is already used by {owner_name} ({owner_login_id}){same}."
 
 
 # --- adding and editing users ------------------------------------------------------
@@ -614,6 +661,32 @@ def _check_profile(profile_id, errors: dict) -> DeploymentProfile | None:
     return profile
 
 
+def _checked(user: User | None, values: dict, secrets: dict):
+    """(fields, profile, errors) of an add or edit; reads the database, writes nothing."""
+    imported = user is not None and user.is_imported
+    fields_in = {} if imported else {k: str(values.get(k, "") or "").strip() for k in EDITABLE_FIELDS}
+    errors = validate_user_fields(fields_in)
+    profile = _check_profile(values.get("profile_id"), errors)
+    login_id = fields_in.get("login_id")
+    owner = login_id_owner(login_id, user.id if user else None) if login_id and "login_id" not in errors else None
+    if owner is not None:
+        errors["login_id"] = login_id_in_use(login_id, owner.login_id, owner.display_name)
+    for name, value in secrets.items():
+        if name not in USER_SECRETS:
+            errors[name] = "Unknown secret."
+        elif imported:
+            errors[name] = "The source of this user owns its secrets."
+        elif secret_problem(name, value):
+            errors[name] = secret_problem(name, value)
+    return fields_in, profile, errors
+
+
+def user_errors(user: User | None, values: dict, secrets: dict | None = None) -> dict[str, str]:
+    """The field errors ``save_user`` would report, without saving (e.g. before asking
+    the administrator to confirm an ID change)."""
+    return _checked(user, values, secrets or {})[2]
+
+
 def save_user(user: User | None, values: dict, secrets: dict | None = None, *,
               actor: str | None = None) -> SaveResult:
     """Create (user=None) or edit a user from the console, API or CLI, in one transaction.
@@ -625,22 +698,10 @@ def save_user(user: User | None, values: dict, secrets: dict | None = None, *,
     from cds.audit.service import record_event
 
     secrets = secrets or {}
-    imported = user is not None and user.is_imported
-    fields_in = {} if imported else {k: str(values.get(k, "") or "").strip() for k in EDITABLE_FIELDS}
-    errors = validate_user_fields(fields_in)
-    profile = _check_profile(values.get("profile_id"), errors)
-    login_id = fields_in.get("login_id")
-    if login_id and "login_id" not in errors and login_id_taken(login_id, user.id if user else None):
-        errors["login_id"] = f"Another user already has the Login ID {login_id!r}."
-    for name, value in secrets.items():
-        if name not in USER_SECRETS:
-            errors[name] = "Unknown secret."
-        elif imported:
-            errors[name] = "The source of this user owns its secrets."
-        elif secret_problem(name, value):
-            errors[name] = secret_problem(name, value)
+    fields_in, profile, errors = _checked(user, values, secrets)
     if errors:
         raise InvalidUser(errors)
+    login_id = fields_in.get("login_id")
 
     result = SaveResult(user=user, created=user is None)
     if user is None:

@@ -38,7 +38,30 @@
   document.addEventListener("click", function (ev) {
     var close = ev.target.closest(".toast-close");
     if (close) close.parentElement.remove();
+    var copy = ev.target.closest("[data-copy]");
+    if (copy) copyText(document.querySelector(copy.getAttribute("data-copy")));
   });
+
+  // A Copy button beside a value shown once (a new API token, a generated password).
+  function copyText(el) {
+    if (!el) return;
+    var text = el.textContent.trim();
+    function selected() {
+      // Without the clipboard API (plain http to a remote host): select it and copy.
+      var range = document.createRange();
+      range.selectNodeContents(el);
+      var sel = window.getSelection();
+      sel.removeAllRanges(); sel.addRange(range);
+      var ok = false;
+      try { ok = document.execCommand("copy"); } catch (e) { ok = false; }
+      toast(ok ? "Copied." : "Selected: press Ctrl+C (or Cmd+C) to copy.", ok ? "success" : "info");
+    }
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(text).then(function () { toast("Copied.", "success"); }, selected);
+    } else {
+      selected();
+    }
+  }
 
   // Info toasts fade away; errors stay until dismissed.
   function ageToasts() {

@@ -17,6 +17,13 @@
   function selectedCount() {
     return allMatching() ? total() : $all(".row-check:checked").length;
   }
+  var unambiguous = new Intl.DateTimeFormat(undefined, {
+    weekday: "short", day: "numeric", month: "short", year: "numeric", hour: "2-digit", minute: "2-digit"
+  });
+  function deployAtText() {
+    var runAt = $("#run-at");
+    return runAt && runAt.value ? unambiguous.format(new Date(runAt.value)) : "";
+  }
   function plural(n) { return n.toLocaleString() + (n === 1 ? " user" : " users"); }
 
   // The count, the bulk buttons, the row highlight and the "select all N" offer.
@@ -63,9 +70,12 @@
       var runAt = $("#run-at");
       var d = t.value ? new Date(t.value) : null;  // the admin's local time
       runAt.value = d && !isNaN(d) ? d.toISOString() : "";
+      // The picker shows the browser's own date order (12/01 or 01/12?): say it unambiguously.
+      var readout = $("#deploy-at-readout");
+      if (readout) readout.textContent = runAt.value ? deployAtText() + " (your time)" : "";
       $all("[data-schedulable]").forEach(function (b) {
         var label = b.getAttribute("data-label");
-        b.textContent = runAt.value ? label + " at " + t.value.replace("T", " ") : label;
+        b.textContent = runAt.value ? label + " at " + deployAtText() : label;
       });
     }
   });
@@ -104,6 +114,28 @@
     window.location.href = form.getAttribute("data-export-url") + "?" + params.toString();
   }
 
+  // The user page: an ID change asks first, saying what it will do.
+  document.addEventListener("htmx:confirm", function (ev) {
+    var form = ev.detail.elt;
+    if (!form || form.id !== "user-form" || !form.hasAttribute("data-id-change")) return;
+    var input = form.querySelector("input[name=login_id]");
+    var confirmed = form.querySelector("input[type=hidden][name=confirm_id_change]");
+    var submitter = ev.detail.triggeringEvent && ev.detail.triggeringEvent.submitter;
+    if (!input || (submitter && submitter.name === "confirm_id_change")) return;
+    var newId = input.value.trim(), oldId = form.getAttribute("data-login-id");
+    if (!newId || newId === oldId) return;
+    ev.preventDefault();
+    if (!window.confirm("Change the ID from " + oldId + " to " + newId + "?\n\n" +
+                        form.getAttribute("data-id-change"))) return;
+    if (!confirmed) {
+      confirmed = document.createElement("input");
+      confirmed.type = "hidden"; confirmed.name = "confirm_id_change";
+      form.appendChild(confirmed);
+    }
+    confirmed.value = newId;
+    ev.detail.issueRequest(true);
+  });
+
   // Every bulk button asks first, with the count; Delete of many wants "all" typed.
   document.addEventListener("htmx:confirm", function (ev) {
     var elt = ev.detail.elt;
@@ -123,8 +155,13 @@
     } else {
       var runAt = $("#run-at");
       var when = elt.hasAttribute("data-schedulable") && runAt && runAt.value
-        ? " at " + $("#deploy-at").value.replace("T", " ") : "";
+        ? " at " + deployAtText() + " (your time)" : "";
       question = label + " for " + plural(n) + when + "?";
+    }
+    if (kind === "auto_deploy") {
+      // Force config / new e-mail / skipped and why, counted by the server with the job's rules.
+      previewThenConfirm(elt, question, ev.detail.issueRequest);
+      return;
     }
     if (kind === "deploy") {
       // Before anything is sent: how many of the selection Deploy would skip, and why
@@ -148,6 +185,34 @@
       ev.detail.issueRequest(true);
     }
   });
+
+  function previewThenConfirm(button, question, issueRequest) {
+    var form = $("#bulk");
+    var body = new FormData(form);
+    var headers = JSON.parse(document.body.getAttribute("hx-headers") || "{}");
+    button.disabled = true;
+    fetch(button.getAttribute("data-preview"), { method: "POST", body: body, headers: headers,
+                                                 credentials: "same-origin" })
+      .then(function (resp) {
+        var plain = (resp.headers.get("Content-Type") || "").indexOf("text/plain") === 0;
+        return resp.text().then(function (text) {
+          return { ok: resp.ok, text: plain ? text : "The selection could not be checked (HTTP " + resp.status + ")." };
+        });
+      })
+      .then(function (answer) {
+        button.disabled = false;
+        if (!answer.ok) { window.cdsToast(answer.text || "The selection could not be checked."); return; }
+        if (window.confirm(question + "\n\n" + answer.text.trim())) {
+          var confirmInput = $("#bulk-confirm");
+          if (confirmInput) confirmInput.value = "";
+          issueRequest(true);
+        }
+      })
+      .catch(function () {
+        button.disabled = false;
+        window.cdsToast("The server could not be reached. Check the connection and try again.");
+      });
+  }
 
   function selectionParams() {
     var params = new URLSearchParams();

@@ -125,7 +125,10 @@ def test_deploy_activate_force_config_and_id_change_over_http(live_server, smtp_
     form = dict(re.findall(r'<input[^>]*name="([a-z_]+)"[^>]*value="([^"]*)"', detail))
     form.update({"login_id": "jdoe2", "profile_id": profile_id})
     form = {k: v for k, v in form.items() if not k.endswith("password") and k not in ("voicemail_pin", "csrf_token")}
-    resp = admin.post(f"/users/{user_id}", data=form)
+    resp = admin.post(f"/users/{user_id}", data=form)  # asked first: nothing changes yet
+    assert resp.ok and 'id="id-change-confirm"' in resp.text
+    assert phone.get(f"{base}/client/v1/status", headers=auth).status_code == 200
+    resp = admin.post(f"/users/{user_id}", data={**form, "confirm_id_change": "jdoe2"})
     assert resp.ok, resp.text
     resp = phone.get(f"{base}/client/v1/status", headers=auth)
     assert resp.status_code == 401 and resp.json()["error"] == "redeploy_required"
