@@ -14,6 +14,7 @@ taken over during these tests, in seconds instead of minutes.
 from __future__ import annotations
 
 import email
+import email.policy
 import os
 import shutil
 import signal
@@ -139,7 +140,9 @@ def sink_received(sink) -> Counter:
 def outbox_received(folder: Path) -> Counter:
     out: Counter = Counter()
     for path in folder.glob("*.eml"):
-        out[email.message_from_bytes(path.read_bytes())["To"]] += 1
+        # By address: To: carries the user's name too ("Ann User <user000@example.com>").
+        to = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)["To"]
+        out[to.addresses[0].addr_spec] += 1
     return out
 
 

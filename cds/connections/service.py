@@ -28,6 +28,7 @@ from cds.models import (CONNECTION_KINDS, SOURCE_CONNECTION, SOURCE_CSV, SOURCE_
 from cds.scheduler import tick_task
 from cds.security import encrypt
 from cds.sources import (FIELD_SIZES, HTTP_KINDS, LDAP_KIND, LIMIT_DEFAULTS, SourceAuthError, SourceError,
+                         SourceUnreachable,
                          authorize, fetch_records, limit_problems, provided_fields)
 
 log = logging.getLogger("cds.connections")
@@ -176,10 +177,14 @@ def create_connection(settings: ConnectionSettings, password: str, *, actor: str
     except SourceAuthError as exc:
         raise ConnectionProblem(f"The source did not accept the connection: {exc}",
                                 {"password": str(exc)}) from None
-    except SourceError as exc:
-        # Unreachable (or answering nonsense) now: saved anyway, marked not verified;
-        # Test authorizes it once the source answers.
+    except SourceUnreachable as exc:
+        # Down or not answering now: saved anyway, marked not verified; Test authorizes it
+        # once the source answers. A source that answers and refuses (a wrong certificate,
+        # base DN or URL) is a setting to correct, and refused as such.
         unverified = str(exc)
+    except SourceError as exc:
+        raise ConnectionProblem(f"The source did not accept the connection: {exc}",
+                                {"url": str(exc)}) from None
     now = utcnow()
     conn = Connection(name=settings.name.strip(), kind=settings.kind, url=url,
                       username=settings.username.strip(), options=options,

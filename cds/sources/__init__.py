@@ -31,6 +31,11 @@ class SourceAuthError(SourceError):
     """The source refused the credentials or the token (re-authorization needed)."""
 
 
+class SourceUnreachable(SourceError):
+    """The source did not answer (no route, connection refused, time-out). Unlike a refusal,
+    a wrong certificate or an answer CDS cannot use, this may pass by itself."""
+
+
 class SourceLimitError(SourceError):
     """Reading the source went past one of the connection's limits; nothing was changed."""
 

@@ -21,7 +21,8 @@ from datetime import datetime, timedelta, timezone
 from cds import safejson
 from cds.models import utcnow
 from cds.security import decrypt
-from cds.sources import Authorization, ReadBudget, SourceAuthError, SourceError, clean_record
+from cds.sources import Authorization, ReadBudget, SourceAuthError, SourceError, SourceUnreachable, \
+    clean_record
 
 API_PREFIX = "/api/v1"
 DEFAULT_TIMEOUT = 30
@@ -97,13 +98,13 @@ def _call(method: str, url: str, options: dict, *, body: dict | None = None,
             raise SourceAuthError(f"{host} refused the authorization (HTTP 401{reason}).") from None
         raise SourceError(f"{host} answered HTTP {exc.code}{reason}.") from None
     except (socket.timeout, TimeoutError):
-        raise SourceError(f"{host} did not answer within {timeout:g} seconds.") from None
+        raise SourceUnreachable(f"{host} did not answer within {timeout:g} seconds.") from None
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, (socket.timeout, TimeoutError)):
-            raise SourceError(f"{host} did not answer within {timeout:g} seconds.") from None
+            raise SourceUnreachable(f"{host} did not answer within {timeout:g} seconds.") from None
         if isinstance(exc.reason, ssl.SSLError):
             raise SourceError(f"TLS with {host} failed: {exc.reason.reason or exc.reason}.") from None
-        raise SourceError(f"{host} cannot be reached: {exc.reason}.") from None
+        raise SourceUnreachable(f"{host} cannot be reached: {exc.reason}.") from None
     except (OSError, ValueError, http.client.HTTPException) as exc:
         raise SourceError(f"{host}: the request failed ({exc.__class__.__name__}: {exc}).") from None
     if len(raw) > MAX_RESPONSE_BYTES:

@@ -11,7 +11,7 @@ import ssl
 import uuid
 from urllib.parse import urlsplit
 
-from cds.sources import ReadBudget, SourceAuthError, SourceError, clean_record
+from cds.sources import ReadBudget, SourceAuthError, SourceError, SourceUnreachable, clean_record
 
 DEFAULT_FILTER = "(objectClass=person)"
 DEFAULT_PAGE_SIZE = 500
@@ -85,10 +85,10 @@ def _open(url: str, bind_dn: str, password: str, options: dict):
         _close(conn)
         text = str(exc)
         if "timed out" in text or "timeout" in text.lower():
-            raise SourceError(f"{where} did not answer within {timeout:g} seconds.") from None
+            raise SourceUnreachable(f"{where} did not answer within {timeout:g} seconds.") from None
         if "certificate" in text.lower() or "ssl" in text.lower() or "tls" in text.lower():
             raise SourceError(f"TLS with {where} failed (check the CA certificate): {text}") from None
-        raise SourceError(f"{where} cannot be reached: {text}") from None
+        raise SourceUnreachable(f"{where} cannot be reached: {text}") from None
     except lx.LDAPStartTLSError as exc:
         _close(conn)
         raise SourceError(f"StartTLS with {where} failed (check the CA certificate, or use "
