@@ -26,6 +26,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(autouse=True)
+def logging_kept():
+    """A test that runs migrations lets Alembic's env.py re-configure logging (levels, and
+    handlers on the stream captured for that test); put it back afterwards, or later tests
+    log to a closed stream and CLI output gains migration lines."""
+    import logging
+    names = ("", "alembic", "sqlalchemy.engine", "flask_migrate")
+    saved = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).level) for n in names}
+    yield
+    for n, (handlers, level) in saved.items():
+        logging.getLogger(n).handlers[:] = handlers
+        logging.getLogger(n).setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory):
     """One database for the session, migrated once; tests empty it between them."""

@@ -61,20 +61,7 @@ def test_api_accepts_the_profile_by_name_as_get_returns_it(app, client):
     assert resp.status_code == 422 and resp.get_json()["details"] == {"profile": "no such profile"}
 
 
-@pytest.fixture
-def logging_kept():
-    """Alembic's env.py re-configures logging onto the stream captured for this test; put
-    the handlers back afterwards, or later tests log to a closed stream."""
-    import logging
-    names = ("", "alembic", "sqlalchemy", "flask_migrate")
-    saved = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).level) for n in names}
-    yield
-    for n, (handlers, level) in saved.items():
-        logging.getLogger(n).handlers[:] = handlers
-        logging.getLogger(n).setLevel(level)
-
-
-def test_upgrade_stops_on_ids_that_differ_only_in_case(tmp_path, capfd, logging_kept):
+def test_upgrade_stops_on_ids_that_differ_only_in_case(tmp_path, capfd):
     from flask_migrate import upgrade
 
     app = create_app({"SCHEDULER_ENABLED": False}, instance_path=str(tmp_path))
