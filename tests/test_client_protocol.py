@@ -228,17 +228,17 @@ def test_simultaneous_activations_of_many_users_each_written_once(app, user_id):
 
 def test_one_failing_unit_does_not_take_its_batch_down(app, user_id):
     """Units of one batch share a transaction; a refusal or a failure in one leaves the others."""
-    from cds.client.service import _NEW_DEVICE, _USER_DOWNLOADED, ClientError
+    from cds.client.service import NEW_DEVICE, USER_DOWNLOADED, ClientError
     from cds.client.statements import GroupCommit, _Unit
 
     now = utcnow()
 
     def add_device(key_hash):
         def work(cur):
-            _NEW_DEVICE.execute(cur, {"user_id": user_id, "deployment_id": None, "key_hash": key_hash,
+            NEW_DEVICE.execute(cur, {"user_id": user_id, "deployment_id": None, "key_hash": key_hash,
                                       "device_id": "d", "platform": "ios", "app_version": "1",
                                       "activated_at": now, "last_seen_at": None, "last_ip": None})
-            _USER_DOWNLOADED.execute(cur, {"u_id": user_id, "now": now})
+            USER_DOWNLOADED.execute(cur, {"u_id": user_id, "now": now})
             return key_hash
         return work
 

@@ -91,18 +91,18 @@ _BY_KEY = DriverStatement(
     .join_from(ClientDevice, User, ClientDevice.user_id == User.id)
     .join(DeploymentProfile, DeploymentProfile.id == User.profile_id)
     .where(ClientDevice.key_hash == bindparam("h")))
-_CONSUME = DriverStatement(
+CONSUME_LINK = DriverStatement(
     update(Deployment)
     .where(Deployment.id == bindparam("d_id"), Deployment.used_at.is_(None), Deployment.revoked_at.is_(None),
            Deployment.superseded_at.is_(None), Deployment.expires_at > bindparam("now"))
     .values(used_at=bindparam("now"), used_device_id=bindparam("dev"), used_ip=bindparam("ip")))
-_NEW_DEVICE = DriverStatement(insert(ClientDevice).values(
+NEW_DEVICE = DriverStatement(insert(ClientDevice).values(
     {c: bindparam(c) for c in ("user_id", "deployment_id", "key_hash", "device_id", "platform", "app_version",
                                "activated_at", "last_seen_at", "last_ip")}))
-_USER_DOWNLOADED = DriverStatement(
+USER_DOWNLOADED = DriverStatement(
     update(User).where(User.id == bindparam("u_id")).values(downloaded_at=bindparam("now"), force_config=False,
                                                              updated_at=bindparam("now")))
-_USER_ACTIVATED = DriverStatement(
+USER_ACTIVATED = DriverStatement(
     update(User).where(User.id == bindparam("u_id"))
     .values(downloaded_at=bindparam("now"), force_config=False, redeploy_required=False,
             updated_at=bindparam("now")))
@@ -114,8 +114,9 @@ _AUDIT = DriverStatement(insert(AuditEvent).values(
                                "ip")}))
 
 
-def _audit(cur, action: str, r, now: datetime, ip: str | None, detail: dict) -> None:
-    """The same audit row as ``record_event`` writes, inside the request's transaction."""
+def audit_client_event(cur, action: str, r, now: datetime, ip: str | None, detail: dict) -> None:
+    """The same audit row as ``record_event`` writes, inside the request's transaction
+    (shared by every client kind's endpoints)."""
     _AUDIT.write(cur, {"at": now, "actor": f"client:{r.login_id}"[:64], "actor_type": "client",
                          "action": action, "user_id": r.user_id, "login_id": r.login_id, "count": None,
                          "detail": detail, "ip": ip})
@@ -143,15 +144,15 @@ def activate(token, device, ip: str | None) -> tuple[dict, str]:
         # this UPDATE changes it: its count need not be waited for.
         consume = {"d_id": r.deployment_id, "now": now, "dev": dev["id"] or None, "ip": ip}
         if cur.pipeline is not None:
-            _CONSUME.write(cur, consume)
-        elif _CONSUME.execute(cur, consume) != 1:
+            CONSUME_LINK.write(cur, consume)
+        elif CONSUME_LINK.execute(cur, consume) != 1:
             raise ClientError(410, *GONE_MESSAGES["used"])
-        _NEW_DEVICE.write(cur, {
+        NEW_DEVICE.write(cur, {
             "user_id": r.user_id, "deployment_id": r.deployment_id, "key_hash": token_hash(client_key),
             "device_id": dev["id"], "platform": dev["platform"], "app_version": dev["app_version"],
             "activated_at": now, "last_seen_at": now, "last_ip": ip})
-        _USER_ACTIVATED.write(cur, {"u_id": r.user_id, "now": now})
-        _audit(cur, "client.activate", r, now, ip, {
+        USER_ACTIVATED.write(cur, {"u_id": r.user_id, "now": now})
+        audit_client_event(cur, "client.activate", r, now, ip, {
             "deployment": r.deployment_id, "platform": dev["platform"], "app_version": dev["app_version"],
             "device": dev["id"]})
         return r, document
@@ -214,9 +215,9 @@ def download_config(client_key: str | None, ip: str | None) -> dict:
     def download(cur):
         r = _authenticate(cur, client_key)
         document = _document(r, now)
-        _USER_DOWNLOADED.write(cur, {"u_id": r.user_id, "now": now})
+        USER_DOWNLOADED.write(cur, {"u_id": r.user_id, "now": now})
         _seen(cur, r, ip, now)
-        _audit(cur, "client.config_download", r, now, ip,
+        audit_client_event(cur, "client.config_download", r, now, ip,
                {"device": r.device_id, "config_version": r.config_version})
         return document
 

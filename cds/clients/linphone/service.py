@@ -7,15 +7,15 @@ protocol v1 (cds/client/service.py), so a burst of phones costs the same here.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, select, update
 
-from cds.client.service import GONE_MESSAGES, UNKNOWN_LINK, ClientError, batches
+from cds.client.service import (CONSUME_LINK, GONE_MESSAGES, NEW_DEVICE, UNKNOWN_LINK, USER_ACTIVATED,
+                                USER_DOWNLOADED, ClientError, audit_client_event, batches)
 from cds.client.statements import DriverStatement
 from cds.clients.linphone import DEVICE_PATH
 from cds.clients.linphone.document import render
-from cds.models import (AuditEvent, ClientDevice, Deployment, DeploymentProfile, Setting, User, link_state,
+from cds.models import (ClientDevice, Deployment, DeploymentProfile, Setting, User, link_state,
                         utcnow)
 from cds.security import SecretUnreadable, decrypt_secrets, new_token, token_hash
 
@@ -52,21 +52,6 @@ _BY_KEY = DriverStatement(
     .join_from(ClientDevice, User, ClientDevice.user_id == User.id)
     .join(DeploymentProfile, DeploymentProfile.id == User.profile_id)
     .where(ClientDevice.key_hash == bindparam("h")))
-_CONSUME = DriverStatement(
-    update(Deployment)
-    .where(Deployment.id == bindparam("d_id"), Deployment.used_at.is_(None), Deployment.revoked_at.is_(None),
-           Deployment.superseded_at.is_(None), Deployment.expires_at > bindparam("now"))
-    .values(used_at=bindparam("now"), used_device_id=bindparam("dev"), used_ip=bindparam("ip")))
-_NEW_DEVICE = DriverStatement(insert(ClientDevice).values(
-    {c: bindparam(c) for c in ("user_id", "deployment_id", "key_hash", "device_id", "platform", "app_version",
-                               "activated_at", "last_seen_at", "last_ip")}))
-_USER_ACTIVATED = DriverStatement(
-    update(User).where(User.id == bindparam("u_id"))
-    .values(downloaded_at=bindparam("now"), force_config=False, redeploy_required=False,
-            updated_at=bindparam("now")))
-_USER_DOWNLOADED = DriverStatement(
-    update(User).where(User.id == bindparam("u_id")).values(downloaded_at=bindparam("now"), force_config=False,
-                                                             updated_at=bindparam("now")))
 _DEVICE_SEEN = DriverStatement(
     update(ClientDevice).where(ClientDevice.id == bindparam("d_pk"))
     .values(last_seen_at=bindparam("now"), last_ip=bindparam("ip"), app_version=bindparam("ver"),
@@ -74,15 +59,6 @@ _DEVICE_SEEN = DriverStatement(
 # The public URL as Settings hold it (cds.settings.service.public_url), read in the same
 # transaction: a separate ORM query would cost as much as the whole fetch.
 _PUBLIC_URL = DriverStatement(select(Setting.value).where(Setting.key == "PUBLIC_URL"))
-_AUDIT = DriverStatement(insert(AuditEvent).values(
-    {c: bindparam(c) for c in ("at", "actor", "actor_type", "action", "user_id", "login_id", "count", "detail",
-                               "ip")}))
-
-
-def _audit(cur, action: str, r, now: datetime, ip: str | None, detail: dict) -> None:
-    _AUDIT.write(cur, {"at": now, "actor": f"client:{r.login_id}"[:64], "actor_type": "client",
-                         "action": action, "user_id": r.user_id, "login_id": r.login_id, "count": None,
-                         "detail": detail, "ip": ip})
 
 
 def _secrets(r) -> dict:
@@ -130,15 +106,15 @@ def first_fetch(token: str, *, configured_url: str, ip: str | None, user_agent: 
         # UPDATE changes it and its count need not be waited for.
         used = {"d_id": r.deployment_id, "now": now, "dev": hint or None, "ip": ip}
         if cur.pipeline is not None:
-            _CONSUME.write(cur, used)
-        elif _CONSUME.execute(cur, used) != 1:
+            CONSUME_LINK.write(cur, used)
+        elif CONSUME_LINK.execute(cur, used) != 1:
             raise ClientError(410, *GONE_MESSAGES["used"])
-        _NEW_DEVICE.write(cur, {
+        NEW_DEVICE.write(cur, {
             "user_id": r.user_id, "deployment_id": r.deployment_id, "key_hash": token_hash(key),
             "device_id": hint, "platform": PLATFORM, "app_version": version,
             "activated_at": now, "last_seen_at": now, "last_ip": ip})
-        _USER_ACTIVATED.write(cur, {"u_id": r.user_id, "now": now})
-        _audit(cur, "client.activate", r, now, ip, {
+        USER_ACTIVATED.write(cur, {"u_id": r.user_id, "now": now})
+        audit_client_event(cur, "client.activate", r, now, ip, {
             "deployment": r.deployment_id, "platform": PLATFORM, "app_version": version, "device": hint})
         return r, document
 
@@ -164,11 +140,11 @@ def device_fetch(key: str, *, configured_url: str, ip: str | None, user_agent: s
         if r.client != "linphone":
             raise OTHER_CLIENT
         document = render(r, _secrets(r), device_url(cur, configured_url, key))
-        _USER_DOWNLOADED.write(cur, {"u_id": r.user_id, "now": now})
+        USER_DOWNLOADED.write(cur, {"u_id": r.user_id, "now": now})
         # The app sends its account (From) once it has one: a better name for the device.
         _DEVICE_SEEN.write(cur, {"d_pk": r.device_pk, "now": now, "ip": ip, "ver": version,
                                    "hint": hint or r.device_id})
-        _audit(cur, "client.config_download", r, now, ip, {"device": r.device_id, "platform": PLATFORM})
+        audit_client_event(cur, "client.config_download", r, now, ip, {"device": r.device_id, "platform": PLATFORM})
         return document
 
     return batches.run(download)
