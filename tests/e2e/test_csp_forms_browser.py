@@ -83,7 +83,8 @@ def test_forms_with_errors_and_mail_frames_raise_no_csp_report(signed_in_page, l
     # The edit pages of a user and of a profile, with the pages that create them.
     with app.app_context():
         user_href = f"/users/{db.session.scalar(db.select(User.id).where(User.login_id == 'u1'))}"
-        profile_href = f"/profiles/{db.session.scalar(db.select(DeploymentProfile.id))}"
+        # The default profile (an editable one; the built-in Do Not Deploy has no name field to fill).
+        profile_href = f"/profiles/{db.session.scalar(db.select(DeploymentProfile.id).where(DeploymentProfile.is_default))}"
     for path in FORM_PAGES[1:] + [user_href, profile_href]:
         _submit_every_form_empty(page, base + path, statuses)
     assert statuses.count(422) >= 10, statuses  # the forms did come back with their errors
