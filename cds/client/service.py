@@ -122,6 +122,19 @@ def audit_client_event(cur, action: str, r, now: datetime, ip: str | None, detai
                          "detail": detail, "ip": ip})
 
 
+def usable_link(cur, statement, token: str, now: datetime):
+    """The link's row read by ``statement`` (every client kind's lookup by token hash), or
+    404 unknown / 410 used, expired, superseded or revoked. Unknown and unusable links cost
+    the same: one indexed lookup."""
+    r = statement.first(cur, {"h": token_hash(token)})
+    if r is None:
+        raise UNKNOWN_LINK
+    state = link_state(r, now)
+    if state != "valid":
+        raise ClientError(410, *GONE_MESSAGES[state])
+    return r
+
+
 def activate(token, device, ip: str | None) -> tuple[dict, str]:
     """Consume a deployment token: returns (configuration document, client_key)."""
     if not isinstance(token, str) or not token or len(token) > 128:
@@ -131,13 +144,7 @@ def activate(token, device, ip: str | None) -> tuple[dict, str]:
     client_key = new_token()
 
     def consume(cur):
-        # Unknown and unusable links cost the same: one indexed lookup.
-        r = _BY_TOKEN.first(cur, {"h": token_hash(token)})
-        if r is None:
-            raise UNKNOWN_LINK
-        state = link_state(r, now)
-        if state != "valid":
-            raise ClientError(410, *GONE_MESSAGES[state])
+        r = usable_link(cur, _BY_TOKEN, token, now)
         document = _document(r, now)  # before anything is written: a secret may be unreadable
         # Single use: only the request whose UPDATE changes the row goes on. In a
         # PostgreSQL pipeline the row is locked since the read above (FOR UPDATE), so

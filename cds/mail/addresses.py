@@ -34,15 +34,21 @@ def check_header_text(value: str, what: str = "The value") -> str:
     return value
 
 
-def check_address(value: str, *, local_domains: bool = False, what: str = "The address") -> str:
-    """A bare address ``local@domain``, returned normalised. ``local_domains`` also accepts
-    a domain without a dot (``cds@localhost``), as a sender may have."""
+def _header_value(value: str, what: str) -> str:
+    """The stripped value, refused when empty, too long or carrying a line break."""
     value = (value or "").strip()
     check_header_text(value, what)
     if not value:
         raise AddressError(f"{what} is empty.")
     if len(value) > MAX_HEADER_LENGTH:
         raise AddressError(f"{what} is longer than {MAX_HEADER_LENGTH} characters.")
+    return value
+
+
+def check_address(value: str, *, local_domains: bool = False, what: str = "The address") -> str:
+    """A bare address ``local@domain``, returned normalised. ``local_domains`` also accepts
+    a domain without a dot (``cds@localhost``), as a sender may have."""
+    value = _header_value(value, what)
     local, at, domain = value.rpartition("@")
     if local_domains and at and "." not in domain:
         if not _HOST.match(domain):
@@ -62,12 +68,7 @@ def check_address(value: str, *, local_domains: bool = False, what: str = "The a
 def check_sender(value: str, what: str = "The sender") -> str:
     """``Name <address>`` or a bare address, returned in its normal form (the name quoted
     where RFC 5322 needs it). Local domains such as ``localhost`` are accepted."""
-    value = (value or "").strip()
-    check_header_text(value, what)
-    if not value:
-        raise AddressError(f"{what} is empty.")
-    if len(value) > MAX_HEADER_LENGTH:
-        raise AddressError(f"{what} is longer than {MAX_HEADER_LENGTH} characters.")
+    value = _header_value(value, what)
     match = _NAME_ADDR.match(value)
     if match is None:
         if "<" in value or ">" in value or " " in value:

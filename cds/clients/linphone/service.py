@@ -11,12 +11,11 @@ import logging
 from sqlalchemy import bindparam, select, update
 
 from cds.client.service import (CONSUME_LINK, GONE_MESSAGES, NEW_DEVICE, UNKNOWN_LINK, USER_ACTIVATED,
-                                USER_DOWNLOADED, ClientError, audit_client_event, batches)
+                                USER_DOWNLOADED, ClientError, audit_client_event, batches, usable_link)
 from cds.client.statements import DriverStatement
 from cds.clients.linphone import DEVICE_PATH
 from cds.clients.linphone.document import render
-from cds.models import (ClientDevice, Deployment, DeploymentProfile, Setting, User, link_state,
-                        utcnow)
+from cds.models import (ClientDevice, Deployment, DeploymentProfile, Setting, User, utcnow)
 from cds.security import SecretUnreadable, decrypt_secrets, new_token, token_hash
 
 log = logging.getLogger("cds.linphone")
@@ -91,13 +90,7 @@ def first_fetch(token: str, *, configured_url: str, ip: str | None, user_agent: 
     key = new_token()
 
     def consume(cur):
-        # Unknown and unusable links cost the same: one indexed lookup.
-        r = _BY_TOKEN.first(cur, {"h": token_hash(token)})
-        if r is None:
-            raise UNKNOWN_LINK
-        state = link_state(r, now)
-        if state != "valid":
-            raise ClientError(410, *GONE_MESSAGES[state])
+        r = usable_link(cur, _BY_TOKEN, token, now)
         if r.client != "linphone":
             raise OTHER_CLIENT
         document = render(r, _secrets(r), device_url(cur, configured_url, key))  # before any write
