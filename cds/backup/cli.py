@@ -23,15 +23,12 @@ def _read_passphrase(from_stdin: bool, *, confirm: bool) -> str | None:
                    "(prompted for on a terminal).")
 def backup_command(file, passphrase_stdin):
     """Write a backup archive of this instance (database, keys, settings) to FILE."""
-    from cds.backup.service import BackupError, create_backup
+    from cds.backup.service import create_backup
 
     passphrase = _read_passphrase(passphrase_stdin, confirm=True)
     if passphrase_stdin and not passphrase:
         fail("no passphrase was given on standard input")
-    try:
-        result = create_backup(file, passphrase, actor="cli")
-    except BackupError as exc:
-        fail(str(exc))
+    result = create_backup(file, passphrase, actor="cli")  # BackupError: fail
     click.echo(f"backup written to {result.path} ({result.size:,} bytes, "
                f"{result.counts.get('user', 0):,} users, schema {', '.join(result.revisions)})")
     if not result.encrypted:
@@ -50,8 +47,8 @@ def restore_command(file, passphrase_stdin, yes):
     Stop every CDS process using this instance or database first. The archive is
     checked completely before anything changes; a failed restore changes nothing.
     """
-    from cds.backup.service import (BackupError, PassphraseRequired, inspect_backup,
-                                    instance_has_data, restore_backup)
+    from cds.backup.service import (PassphraseRequired, inspect_backup, instance_has_data,
+                                    restore_backup)
 
     passphrase = _read_passphrase(passphrase_stdin, confirm=False)
     try:
@@ -60,12 +57,7 @@ def restore_command(file, passphrase_stdin, yes):
         if not sys.stdin.isatty():
             fail("this backup is protected by a passphrase; give it with --passphrase-stdin")
         passphrase = click.prompt("Passphrase", hide_input=True)
-        try:
-            manifest = inspect_backup(file, passphrase)
-        except BackupError as exc:
-            fail(str(exc))
-    except BackupError as exc:
-        fail(str(exc))
+        manifest = inspect_backup(file, passphrase)  # BackupError: fail
     users = manifest["tables"].get("user", {}).get("rows", 0)
     click.echo(f"backup of {manifest['created_at']} (CDS {manifest.get('cds_version', '?')}, "
                f"schema {', '.join(manifest['schema_revisions'])}): {users:,} users")
@@ -74,10 +66,7 @@ def restore_command(file, passphrase_stdin, yes):
             fail("this instance already has data; add --yes to replace it with the backup")
         click.confirm("This replaces every user, profile, administrator and setting of this "
                       "instance with the backup's. Continue?", abort=True)
-    try:
-        result = restore_backup(file, passphrase)
-    except BackupError as exc:
-        fail(str(exc))
+    result = restore_backup(file, passphrase)  # BackupError: fail
     click.echo(f"restored {result.counts.get('user', 0):,} users; schema "
                f"{', '.join(result.from_revisions)} -> {', '.join(result.to_revisions)}")
     for note in result.notes:

@@ -25,6 +25,7 @@ from flask import current_app
 from sqlalchemy import select, update
 from sqlalchemy.orm import selectinload
 
+from cds import errors
 from cds.audit.service import actor_type_of, record_event
 from cds.clients import deploy_problem, kind_of
 from cds.extensions import db
@@ -57,8 +58,8 @@ REPLACED_UNSENT = ("Not handed over: the run was interrupted before this message
                    "a new link was issued instead.")
 
 
-class DeployError(Exception):
-    """A deployment cannot be issued; the message says why."""
+class DeployError(errors.Conflict):
+    """A deployment cannot be issued (e.g. the profile is Do Not Deploy); the message says why."""
 
 
 # --- links -------------------------------------------------------------------

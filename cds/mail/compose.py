@@ -19,6 +19,7 @@ from flask_mail import Attachment, Message
 from jinja2 import StrictUndefined, TemplateError
 from markupsafe import Markup, escape
 
+from cds import errors
 from cds.mail.addresses import AddressError, check_header_text
 from cds.mail.sandbox import BoundedSandbox, RenderLimit, render_bounded
 from cds.models import DeploymentProfile, User, utcnow
@@ -43,7 +44,7 @@ def _default_kind():
     return kind_named(None)
 
 
-class TemplateProblem(Exception):
+class TemplateProblem(errors.Invalid):
     """A template cannot be compiled or rendered; the message says where and why."""
 
 

@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from cds import errors
+
 # The user fields a source may provide (models.SOURCE_OWNED_FIELDS), with the
 # column sizes of SourceRecord / User.
 FIELD_SIZES = {"login_id": 113, "first_name": 100, "last_name": 100, "number": 32,
@@ -23,8 +25,9 @@ HTTP_KINDS = ("mbg", "mcs", "usa")
 LDAP_KIND = "ldap"
 
 
-class SourceError(Exception):
-    """The source could not be read; the message is meant for the administrator."""
+class SourceError(errors.Conflict):
+    """The source could not be read; the message is meant for the administrator. A 409
+    everywhere: the request was understood, the source's state refuses it."""
 
 
 class SourceAuthError(SourceError):
