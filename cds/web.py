@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 
 from cds.errors import CdsError
 from cds.extensions import db
+from cds.fragments import html_response
 from cds.models import ROLE_LABELS, AdminAccount
 
 # Reachable without an administrator session (each has its own protection).
@@ -321,17 +322,12 @@ def _plain_error(code: int, message: str):
 
 def _error_response(code: int, message: str):
     if request.htmx:
-        resp = app_response(render_template("_toasts.html", messages=[("error", message)]), code)
+        resp = html_response(render_template("_toasts.html", messages=[("error", message)]), code)
         resp.headers["HX-Retarget"] = "#toasts"
         # Set directly: htmx-flask 0.1.0 mis-lists some HX-Reswap values.
         resp.headers["HX-Reswap"] = "beforeend"
         return resp
-    return app_response(render_template("error.html", code=code, message=message), code)
-
-
-def app_response(body: str, status: int = 200):
-    from flask import current_app
-    return current_app.response_class(body, status=status, mimetype="text/html")
+    return html_response(render_template("error.html", code=code, message=message), code)
 
 
 def format_datetime(value: datetime | None, empty: str = "") -> Markup:

@@ -5,12 +5,13 @@ from flask import Blueprint, abort, g, redirect, render_template, request, url_f
 
 from cds.clients import kind_of
 from cds.extensions import db
+from cds.fragments import go_to, page_or_fragment, wants_fragment
 from cds.models import DeploymentProfile
 from cds.profiles.forms import DeleteProfileForm, ProfileForm
 from cds.profiles.service import (PROFILE_FIELDS, InvalidProfile, ProfileInUse,
                                   all_profiles, delete_profile, get_profile, profile_problems,
                                   save_profile, set_default, user_counts, validate_profile_fields)
-from cds.web import app_response, current_admin, toast, write_required
+from cds.web import current_admin, toast, write_required
 
 bp = Blueprint("profiles", __name__, url_prefix="/profiles")
 
@@ -45,19 +46,12 @@ def _render_form(form, profile, status=200):
                # What the saved profile lacks (the form may hold unsaved changes).
                profile_missing=profile_problems(profile) if profile else [],
                kind_label=kind_of(profile).label if profile else "")
-    if request.htmx and request.headers.get("HX-Target") == "profile-form":
-        return app_response(render_template("profiles/_form.html", **ctx), status)
-    return render_template("profiles/edit.html", **ctx), status
+    return page_or_fragment("profiles/edit.html", "profiles/_form.html", "profile-form", status, **ctx)
 
 
 def _saved(message: str):
     toast(message, "success")
-    target = url_for("profiles.index")
-    if request.htmx:
-        resp = app_response("", 204)
-        resp.headers["HX-Redirect"] = target
-        return resp
-    return redirect(target)
+    return go_to(url_for("profiles.index"))
 
 
 @bp.route("/new", methods=["GET", "POST"])
@@ -114,10 +108,10 @@ def make_default(profile_id: int):
 
 
 def _list_fragment_or_page(**extra):
-    if request.htmx:
-        return app_response(render_template("profiles/_list.html", **_list_context(**extra)))
-    if extra:
-        return render_template("profiles/page.html", **_list_context(**extra))
+    """The list (its buttons target it, ``profile-list``), or after a plain form the page."""
+    if extra or wants_fragment():
+        return page_or_fragment("profiles/page.html", "profiles/_list.html", None,
+                                **_list_context(**extra))
     return redirect(url_for("profiles.index"))
 
 
