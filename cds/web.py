@@ -83,25 +83,23 @@ def current_admin() -> AdminAccount | None:
     return g.get("admin")
 
 
-def write_required(view):
-    """Refuse the read-only role (the global rule already refuses non-GET requests)."""
-    @wraps(view)
-    def wrapped(*args, **kwargs):
-        admin = current_admin()
-        if admin is None or not admin.can_write:
-            abort(403, "Your account is read-only.")
-        return view(*args, **kwargs)
-    return wrapped
+def _admin_must(may, refusal: str):
+    """A view decorator: a 403 with ``refusal`` unless the signed-in administrator ``may``."""
+    def decorator(view):
+        @wraps(view)
+        def wrapped(*args, **kwargs):
+            admin = current_admin()
+            if admin is None or not may(admin):
+                abort(403, refusal)
+            return view(*args, **kwargs)
+        return wrapped
+    return decorator
 
 
-def primary_required(view):
-    @wraps(view)
-    def wrapped(*args, **kwargs):
-        admin = current_admin()
-        if admin is None or not admin.is_primary:
-            abort(403, "Only the primary administrator may do this.")
-        return view(*args, **kwargs)
-    return wrapped
+# Refuse the read-only role (the global rule already refuses their non-GET requests).
+write_required = _admin_must(lambda admin: admin.can_write, "Your account is read-only.")
+primary_required = _admin_must(lambda admin: admin.is_primary,
+                               "Only the primary administrator may do this.")
 
 
 def same_origin(url: str) -> bool:

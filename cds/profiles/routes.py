@@ -49,8 +49,16 @@ def _render_form(form, profile, status=200):
     return page_or_fragment("profiles/edit.html", "profiles/_form.html", "profile-form", status, **ctx)
 
 
-def _saved(message: str):
-    toast(message, "success")
+def _save(form, profile, values: dict, make_default: bool, message: str):
+    """Save and return to the list, or show the form again with the service's own
+    refusals beside the fields (422)."""
+    try:
+        saved = save_profile(profile, values, actor=g.get("actor"), make_default=make_default)
+    except InvalidProfile as exc:
+        db.session.rollback()
+        form.add_errors(exc.errors)
+        return _render_form(form, profile, 422)
+    toast(message.format(name=saved.name), "success")
     return go_to(url_for("profiles.index"))
 
 
@@ -60,18 +68,10 @@ def new():
     form = ProfileForm(request.form if request.method == "POST" else None)
     if request.method == "GET":
         return _render_form(form, None)
-    if form.validate():
-        try:
-            profile = save_profile(None, form.values(), actor=g.get("actor"),
-                                   make_default=form.make_default.data)
-        except InvalidProfile as exc:
-            db.session.rollback()
-            form.add_errors(exc.errors)
-        else:
-            return _saved(f"Profile {profile.name} created.")
-    else:
+    if not form.validate():
         form.add_errors(validate_profile_fields(form.values()))
-    return _render_form(form, None, 422)
+        return _render_form(form, None, 422)
+    return _save(form, None, form.values(), form.make_default.data, "Profile {name} created.")
 
 
 @bp.route("/<int:profile_id>", methods=["GET", "POST"])
@@ -82,20 +82,14 @@ def edit(profile_id: int):
     if not current_admin().can_write:
         abort(403, "Your account is read-only.")
     form = ProfileForm(request.form)
-    if profile.is_do_not_deploy or form.validate():
-        try:
-            values = form.values() if not profile.is_do_not_deploy else {
-                "name": form.name.data or profile.name, "description": form.description.data or ""}
-            save_profile(profile, values, actor=g.get("actor"),
-                         make_default=bool(form.make_default.data) and not profile.is_do_not_deploy)
-        except InvalidProfile as exc:
-            db.session.rollback()
-            form.add_errors(exc.errors)
-        else:
-            return _saved(f"Profile {profile.name} saved.")
-    else:
+    if profile.is_do_not_deploy:
+        # The built-in profile: only its name and description.
+        values = {"name": form.name.data or profile.name, "description": form.description.data or ""}
+        return _save(form, profile, values, False, "Profile {name} saved.")
+    if not form.validate():
         form.add_errors(validate_profile_fields(form.values(), profile))
-    return _render_form(form, profile, 422)
+        return _render_form(form, profile, 422)
+    return _save(form, profile, form.values(), bool(form.make_default.data), "Profile {name} saved.")
 
 
 @bp.route("/<int:profile_id>/default", methods=["POST"])
