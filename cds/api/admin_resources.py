@@ -87,7 +87,7 @@ def update_profile(profile_id: int):
 @bp.delete("/profiles/<int:profile_id>")
 def delete_profile(profile_id: int):
     """?reassign_to=ID moves the profile's users there first; without it, a profile in use is refused."""
-    from cds.profiles.service import ProfileInUse, delete_profile as remove
+    from cds.profiles.service import delete_profile as remove
     profile = _profile(profile_id)
     target = request.args.get("reassign_to")
     reassign = None
@@ -97,10 +97,7 @@ def delete_profile(profile_id: int):
         reassign = db.session.get(DeploymentProfile, int(target))
         if reassign is None:
             raise ApiError(422, "invalid", f"Profile {target} does not exist.", {"reassign_to": "unknown"})
-    try:
-        remove(profile, reassign_to=reassign, actor=g.actor)
-    except ProfileInUse as exc:
-        raise ApiError(409, "conflict", str(exc), {"users": exc.count}) from None
+    remove(profile, reassign_to=reassign, actor=g.actor)  # ProfileInUse: 409, {"users": n}
     return Response(status=204)
 
 
