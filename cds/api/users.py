@@ -35,10 +35,6 @@ def user_json(user: User) -> dict:
     return out
 
 
-def _invalid(exc: users.InvalidUser):
-    raise ApiError(422, "invalid", "Some values are not acceptable.", exc.errors)
-
-
 def _split_body(data: dict, user: User | None) -> tuple[dict, dict]:
     """JSON body -> (values for save_user, secrets). Unknown keys are refused, not ignored."""
     allowed = set(USER_FIELDS) | {"profile_id", "profile", "secrets"}
@@ -123,10 +119,7 @@ def get_user(user_id: int):
 @bp.post("/users")
 def create_user():
     values, secrets = _split_body(body_json(), None)
-    try:
-        result = users.save_user(None, values, secrets, actor=g.actor)
-    except users.InvalidUser as exc:
-        _invalid(exc)
+    result = users.save_user(None, values, secrets, actor=g.actor)  # InvalidUser: 422
     return user_json(result.user), 201, {"Location": f"/api/v1/users/{result.user.id}"}
 
 
@@ -141,10 +134,7 @@ def update_user(user_id: int):
                            "(only the profile can change here; Sync updates the rest).",
                            {k: "owned by the source" for k in owned})
     values, secrets = _split_body(data, user)
-    try:
-        result = users.save_user(user, values, secrets, actor=g.actor)
-    except users.InvalidUser as exc:
-        _invalid(exc)
+    result = users.save_user(user, values, secrets, actor=g.actor)  # InvalidUser: 422
     body = user_json(result.user)
     if result.id_changed:
         users.redeploy_after_id_change(result.user, actor=g.actor)
