@@ -13,8 +13,11 @@ from flask_wtf.csrf import CSRFError
 from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 
+from cds.api.blueprint import http_error_response as api_http_error
+from cds.api.blueprint import service_error_response as api_service_error
 from cds.errors import CdsError
 from cds.extensions import db
+from cds.http import MAX_ID
 from cds.models import ROLE_LABELS, AdminAccount
 
 # Reachable without an administrator session (each has its own protection).
@@ -49,33 +52,6 @@ HTMX_CONFIG = json.dumps({
         {"code": "[45]..", "swap": True, "error": True},
     ],
 })
-
-
-MAX_ID = 2**31 - 1
-# Far beyond any real list, and small enough that (page - 1) * per_page fits every
-# database's OFFSET: a larger page number is refused, not passed on.
-MAX_PAGE = 1_000_000
-
-
-def row_id(raw) -> int | None:
-    """A row id from a query string or form (1 to MAX_ID), else None: a 40-digit
-    number names no row and must not reach the database (PostgreSQL: out of range)."""
-    text = str(raw or "").strip()
-    if not text.isdigit() or len(text) > 10 or not 1 <= int(text) <= MAX_ID:
-        return None
-    return int(text)
-
-
-def page_number(raw, default: int = 1) -> int:
-    """A page number from a query string: not a number or below 1 gives ``default``;
-    above MAX_PAGE is a 400 with a clear message."""
-    try:
-        page = int(str(raw if raw is not None else default).strip())
-    except ValueError:
-        return default
-    if page > MAX_PAGE:
-        abort(400, f"Page numbers go from 1 to {MAX_PAGE:,}.")
-    return max(1, page)
 
 
 def current_admin() -> AdminAccount | None:
@@ -254,8 +230,7 @@ def init_app(app) -> None:
         # A refused action changes nothing: whatever the service had begun is rolled back.
         db.session.rollback()
         if request.path.startswith("/api/"):
-            from cds.api.routes import _service_error as api_error
-            return api_error(exc)
+            return api_service_error(exc)
         return _error_response(exc.status, exc.message)
 
     @app.errorhandler(CSRFError)
@@ -267,8 +242,7 @@ def init_app(app) -> None:
     def _http_error(exc):
         if request.path.startswith("/api/"):
             # Also for paths no API route matched: the API's one error shape.
-            from cds.api.routes import _http_error as api_error
-            return api_error(exc)
+            return api_http_error(exc)
         if request.blueprint in ("client", "redirect"):
             return exc  # those blueprints answer JSON themselves
         if request.path.startswith("/provisioning/"):
@@ -352,12 +326,3 @@ def days_from_now(value: datetime | None) -> str:
     if days < 0:
         return "expired"
     return f"{int(days)} days"
-
-
-def csv_download(chunks, filename: str):
-    """A CSV file streamed as it is produced (constant memory), offered as a download."""
-    from flask import Response, stream_with_context
-    response = Response(stream_with_context(chunks), mimetype="text/csv")
-    response.headers["Content-Type"] = "text/csv; charset=utf-8"
-    response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
-    return response

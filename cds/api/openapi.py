@@ -6,7 +6,7 @@ the API from it in CI.
 """
 from __future__ import annotations
 
-from cds import __version__
+from cds.version import __version__
 from cds.clients import KINDS as CLIENT_KINDS
 from cds.users.service import MAX_SECRET_LENGTH
 

@@ -1,7 +1,7 @@
 """Settings › API tokens: list, create (shown once), revoke."""
 from flask import Blueprint, g, render_template, request
 
-from cds.api.tokens import TokenError, create_api_token, list_api_tokens, revoke_api_token
+from cds.apitokens.service import TokenError, create_api_token, list_api_tokens, revoke_api_token
 from cds.web import primary_required, toast
 
 bp = Blueprint("apitokens", __name__, url_prefix="/settings/api-tokens")

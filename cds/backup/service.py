@@ -46,7 +46,8 @@ from sqlalchemy import (JSON, Boolean, Date, DateTime, Float, Integer, LargeBina
                         Numeric, create_engine, func, select, text)
 from sqlalchemy.engine import Connection
 
-from cds import __version__, errors
+from cds import errors
+from cds.version import __version__
 from cds.extensions import db
 from cds.models import utcnow
 

@@ -38,9 +38,10 @@ class ClientKind:
     revoke_note: str = ""
     # True: a profile of this kind is refused (not saved) while ``missing`` finds something.
     refuse_incomplete: bool = False
-    # A Flask blueprint of the kind's own endpoints for apps, under /provisioning/<key>/
-    # (public, session-less, tokens kept out of the logs); registered by create_app.
-    blueprint = None
+    # The module holding the blueprint (``bp``) of the kind's own endpoints for apps, under
+    # /provisioning/<key>/ (public, session-less, tokens kept out of the logs); create_app
+    # registers it. Named, not imported: routes sit above the kinds the services use.
+    routes: str | None = None
 
     def missing(self, profile) -> dict[str, str]:
         """What ``profile`` lacks for this kind's clients to work, {profile field: what is

@@ -39,7 +39,7 @@ def connections_group():
 @connections_group.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def list_command(as_json):
-    from cds.api.admin_resources import connection_json
+    from cds.api.schema import connection_json
     rows = connections.list_connections()
     if as_json:
         click.echo(json.dumps([connection_json(c) for c in rows], indent=2))
@@ -56,7 +56,7 @@ def list_command(as_json):
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True)
 def show_command(name, as_json):
-    from cds.api.admin_resources import connection_json
+    from cds.api.schema import connection_json
     data = connection_json(_find(name))
     if as_json:
         click.echo(json.dumps(data, indent=2))

@@ -14,7 +14,7 @@ import time
 from flask import current_app
 from sqlalchemy import insert, text, update
 
-from cds import __version__
+from cds.version import __version__
 from cds.extensions import db
 from cds.models import Setting, utcnow
 from cds.scheduler import scheduler_report

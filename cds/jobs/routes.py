@@ -6,7 +6,8 @@ from cds.jobs.service import (ITEM_OUTCOMES, active_jobs, cancel_job, get_job,
                               finished_jobs, item_page, reason_counts, scheduled_jobs,
                               sync_schedules)
 from cds.models import Job
-from cds.web import page_number, toast, write_required
+from cds.http import page_number
+from cds.web import toast, write_required
 
 bp = Blueprint("jobs", __name__, url_prefix="/jobs")
 

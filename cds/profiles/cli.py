@@ -26,7 +26,7 @@ def _options(fn):
 
 
 def _show(profile, as_json: bool) -> None:
-    from cds.api.admin_resources import profile_json
+    from cds.api.schema import profile_json
     data = profile_json(profile, profiles.user_counts().get(profile.id, 0))
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -43,7 +43,7 @@ def profiles_group():
 @profiles_group.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def list_command(as_json):
-    from cds.api.admin_resources import profile_json
+    from cds.api.schema import profile_json
     counts = profiles.user_counts()
     rows = profiles.all_profiles()
     if as_json:

@@ -17,6 +17,7 @@ DEVICE_PATH = "/provisioning/linphone/device/"
 class Linphone(ClientKind):
     key = "linphone"
     label = "Linphone"
+    routes = "cds.clients.linphone.routes"
     app_name = "Linphone app"
     revoke_note = ("Linphone keeps the SIP account it has cached and can still register with it: "
                    "change the user's SIP password on the PBX (and in CDS) to end that.")
@@ -71,11 +72,6 @@ class Linphone(ClientKind):
     def app_link(self, link: str) -> str:
         # The Linphone apps register the linphone-config: scheme for remote provisioning.
         return f"linphone-config:{link}"
-
-    @property
-    def blueprint(self):
-        from cds.clients.linphone.routes import bp
-        return bp
 
 
 KIND = Linphone()
