@@ -29,7 +29,7 @@ LAYERS = (
     # pure parts below the services (mail addresses, source records, statements).
     ("rules", (
         "cds.users.fields", "cds.users.selection", "cds.users.changes", "cds.users.query",
-        "cds.mail.addresses", "cds.mail.sandbox", "cds.client.statements", "cds.sources.records",
+        "cds.mail.addresses", "cds.mail.sandbox", "cds.client.statements",
     )),
     # Services and actions: the logic, with no request and no HTML.
     ("services", (
