@@ -23,13 +23,14 @@ PACKAGE = "cds"
 LAYERS = (
     ("infrastructure", (
         "cds.config", "cds.extensions", "cds.errors", "cds.safejson", "cds.logs", "cds.security",
-        "cds.models", "cds.http", "cds.csvfile", "cds.areas", "cds.scheduler", "cds.version",
+        "cds.models", "cds.http", "cds.csvfile", "cds.scheduler", "cds.version",
+        "cds.mail.addresses",  # the configuration checks its sender address with it
     )),
     # The user field table, reading a selection of users, the rules of a change; the
     # pure parts below the services (mail addresses, source records, statements).
     ("rules", (
         "cds.users.fields", "cds.users.selection", "cds.users.changes", "cds.users.query",
-        "cds.mail.addresses", "cds.mail.sandbox", "cds.client.statements",
+        "cds.mail.sandbox", "cds.client.statements",
     )),
     # Services and actions: the logic, with no request and no HTML.
     ("services", (
