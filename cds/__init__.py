@@ -71,7 +71,7 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
 # One package per area (README, Architecture). Each may have routes.py (a blueprint named
 # ``bp``), service.py and cli.py (click commands in ``commands``, added to `flask cds`).
 # The factory imports them by name: it is the one place that knows every area.
-AREAS = ("auth", "users", "profiles", "jobs", "deploy", "mail", "client", "redirect", "outbox",
+AREAS = ("auth", "users", "profiles", "jobs", "deploy", "landing", "mail", "client", "redirect", "outbox",
          "connections", "sources", "imports", "export", "deletion", "audit", "settings", "api",
          "apitokens", "health", "backup")
 

@@ -60,7 +60,7 @@ def _xml(document: bytes):
 @bp.route("/<token>")
 def first_fetch(token: str):
     if not is_provisioning_client():
-        from cds.deploy.routes import landing_response
+        from cds.landing.routes import landing_response
         resp = landing_response(token)
         resp.headers["Vary"] = "Accept, User-Agent"
         return resp
