@@ -5,8 +5,10 @@ import sys
 
 import click
 
-from cds.backup.service import (BackupError, PassphraseRequired, create_backup, inspect_backup,
-                                instance_has_data, restore_backup)
+from cds.backup.archive import inspect_backup
+from cds.backup.create import create_backup
+from cds.backup.format import BackupError, PassphraseRequired
+from cds.backup.restore import instance_has_data, restore_backup
 from cds.cli import fail
 
 
