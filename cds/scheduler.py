@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from cds.extensions import db
 
 log = logging.getLogger("cds.scheduler")
 
@@ -139,7 +140,6 @@ class Leader:
     def __init__(self, app):
         self.app = app
         with app.app_context():
-            from cds.extensions import db
             engine = db.engine
         if engine.dialect.name == "postgresql":
             self.lock = _AdvisoryLock(engine)
@@ -276,7 +276,6 @@ def tick(app_key: str) -> None:
 
 
 def _run_task(app, name: str, fn, failures: int) -> None:
-    from cds.extensions import db
     with app.app_context():
         try:
             fn(app)

@@ -18,7 +18,8 @@ from cds.api.blueprint import service_error_response as api_service_error
 from cds.errors import CdsError
 from cds.extensions import db
 from cds.http import MAX_ID
-from cds.models import ROLE_LABELS, AdminAccount
+from cds.models import ROLE_LABELS, AdminAccount, utcnow
+from cds.settings.service import public_url
 
 # Reachable without an administrator session (each has its own protection).
 PUBLIC_BLUEPRINTS = {"redirect", "client", "landing", "api", "health"}
@@ -100,7 +101,6 @@ def same_origin(url: str) -> bool:
     if given in (origin_of(request.host_url), origin_of(current_app.config["PUBLIC_URL"])):
         return True
     # The public URL may have been changed in Settings (stored in the database).
-    from cds.settings.service import public_url
     return given == origin_of(public_url())
 
 
@@ -319,7 +319,6 @@ def format_datetime(value: datetime | None, empty: str = "") -> Markup:
 
 
 def days_from_now(value: datetime | None) -> str:
-    from cds.models import utcnow
     if value is None:
         return ""
     days = (value - utcnow()).total_seconds() / 86400

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+from cds.clients import profile_problems
 from cds.connections.service import host_of
 from cds.extensions import db
 from cds.models import USER_SECRETS, Connection, DeploymentProfile, Job, JobItem, User
-from cds.profiles.service import PROFILE_FIELDS, profile_problems
+from cds.profiles.service import PROFILE_FIELDS
 
 USER_FIELDS = ("login_id", "first_name", "last_name", "number", "pbx_number", "pbx_sip_username",
                "mbg_sip_username", "mcs_account", "email")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from cds.clients import ClientKind, InstallLink
+from cds.settings.service import redirect_url
 
 # The app registers this URI scheme; docs/client-protocol.md §1 "Opening the app".
 APP_SCHEME = "cds-client"
@@ -39,7 +40,6 @@ class CdsV1(ClientKind):
         return missing
 
     def link(self, token: str) -> str:
-        from cds.settings.service import redirect_url
         return f"{redirect_url()}/r/{token}"
 
     def app_link(self, link: str) -> str:

@@ -5,7 +5,7 @@ import click
 
 from cds.api.schema import profile_json
 from cds.cli import fail
-from cds.clients import kind_of
+from cds.clients import kind_of, profile_problems
 from cds.profiles import service as profiles
 
 INT_FIELDS = {"mbg_sip_port", "pbx_sip_port", "mcs_port", "link_validity_hours"}
@@ -51,7 +51,7 @@ def list_command(as_json):
         return
     for p in rows:
         flags = " (default)" if p.is_default else (" (built-in)" if p.is_do_not_deploy else "")
-        missing = profiles.profile_problems(p)
+        missing = profile_problems(p)
         client = "" if p.is_do_not_deploy else kind_of(p).label
         click.echo(f"{p.id:>4}  {p.name + flags:<32} {counts.get(p.id, 0):>7} users  {client}"
                    + (f"  INCOMPLETE: {'; '.join(missing)}" if missing else ""))

@@ -18,8 +18,12 @@ from pathlib import Path
 
 from flask import Flask
 
-from cds import ROOT
+from cds import ROOT, logs
 from cds.config import ConfigError
+from cds.extensions import db
+from cds.models import RedirectEntry, utcnow
+from cds.redirect.routes import bp
+from cds.redirect.service import purge_expired
 
 SETTINGS = {
     # name: (environment variable, default)
@@ -48,10 +52,6 @@ def create_redirect_app(test_config: dict | None = None, instance_path: str | No
         {"connect_args": {"timeout": 30, "check_same_thread": False}} if url.startswith("sqlite") else
         {"pool_pre_ping": True})
 
-    from cds import logs
-    from cds.extensions import db
-    from cds.models import RedirectEntry
-    from cds.redirect.routes import bp
 
     logs.init_app(app)
     db.init_app(app)
@@ -67,8 +67,6 @@ def create_redirect_app(test_config: dict | None = None, instance_path: str | No
     def _purge_now_and_then():
         if time.monotonic() - last_purge[0] > PURGE_EVERY_SECONDS and lock.acquire(blocking=False):
             try:
-                from cds.models import utcnow
-                from cds.redirect.service import purge_expired
                 last_purge[0] = time.monotonic()
                 purge_expired(utcnow())
             finally:

@@ -12,6 +12,7 @@ from flask import current_app, g
 from sqlalchemy import select
 
 from cds import errors
+from cds.audit.service import record_event
 from cds.extensions import db
 from cds.models import Setting
 from cds.security import decrypt, encrypt
@@ -166,8 +167,6 @@ def parse_general(form) -> tuple[dict, dict]:
 
 def save_general(values: dict, actor: str | None = None) -> list[str]:
     """Store validated General values and audit what changed (old and new: none is secret)."""
-    from cds.audit.service import record_event
-
     before = get_settings(*GENERAL_KEYS)
     changes = {key: value for key, value in values.items() if value != before.get(key)}
     changed = save_settings(changes, actor=actor, commit=False)

@@ -9,6 +9,7 @@ cds/clients/linphone/service.py serves both URLs.
 from __future__ import annotations
 
 from cds.clients import ClientKind, InstallLink
+from cds.settings.service import public_url
 
 FIRST_FETCH_PATH = "/provisioning/linphone/"
 DEVICE_PATH = "/provisioning/linphone/device/"
@@ -66,7 +67,6 @@ class Linphone(ClientKind):
         return missing
 
     def link(self, token: str) -> str:
-        from cds.settings.service import public_url
         return f"{public_url()}{FIRST_FETCH_PATH}{token}"
 
     def app_link(self, link: str) -> str:
