@@ -5,9 +5,21 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from functools import wraps
+from urllib.parse import urlsplit
 
-from flask import (abort, flash, g, get_flashed_messages, redirect, render_template, request,
-                   session, url_for)
+from flask import (
+    abort,
+    current_app,
+    flash,
+    g,
+    get_flashed_messages,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError
 from markupsafe import Markup
@@ -84,9 +96,6 @@ def same_origin(url: str) -> bool:
     """Whether an Origin or Referer value names this CDS: the address the request came
     to, or the public URL (configuration or Settings). "null" (a sandboxed frame, a
     privacy tool) does not."""
-    from urllib.parse import urlsplit
-    from flask import current_app
-
     def origin_of(value: str) -> tuple[str, str] | None:
         parts = urlsplit(value.strip())
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -248,7 +257,6 @@ def init_app(app) -> None:
         if request.path.startswith("/provisioning/"):
             return _plain_error(exc.code or 500, exc.description)
         if request.path.startswith(("/client/", "/r-api/")):
-            from flask import jsonify
             code = exc.code or 500
             resp = jsonify(error={404: "not_found", 405: "method_not_allowed"}.get(code, "error"),
                            message=exc.description)
@@ -265,7 +273,6 @@ def init_app(app) -> None:
         db.session.rollback()
         app.logger.exception("unexpected error on %s %s", request.method, request.path)
         if request.blueprint in ("api", "client"):
-            from flask import jsonify
             return jsonify(error="internal_error", message="Unexpected server error; "
                                                            "see the CDS log.", details=None), 500
         if request.path.startswith("/provisioning/"):
@@ -287,7 +294,6 @@ DEFAULT_ERRORS = {
 
 def _plain_error(code: int, message: str):
     """Provisioning URLs (fetched by apps, without a session): a plain-text error."""
-    from flask import current_app
     resp = current_app.response_class(f"{message}\n", status=code, mimetype="text/plain")
     resp.headers["Cache-Control"] = "no-store"
     return resp
@@ -304,7 +310,6 @@ def _error_response(code: int, message: str):
 
 
 def app_response(body: str, status: int = 200):
-    from flask import current_app
     return current_app.response_class(body, status=status, mimetype="text/html")
 
 

@@ -11,9 +11,8 @@ import hashlib
 import time
 
 from flask import Blueprint, current_app, g, jsonify, request, url_for
-from werkzeug.exceptions import HTTPException
-
 from limits import parse_many
+from werkzeug.exceptions import HTTPException
 
 from cds.apitokens.service import find_valid_token
 from cds.errors import CdsError

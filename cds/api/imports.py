@@ -10,8 +10,7 @@ from cds.api.blueprint import ApiError, body_json, bp, refuse_unknown_fields
 from cds.api.schema import import_plan_json
 from cds.extensions import db
 from cds.http import MAX_ID
-from cds.imports.csv_import import (EMPTY_POLICIES, CsvOptions, CsvProblem, CsvRejected, commit_import,
-                                    plan_import)
+from cds.imports.csv_import import EMPTY_POLICIES, CsvOptions, CsvProblem, CsvRejected, commit_import, plan_import
 from cds.models import DeploymentProfile
 
 

@@ -8,8 +8,7 @@ from cds.api.schema import PROFILE_INT_FIELDS, profile_json
 from cds.extensions import db
 from cds.http import MAX_ID
 from cds.models import DeploymentProfile
-from cds.profiles.service import (PROFILE_FIELDS, InvalidProfile, ProfileInUse, all_profiles,
-                                  save_profile, user_counts)
+from cds.profiles.service import PROFILE_FIELDS, InvalidProfile, ProfileInUse, all_profiles, save_profile, user_counts
 from cds.profiles.service import delete_profile as remove_profile
 
 

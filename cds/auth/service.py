@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import re
+import time
 
+from flask import current_app
+from limits import parse_many
 from sqlalchemy import func, select
 
 from cds import errors
@@ -87,13 +90,10 @@ class SignInThrottled(Exception):
 
 
 def _limits(setting: str):
-    from flask import current_app
-    from limits import parse_many
     return parse_many(current_app.config[setting])
 
 
 def _wait(stats) -> int:
-    import time
     return int(stats.reset_time - time.time()) + 1
 
 

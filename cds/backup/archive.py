@@ -13,10 +13,21 @@ from pathlib import Path
 from flask import current_app
 
 from cds.backup.container import decrypt_file
-from cds.backup.format import (ALLOWED_MEMBER, CHUNK, ENCRYPTED_MAGIC, FORMAT, GZIP_MAGIC, ArchiveInvalid,
-                               BackupError, SchemaTooNew, private_tempdir, sha256)
+from cds.backup.format import (
+    ALLOWED_MEMBER,
+    CHUNK,
+    ENCRYPTED_MAGIC,
+    FORMAT,
+    GZIP_MAGIC,
+    ArchiveInvalid,
+    BackupError,
+    SchemaTooNew,
+    private_tempdir,
+    sha256,
+)
 from cds.extensions import migrations
 from cds.version import __version__
+
 
 def open_archive(path: Path, passphrase: str | None, work: Path) -> tuple[Path, list[str]]:
     """The plain tar.gz of the archive at ``path`` (decrypted into ``work`` if sealed)."""

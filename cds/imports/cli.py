@@ -6,8 +6,7 @@ from pathlib import Path
 import click
 
 from cds.cli import fail
-from cds.imports.csv_import import (MAX_LISTED_ERRORS, CsvOptions, CsvProblem, CsvRejected, commit_import,
-                                    plan_import)
+from cds.imports.csv_import import MAX_LISTED_ERRORS, CsvOptions, CsvProblem, CsvRejected, commit_import, plan_import
 from cds.profiles.service import find_profile_by_name
 
 

@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import waitress
 from flask import Flask
 
 from cds import ROOT, logs
@@ -89,7 +90,6 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8080)
     ap.add_argument("--threads", type=int, default=8)
     args = ap.parse_args()
-    import waitress
     app = create_redirect_app()
     print(f"CDS redirect server on http://{args.host}:{args.port}/", flush=True)
     waitress.serve(app, host=args.host, port=args.port, threads=args.threads, ident="CDS-redirect",

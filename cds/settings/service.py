@@ -7,6 +7,7 @@ primary administrator saves in Settings is stored here and wins from then on
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from flask import current_app, g
 from sqlalchemy import select
@@ -145,8 +146,6 @@ MAX_RETENTION_DAYS = 3650
 
 def parse_general(form) -> tuple[dict, dict]:
     """Validate the General form: (values, errors by field). Nothing is saved here."""
-    from urllib.parse import urlsplit
-
     values, errors = {}, {}
     for key, label in (("PUBLIC_URL", "The CDS public URL"), ("REDIRECT_URL", "The redirect server URL")):
         raw = str(form.get(key, "") or "").strip().rstrip("/")
