@@ -1,4 +1,4 @@
-"""Client kinds (PRODUCT.md §5a): which client a deployment profile's users run.
+"""Client kinds: which client a deployment profile's users run.
 
 Each kind is one module holding one ``ClientKind``: what a profile must have for
 its clients to work, how the deployment link and QR code are formed, what the

@@ -1,4 +1,4 @@
-"""CDS client protocol v1 (PRODUCT.md §5, docs/client-protocol.md): our own protocol,
+"""CDS client protocol v1 (docs/client-protocol.md): our own protocol,
 for a MiCollab-style app. The link goes through the redirect server; the app
 activates with the token and downloads the JSON configuration (cds/client)."""
 from __future__ import annotations
