@@ -69,11 +69,11 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
 
 
 # One package per area (README, Architecture). Each may have routes.py (a blueprint named
-# ``bp``), service.py and cli.py (click commands in ``commands``, added to `flask cds`).
+# ``bp``, or several listed in ``blueprints``), service.py and cli.py (click commands in ``commands``, added to `flask cds`).
 # The factory imports them by name: it is the one place that knows every area.
 AREAS = ("auth", "users", "profiles", "jobs", "deploy", "landing", "mail", "client", "redirect", "outbox",
          "connections", "sources", "imports", "export", "deletion", "audit", "settings", "api",
-         "apitokens", "health", "backup")
+         "health", "backup")
 
 
 def area_modules(part: str):
@@ -87,7 +87,9 @@ def register_areas(app: Flask) -> None:
 
     for area in AREAS:
         if find_spec(f"cds.{area}.routes") is not None:
-            app.register_blueprint(import_module(f"cds.{area}.routes").bp)
+            routes = import_module(f"cds.{area}.routes")
+            for blueprint in getattr(routes, "blueprints", (routes.bp,)):
+                app.register_blueprint(blueprint)
         # Importing service modules registers their job actions and scheduler tasks.
         if find_spec(f"cds.{area}.service") is not None:
             import_module(f"cds.{area}.service")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from cds import errors
-from cds.apitokens.service import TokenError, TokenNotFound
+from cds.settings.tokens import TokenError, TokenNotFound
 from cds.auth.service import AccountError
 from cds.connections.service import ConnectionNotFound, ConnectionProblem
 from cds.jobs.service import InvalidJob, JobError, JobFinished, JobNotFound

@@ -35,14 +35,14 @@ LAYERS = (
     # Services and actions: the logic, with no request and no HTML.
     ("services", (
         "cds.*.service", "cds.*.service.*", "cds.jobs.actions", "cds.imports.csv_import",
-        "cds.settings.accounts", "cds.sources", "cds.sources.*", "cds.clients", "cds.clients.*.service",
+        "cds.settings.accounts", "cds.settings.tokens", "cds.sources", "cds.sources.*", "cds.clients", "cds.clients.*.service",
         "cds.clients.*.document", "cds.clients.cds_v1", "cds.clients.linphone", "cds.mail.*",
         "cds.backup.*",
     )),
     # What people and programs reach: pages, the JSON API, the shell.
     ("surfaces", (
         "cds.*.routes", "cds.*.*.routes", "cds.*.forms", "cds.*.cli", "cds.cli", "cds.web",
-        "cds.api", "cds.api.*",
+        "cds.api", "cds.api.*", "cds.settings.mail", "cds.settings.api_tokens", "cds.settings.backup",
     )),
     # The application factories that wire the surfaces together.
     ("application", ("cds", "cds.redirect.standalone")),

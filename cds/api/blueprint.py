@@ -14,7 +14,7 @@ from flask import Blueprint, current_app, g, jsonify, request, url_for
 from limits import parse_many
 from werkzeug.exceptions import HTTPException
 
-from cds.apitokens.service import find_valid_token
+from cds.settings.tokens import find_valid_token
 from cds.errors import CdsError
 from cds.extensions import csrf, db, limit_counter, limiter
 from cds.http import MAX_PAGE

@@ -11,7 +11,7 @@ bp = Blueprint("backup", __name__, url_prefix="/settings/backup")
 
 
 def _page(errors: dict | None = None, status: int = 200):
-    return render_template("backup/page.html", active_tab="settings", section="backup", errors=errors or {},
+    return render_template("settings/backup.html", active_tab="settings", section="backup", errors=errors or {},
                            history=last_backups()), status
 
 
