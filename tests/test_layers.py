@@ -26,22 +26,22 @@ LAYERS = (
         "cds.models", "cds.http", "cds.csvfile", "cds.scheduler", "cds.version",
         "cds.mail.addresses",  # the configuration checks its sender address with it
     )),
-    # The user field table, reading a selection of users, the rules of a change; the
-    # pure parts below the services (mail addresses, source records, statements).
+    # The user field table, reading a selection of users, the rules of a change, and
+    # other pure parts the services share.
     ("rules", (
         "cds.users.fields", "cds.users.selection", "cds.users.changes", "cds.users.query",
-        "cds.mail.sandbox", "cds.client.statements",
+        "cds.mail.sandbox", "cds.client.statements", "cds.clients.kind",
     )),
     # Services and actions: the logic, with no request and no HTML.
     ("services", (
-        "cds.*.service", "cds.*.service.*", "cds.jobs.actions", "cds.imports.csv_import",
-        "cds.settings.accounts", "cds.settings.tokens", "cds.sources", "cds.sources.*", "cds.clients", "cds.clients.*.service",
-        "cds.clients.*.document", "cds.clients.cds_v1", "cds.clients.linphone", "cds.mail.*",
-        "cds.backup.*",
+        "cds.*.service", "cds.jobs.actions", "cds.imports.csv_import", "cds.settings.accounts",
+        "cds.settings.tokens", "cds.sources", "cds.sources.*", "cds.clients", "cds.clients.cds_v1",
+        "cds.clients.linphone", "cds.clients.linphone.service", "cds.clients.linphone.document",
+        "cds.mail.*", "cds.backup.*",
     )),
     # What people and programs reach: pages, the JSON API, the shell.
     ("surfaces", (
-        "cds.*.routes", "cds.*.*.routes", "cds.*.forms", "cds.*.cli", "cds.cli", "cds.web",
+        "cds.*.routes", "cds.clients.*.routes", "cds.*.forms", "cds.*.cli", "cds.cli", "cds.web",
         "cds.api", "cds.api.*", "cds.settings.mail", "cds.settings.api_tokens", "cds.settings.backup",
     )),
     # The application factories that wire the surfaces together.

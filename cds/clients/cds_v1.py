@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from cds.clients import ClientKind, InstallLink
+from cds.clients.kind import ClientKind, InstallLink
 from cds.settings.service import redirect_url
 
 # The app registers this URI scheme; docs/client-protocol.md §1 "Opening the app".

@@ -8,7 +8,7 @@ cds/clients/linphone/service.py serves both URLs.
 """
 from __future__ import annotations
 
-from cds.clients import ClientKind, InstallLink
+from cds.clients.kind import ClientKind, InstallLink
 from cds.settings.service import public_url
 
 FIRST_FETCH_PATH = "/provisioning/linphone/"
