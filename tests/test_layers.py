@@ -27,8 +27,8 @@ LAYERS = (
         "cds.mail.addresses",  # the configuration checks its sender address with it
         "cds.users.fields",  # the models build the user columns from the field table
     )),
-    # The user field table, reading a selection of users, the rules of a change, and
-    # other pure parts the services share.
+    # Reading and selecting users, the rules of a change, and other pure parts the
+    # services share.
     ("rules", (
         "cds.users.errors", "cds.users.selection", "cds.users.changes", "cds.users.query",
         "cds.mail.sandbox", "cds.client.statements", "cds.clients.kind",
@@ -36,15 +36,15 @@ LAYERS = (
     # Services and actions: the logic, with no request and no HTML.
     ("services", (
         "cds.*.service", "cds.jobs.actions", "cds.imports.csv_import", "cds.settings.accounts",
-        "cds.settings.tokens", "cds.users.login_ids", "cds.sources", "cds.sources.*", "cds.clients", "cds.clients.cds_v1",
-        "cds.clients.linphone", "cds.clients.linphone.service", "cds.clients.linphone.document",
-        "cds.mail.*", "cds.backup.*",
+        "cds.settings.tokens", "cds.users.login_ids", "cds.sources", "cds.sources.*", "cds.clients",
+        "cds.clients.cds_v1", "cds.clients.linphone", "cds.clients.linphone.service",
+        "cds.clients.linphone.document", "cds.mail.*", "cds.backup.*",
     )),
     # What people and programs reach: pages, the JSON API, the shell.
     ("surfaces", (
         "cds.*.routes", "cds.clients.*.routes", "cds.*.forms", "cds.*.cli", "cds.cli", "cds.web",
-        "cds.fragments",
-        "cds.api", "cds.api.*", "cds.settings.mail", "cds.settings.api_tokens", "cds.settings.backup",
+        "cds.fragments", "cds.api", "cds.api.*", "cds.settings.mail", "cds.settings.api_tokens",
+        "cds.settings.backup",
     )),
     # The application factories that wire the surfaces together.
     ("application", ("cds", "cds.redirect.standalone")),
