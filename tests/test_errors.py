@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 
 from cds import errors
-from cds.api.routes import ApiError
-from cds.api.tokens import TokenError, TokenNotFound
+from cds.api.blueprint import ApiError
 from cds.audit.service import InvalidAuditQuery
 from cds.auth.service import AccountError
 from cds.client.service import ClientError
@@ -16,6 +15,7 @@ from cds.deploy.service import DeployError
 from cds.jobs.service import InvalidJob, JobError, JobFinished, JobNotFound
 from cds.mail.compose import TemplateProblem
 from cds.profiles.service import InvalidProfile, ProfileError, ProfileInUse, ProfileNotFound
+from cds.settings.tokens import TokenError, TokenNotFound
 from cds.sources import SourceAuthError, SourceError, SourceLimitError, SourceUnreachable
 from cds.users.service import InvalidQuery, InvalidUser, NotFound, UserError
 from tests.conftest import free_port

@@ -6,9 +6,9 @@ the API from it in CI.
 """
 from __future__ import annotations
 
-from cds import __version__
 from cds.clients import KINDS as CLIENT_KINDS
 from cds.users.service import MAX_SECRET_LENGTH
+from cds.version import __version__
 
 TS = {"type": ["string", "null"], "format": "date-time"}
 STR = {"type": "string"}

@@ -5,7 +5,7 @@ from cds.audit.service import (AuditFilter, InvalidAuditQuery, action_names, act
                                detail_text, export_audit_csv, list_events)
 from cds.fragments import wants_fragment
 from cds.models import utcnow
-from cds.web import csv_download, page_number
+from cds.http import csv_download, page_number
 
 bp = Blueprint("audit", __name__, url_prefix="/audit")
 

@@ -5,6 +5,7 @@ from wtforms import (BooleanField, HiddenField, IntegerField, PasswordField, Sel
 from wtforms.validators import InputRequired, NumberRange, Optional
 
 from cds.models import CONNECTION_KINDS
+from cds.security import seal, unseal
 from cds.sources import LIMIT_DEFAULTS, LIMIT_RANGES
 from cds.sources.ldap import DEFAULT_FILTER, DEFAULT_KEY_ATTRIBUTE, DEFAULT_MAPPING, MAPPABLE_FIELDS
 
@@ -88,11 +89,9 @@ class KeptPassword:
     password_kept = HiddenField()
 
     def typed_password(self) -> str:
-        from cds.security import unseal
         return self.password.data or unseal(self.password_kept.data) or ""
 
     def keep_password(self) -> None:
-        from cds.security import seal
         typed = self.typed_password()
         self.password_kept.data = seal(typed) if typed else ""
 

@@ -28,8 +28,8 @@ from cds.models import (CONNECTION_KINDS, SOURCE_CONNECTION, SOURCE_CSV, SOURCE_
 from cds.scheduler import tick_task
 from cds.security import encrypt
 from cds.sources import (FIELD_SIZES, HTTP_KINDS, LDAP_KIND, LIMIT_DEFAULTS, SourceAuthError, SourceError,
-                         SourceUnreachable,
-                         authorize, fetch_records, limit_problems, provided_fields)
+                         SourceUnreachable, limit_problems)
+from cds.sources.kinds import authorize, fetch_records, provided_fields
 
 log = logging.getLogger("cds.connections")
 

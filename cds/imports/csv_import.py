@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import bindparam, select, update
 
 from cds import errors
+from cds.csvfile import neutralise
 from cds.extensions import db
 from cds.imports.service import insert_users
 from cds.models import (SOURCE_CONNECTION, SOURCE_CSV, USER_SECRETS, DeploymentProfile, User,
@@ -162,7 +163,6 @@ def unneutralise(value: str) -> str:
     """Export prefixes formula-looking cells with an apostrophe; a re-import takes it off
     (exactly where export would have put it). Other cells are kept exactly as written
     (stored as text, never evaluated)."""
-    from cds.export.service import neutralise
     if len(value) > 1 and value[0] == "'" and neutralise(value[1:]) == value:
         return value[1:]
     return value

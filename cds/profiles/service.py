@@ -7,7 +7,10 @@ import re
 from sqlalchemy import func, select, update
 
 from cds import errors
+from cds.audit.service import record_event
+from cds.clients import KINDS, kind_of
 from cds.extensions import db
+from cds.mail.addresses import AddressError, check_address, check_header_text
 from cds.models import (CLIENT_TYPES, DO_NOT_DEPLOY, SIP_ACCOUNTS, SIP_ALGORITHMS, SIP_CREDENTIALS,
                         TRANSPORTS, DeploymentProfile, User)
 
@@ -83,8 +86,6 @@ def user_counts() -> dict[int, int]:
 
 def set_default(profile: DeploymentProfile, *, actor: str | None = None) -> None:
     """Make ``profile`` the one new users get."""
-    from cds.audit.service import record_event
-
     if profile.is_do_not_deploy:
         raise ProfileError("\"Do Not Deploy\" cannot be the default profile for new users.")
     db.session.execute(update(DeploymentProfile).values(is_default=False))
@@ -127,10 +128,8 @@ def host_problem(value: str) -> str | None:
 
 def validate_profile_fields(data: dict, profile: DeploymentProfile | None = None) -> dict[str, str]:
     """Check the profile fields present in ``data``. Returns {field: message}."""
-    from cds.mail.addresses import AddressError, check_address, check_header_text
     from cds.users.service import _PHONE_RE
 
-    from cds.clients import KINDS
 
     errors = {}
     if "client" in data and data["client"] not in KINDS:
@@ -194,8 +193,6 @@ def validate_profile_fields(data: dict, profile: DeploymentProfile | None = None
 def save_profile(profile: DeploymentProfile | None, data: dict, *, actor: str | None = None,
                  make_default: bool = False) -> DeploymentProfile:
     """Create (profile=None) or change a profile; raises InvalidProfile, nothing written then."""
-    from cds.audit.service import record_event
-
     data = {k: (v.strip() if isinstance(v, str) and k != "email_body" else v)
             for k, v in data.items() if k in PROFILE_FIELDS}
     if profile is not None and profile.is_do_not_deploy:
@@ -252,17 +249,10 @@ def _registration_problems(profile: DeploymentProfile) -> dict[str, str]:
     """A profile of a kind that says so (Linphone: what a SIP registration needs) is refused
     incomplete. Others may be saved incomplete and filled in later (the built-in Default
     starts so); Deploy skips their users until they are complete, and the list says why."""
-    from cds.clients import kind_of
     kind = kind_of(profile)
     if profile.is_do_not_deploy or not kind.refuse_incomplete:
         return {}
     return {field: f"{kind.label} needs this: {message}." for field, message in kind.missing(profile).items()}
-
-
-def profile_problems(profile: DeploymentProfile) -> list[str]:
-    """What the profile lacks for its users' clients to work (the list and form show it)."""
-    from cds.clients import profile_problems as problems
-    return problems(profile)
 
 
 def delete_profile(profile: DeploymentProfile, *, reassign_to: DeploymentProfile | None = None,
@@ -270,8 +260,6 @@ def delete_profile(profile: DeploymentProfile, *, reassign_to: DeploymentProfile
     """Delete a profile. While users are on it this is refused (ProfileInUse) unless
     ``reassign_to`` is given: then they move there first, in the same transaction.
     Returns how many users moved."""
-    from cds.audit.service import record_event
-
     if profile.is_do_not_deploy:
         raise ProfileError(f"The built-in profile {DO_NOT_DEPLOY!r} cannot be deleted.")
     if profile.is_default:

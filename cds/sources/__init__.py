@@ -5,6 +5,9 @@ Services; the API is in docs/sources.md) and share ``http_json``; the fourth is
 an LDAP directory or Active Directory (``ldap``). Every client returns plain
 records: ``{"source_key": ..., <user field>: ...}`` with the fields the kind
 provides, which is what the Import Users view stores and Sync compares.
+
+This package holds what both clients share (errors, limits, clean records);
+``cds.sources.kinds`` hands a connection to the client of its kind.
 """
 from __future__ import annotations
 
@@ -145,31 +148,3 @@ def _text(value) -> str:
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     return str(value).strip()
-
-
-def provided_fields(connection) -> tuple[str, ...]:
-    """The user fields this connection's source provides (and so owns)."""
-    if connection.kind == LDAP_KIND:
-        from cds.sources.ldap import attribute_mapping
-        return tuple(attribute_mapping(connection.options or {}))
-    from cds.sources.http_json import KIND_FIELDS
-    return tuple(KIND_FIELDS[connection.kind].values())
-
-
-def authorize(kind: str, url: str, username: str, password: str, options: dict) -> Authorization:
-    """Check the credentials against the source and get a token where the kind uses one."""
-    if kind == LDAP_KIND:
-        from cds.sources.ldap import check_bind
-        check_bind(url, username, password, options)
-        return Authorization(None, None)
-    from cds.sources.http_json import request_token
-    return request_token(url, username, password, options)
-
-
-def fetch_records(connection) -> list[dict]:
-    """Every user the source holds, as clean records. Raises SourceError."""
-    if connection.kind == LDAP_KIND:
-        from cds.sources.ldap import fetch_ldap_records
-        return fetch_ldap_records(connection)
-    from cds.sources.http_json import fetch_http_records
-    return fetch_http_records(connection)

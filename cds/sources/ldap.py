@@ -57,6 +57,9 @@ def _split_url(url: str) -> tuple[str, int, bool]:
     return parts.hostname, port, secure
 
 
+# ldap3 is imported in the functions that use it: loading it takes about a third of a
+# second and 9 MB, which a console without an LDAP connection never needs.
+
 def _open(url: str, bind_dn: str, password: str, options: dict):
     """A bound, read-only connection over TLS, or SourceError with a clear reason."""
     from ldap3 import NONE, Connection, Server, Tls

@@ -55,7 +55,7 @@ def _fields(fn):
 
 
 def _print_user(user: User, as_json: bool) -> None:
-    from cds.api.users import user_json
+    from cds.api.schema import user_json
     data = user_json(user)
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -80,7 +80,7 @@ def users_group():
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_command(search, profile_name, sort, page, per_page, as_json):
     """List users (the Users tab's search, sort and pages)."""
-    from cds.api.users import user_json
+    from cds.api.schema import user_json
     args = {"search": search, "sort": sort, "page": page, "per_page": per_page}
     if profile_name:
         args["profile"] = _profile_id(profile_name)

@@ -213,7 +213,7 @@ class UserQuery:
             q.per_page = int(data.get("per_page", default_per_page) or default_per_page)
         except (TypeError, ValueError):
             raise InvalidQuery("page and per_page must be numbers.") from None
-        from cds.web import MAX_PAGE
+        from cds.http import MAX_PAGE
         if q.page > MAX_PAGE:
             raise InvalidQuery(f"Page numbers go from 1 to {MAX_PAGE:,}.")
         if q.per_page not in PAGE_SIZES:
