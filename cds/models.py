@@ -9,6 +9,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 
 from cds.extensions import db
 from cds.security import decrypt, decrypt_secrets, encrypt, encrypt_secrets
+from cds.users.fields import USER_SECRETS
 
 
 def utcnow() -> datetime:
@@ -114,24 +115,11 @@ class DeploymentProfile(db.Model):
         return [c for c in self.client_types.split(",") if c]
 
 
-# The four secrets a user carries. Write-only everywhere except the client's
-# configuration document, which is the only place they ever leave the CDS.
-USER_SECRETS = {
-    "mcs_password": "MiCollab Client password",
-    "pbx_sip_password": "PBX SIP password",
-    "teleworker_sip_password": "Teleworker SIP password",
-    "voicemail_pin": "Voicemail PIN",
-}
-
 SOURCE_MANUAL = "manual"
 SOURCE_CSV = "csv"
 SOURCE_CONNECTION = "connection"
 # What the console, the filter and the export call the two sources that are no connection.
 SOURCE_LABELS = {SOURCE_MANUAL: "Manual", SOURCE_CSV: "CSV import"}
-
-# Fields a source owns: read-only in the console for imported users, changed by Sync.
-SOURCE_OWNED_FIELDS = ("login_id", "first_name", "last_name", "number", "pbx_number",
-                       "pbx_sip_username", "mbg_sip_username", "mcs_account", "email")
 
 
 def login_key(login_id: str) -> str:
@@ -156,7 +144,7 @@ class User(db.Model):
     mcs_account: Mapped[str] = mapped_column(String(128), default="")
     email: Mapped[str] = mapped_column(String(254), default="")
 
-    # The four USER_SECRETS, encrypted together as one JSON object (security.encrypt_secrets):
+    # The four USER_SECRETS (cds.users.fields), encrypted together as one JSON object (security.encrypt_secrets):
     # a client's configuration download decrypts once, not four times.
     secrets_enc: Mapped[str | None] = mapped_column(Text)
 

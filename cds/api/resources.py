@@ -9,7 +9,7 @@ from cds.extensions import db
 from cds.jobs import service as jobs
 from cds.jobs.actions import start_action
 from cds.models import Job, JobItem
-from cds.users.service import parse_selection
+from cds.users.selection import parse_selection
 from cds.web import MAX_PAGE
 
 # URL names of the bulk actions -> job kinds.

@@ -5,11 +5,14 @@ from flask import Response, g, request
 
 from cds.api.routes import ApiError, bp, body_json, iso, paginated
 from cds.extensions import db
-from cds.models import USER_SECRETS, User
+from cds.models import User
 from cds.users import service as users
-
-USER_FIELDS = ("login_id", "first_name", "last_name", "number", "pbx_number", "pbx_sip_username",
-               "mbg_sip_username", "mcs_account", "email")
+from cds.users.errors import InvalidQuery, InvalidUser
+from cds.users.fields import FIELD_NAMES as USER_FIELDS
+from cds.users.fields import SOURCE_OWNED_FIELDS, USER_SECRETS
+from cds.users.login_ids import redeploy_after_id_change
+from cds.users.query import UserFilter, UserQuery
+from cds.users.query import list_users as list_users_page
 
 
 def user_json(user: User) -> dict:
@@ -35,7 +38,7 @@ def user_json(user: User) -> dict:
     return out
 
 
-def _invalid(exc: users.InvalidUser):
+def _invalid(exc: InvalidUser):
     raise ApiError(422, "invalid", "Some values are not acceptable.", exc.errors)
 
 
@@ -76,10 +79,8 @@ def _split_body(data: dict, user: User | None) -> tuple[dict, dict]:
             bad_types[f"secrets.{name}"] = "must be a string, or null to clear it"
     if bad_types:
         raise ApiError(422, "invalid", "Some values have the wrong type.", bad_types)
-    values = {}
-    for name in USER_FIELDS:
-        # A partial update keeps what it does not name.
-        values[name] = data[name] if name in data else (getattr(user, name) if user else "")
+    # A partial update keeps what it does not name.
+    values = {name: data[name] for name in USER_FIELDS if name in data}
     if "profile_id" in data:
         values["profile_id"] = data["profile_id"]
     else:
@@ -99,12 +100,12 @@ def list_users():
     page, per_page = page_args()
     args = request.args.to_dict()
     try:
-        users.UserFilter.from_mapping(args, other_keys=("sort", "page", "per_page"))
-        q = users.UserQuery.from_mapping({**args, "per_page": 50}, default_per_page=50)
-    except users.InvalidQuery as exc:
+        UserFilter.from_mapping(args, other_keys=("sort", "page", "per_page"))
+        q = UserQuery.from_mapping({**args, "per_page": 50}, default_per_page=50)
+    except InvalidQuery as exc:
         raise ApiError(400, "bad_request", str(exc)) from None
     q.page, q.per_page = page, per_page
-    result = users.list_users(q)
+    result = list_users_page(q)
     if result.query.page != page:  # past the last page: an empty page, not the last one again
         return paginated([], result.total, page, per_page, "api.list_users", _args_without_page(args))
     return paginated([user_json(u) for u in result.users], result.total, page, per_page,
@@ -125,7 +126,7 @@ def create_user():
     values, secrets = _split_body(body_json(), None)
     try:
         result = users.save_user(None, values, secrets, actor=g.actor)
-    except users.InvalidUser as exc:
+    except InvalidUser as exc:
         _invalid(exc)
     return user_json(result.user), 201, {"Location": f"/api/v1/users/{result.user.id}"}
 
@@ -135,19 +136,19 @@ def update_user(user_id: int):
     user = _get(user_id)
     data = body_json()
     if user.is_imported:
-        owned = sorted((set(data) & set(USER_FIELDS)) | ({"secrets"} & set(data)))
+        owned = sorted(set(data) & set(SOURCE_OWNED_FIELDS))
         if owned:
             raise ApiError(409, "conflict", "This user is imported: its source owns these fields "
-                           "(only the profile can change here; Sync updates the rest).",
+                           "(only the profile and secrets can change here; Sync updates the rest).",
                            {k: "owned by the source" for k in owned})
     values, secrets = _split_body(data, user)
     try:
         result = users.save_user(user, values, secrets, actor=g.actor)
-    except users.InvalidUser as exc:
+    except InvalidUser as exc:
         _invalid(exc)
     body = user_json(result.user)
     if result.id_changed:
-        users.redeploy_after_id_change(result.user, actor=g.actor)
+        redeploy_after_id_change(result.user, actor=g.actor)
         body = user_json(db.session.get(User, user_id))
     return body
 
@@ -171,8 +172,8 @@ def export_users():
     from cds.models import utcnow
     from cds.web import csv_download
     try:
-        filt = users.UserFilter.from_mapping(request.args, other_keys=())
-    except users.InvalidQuery as exc:
+        filt = UserFilter.from_mapping(request.args, other_keys=())
+    except InvalidQuery as exc:
         raise ApiError(400, "bad_request", str(exc)) from None
     _, chunks = start_export({"filter": filt.to_dict()}, actor=g.actor, via="api")
     return csv_download(chunks, export_filename(utcnow()))

@@ -10,7 +10,7 @@ from cds.cli import fail
 from cds.extensions import db
 from cds.jobs.actions import RUN_AT_HELP, start_action
 from cds.models import User, login_key
-from cds.users.service import parse_selection
+from cds.users.selection import parse_selection
 
 AT_HELP = f"Schedule for later: {RUN_AT_HELP}."
 

@@ -21,7 +21,7 @@ def export_csv_command(search, profile_name, output):
     """Export users as CSV (UTF-8 with BOM); never contains the users' secrets."""
     from cds.export.service import start_export
     from cds.profiles.service import find_profile_by_name
-    from cds.users.service import UserFilter
+    from cds.users.query import UserFilter
 
     filt = UserFilter(search=search.strip())
     if profile_name is not None:
