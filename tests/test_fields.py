@@ -202,6 +202,11 @@ SCRATCH_SCRIPT = textwrap.dedent('''
         out["openapi"] = build_document()["components"]["schemas"]["UserCreate"]["properties"]
         from cds.api.users import user_json
         out["api"] = user_json(db.session.scalar(select(User)))
+        from cds.client.service import _USER_COLUMNS, _document
+        from cds.models import DeploymentProfile, utcnow
+        row = db.session.execute(select(*_USER_COLUMNS).join(
+            DeploymentProfile, DeploymentProfile.id == User.profile_id)).one()
+        out["client"] = _document(row, utcnow())["user"]
     out["cli"] = app.test_cli_runner().invoke(args=["cds", "users", "add", "--help"]).output
     print(json.dumps(out))
 ''')
@@ -211,7 +216,9 @@ def test_a_field_added_to_the_table_appears_on_every_surface(tmp_path):
     """Adds a "Department" field to the field table of a scratch copy of CDS (and its
     column to the scratch User model and database), and finds it — with nothing else
     edited — in the user form, the CSV template and import, the export, the OpenAPI
-    document, the API's user object and the CLI's options."""
+    document, the API's user object, the CLI's options and the client's configuration
+    document. A real column and a real round trip (import, then export and download),
+    not only a look at the headers."""
     tree = tmp_path / "tree"
     for name in ("cds", "templates", "static", "migrations"):
         shutil.copytree(ROOT / name, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -220,7 +227,7 @@ def test_a_field_added_to_the_table_appears_on_every_surface(tmp_path):
     marker = 'ldap="mail", hint="Deployment e-mails go to this address.", input="email"),\n'
     assert marker in text
     fields_py.write_text(text.replace(marker, marker + '    UserField("department", "Department", 64, '
-                                                       'source_owned=False),\n'))
+                                                       'source_owned=False, config="user.department"),\n'))
     models_py = tree / "cds" / "models.py"
     text = models_py.read_text()
     column = '    email: Mapped[str] = mapped_column(String(254), default="")\n'
@@ -238,6 +245,7 @@ def test_a_field_added_to_the_table_appears_on_every_surface(tmp_path):
     assert out["openapi"]["department"]["maxLength"] == 64
     assert out["api"]["department"] == "Sales"
     assert "--department" in out["cli"]
+    assert out["client"]["department"] == "Sales"
 
 
 def test_the_secrets_are_defined_once():

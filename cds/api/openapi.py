@@ -1,6 +1,7 @@
 """The OpenAPI 3.1 document of /api/v1, served at /api/v1/openapi.json.
 
-Written out by hand so it says exactly what the API promises; the test suite
+Written out here so it says exactly what the API promises (the user properties
+come from the field table, cds/users/fields.py, as the API's own checks do); the test suite
 validates every API response it receives against it, and schemathesis fuzzes
 the API from it in CI.
 """
