@@ -256,3 +256,27 @@ def test_the_secrets_are_defined_once():
     assert {p["maxLength"] for p in SCHEMAS["Secrets"]["properties"].values()} == {MAX_SECRET_LENGTH}
     assert dict((k, label) for label, k in SECRET_COLUMNS) == USER_SECRETS
     assert all(hasattr(UserForm, name) for name in USER_SECRETS)
+
+
+def test_an_id_change_with_another_field_raises_the_version_once_whoever_writes_it(app, admin_client, runner):
+    """The CSV import used to raise config_version twice for an ID change plus another
+    field (once for each), the form once: now every writer applies plan_change's answer."""
+    from cds.profiles.service import default_profile
+    from tests.test_csv_import import make_csv, preview
+    with app.app_context():
+        pid = default_profile().id
+        db.session.add_all([User(login_id=f"{who}1", last_name="L", email=f"{who}@example.org", profile_id=pid)
+                            for who in ("csv", "cli")])
+        db.session.commit()
+        ids = {u.login_id: u.id for u in db.session.scalars(select(User))}
+    page = preview(admin_client, make_csv([[str(ids["csv1"]), "csv2", "New", "L", "csv@example.org"]],
+                                          header=["ID", "Login ID", "Firstname", "Lastname", "Email address"]),
+                   overwrite="1").get_data(as_text=True)
+    assert "Import 1 user" in page
+    admin_client.post("/import/csv/commit")
+    result = runner.invoke(args=["cds", "users", "edit", "cli1", "--login-id", "cli2", "--first-name", "New"])
+    assert result.exit_code == 0, result.output
+    with app.app_context():
+        for login in ("csv2", "cli2"):
+            user = db.session.scalar(select(User).where(User.login_id == login))
+            assert user.first_name == "New" and user.redeploy_required and user.config_version == 2, login
