@@ -40,6 +40,9 @@ def test_the_model_columns_agree_with_the_field_table():
         assert not user_cols[spec.name].nullable, spec.name
         if spec.source_owned:
             assert record_cols[spec.name].type.length == spec.size, spec.name
+    # The search index (migration 0002_users) covers every field.
+    from cds.users.query import SEARCH_COLUMNS
+    assert {c.key for c in SEARCH_COLUMNS} == set(FIELD_NAMES)
 
 
 def test_every_field_of_the_client_configuration_is_where_the_table_says(app, client):

@@ -29,6 +29,9 @@ SORTS = {
     "login_id": User.login_id,
 }
 
+# Every field of the field table, in the order of the search index of migration
+# 0002_users (PostgreSQL's trigram index covers exactly this expression, SQLite's FTS5
+# table these columns): a new field is searched once a migration adds it to the index.
 SEARCH_COLUMNS = (User.first_name, User.last_name, User.number, User.email, User.mbg_sip_username,
                   User.pbx_sip_username, User.mcs_account, User.login_id, User.pbx_number)
 
