@@ -15,8 +15,7 @@ from sqlalchemy import String, select
 from cds.extensions import db
 from cds.models import Connection, SourceRecord, User
 from cds.users.changes import BY_SOURCE, plan_change
-from cds.users.fields import (CONFIG_FIELDS, FIELD_NAMES, FIELDS, MAX_SECRET_LENGTH,
-                              SOURCE_OWNED_FIELDS, USER_SECRETS)
+from cds.users.fields import CONFIG_FIELDS, FIELD_NAMES, FIELDS, MAX_SECRET_LENGTH, SOURCE_OWNED_FIELDS, USER_SECRETS
 
 ROOT = Path(__file__).resolve().parent.parent
 

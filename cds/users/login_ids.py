@@ -7,6 +7,7 @@ from sqlalchemy import func, select, update
 from cds.extensions import db
 from cds.models import ClientDevice, Deployment, User, login_key, utcnow
 
+
 def revoke_client_access(user: User, reason: str) -> tuple[int, int]:
     """Stop every device credential and unused link of a user. Returns (devices, links)."""
     from cds.redirect.service import withdraw_links
@@ -95,4 +96,3 @@ def redeploy_after_id_change(user: User, *, actor: str | None = None):
     if not get_setting("AUTO_REDEPLOY_ON_ID_CHANGE"):
         return None
     return start_action("deploy", {"ids": [user.id]}, actor=actor or "system")
-

@@ -351,4 +351,3 @@ def source_choices() -> list[tuple[str, str]]:
     rows = db.session.execute(select(Connection.id, Connection.name).order_by(Connection.name))
     return [(SOURCE_MANUAL, SOURCE_LABELS[SOURCE_MANUAL]), (SOURCE_CSV, SOURCE_LABELS[SOURCE_CSV])] + \
         [(f"c{i}", n) for i, n in rows]
-

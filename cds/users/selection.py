@@ -8,7 +8,6 @@ from cds.models import User
 from cds.users.errors import InvalidQuery
 from cds.users.query import SELECTION_FORM_KEYS, UserFilter
 
-# --- selections: explicit ids, or "all matching this filter" --------------------
 
 def parse_selection(data) -> dict:
     """The one reading of "which users": {"ids": [...]} or {"filter": {...}}.
@@ -97,4 +96,3 @@ def describe_selection(selection: dict, total: int) -> str:
         return f"{total} selected {noun}"
     filt = selection.get("filter") or {}
     return f"all {total} {noun}" + (" matching the filter" if filt else "")
-

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sqlalchemy import select
+
 from cds.extensions import db
 from cds.jobs.service import Outcome, action
 from cds.models import ClientDevice, Deployment, DeploymentProfile, User, utcnow
 from cds.users.changes import Change, plan_change
 from cds.users.errors import InvalidUser, NotFound, UserError
 from cds.users.login_ids import apply_login_id_change, login_id_in_use, login_id_owner
-from sqlalchemy import select
 
 
 def get_user(user_id: int) -> User:
