@@ -232,7 +232,8 @@ def test_a_field_added_to_the_table_appears_on_every_surface(tmp_path):
                                                        'source_owned=False, config="user.department"),\n'))
     models_py = tree / "cds" / "models.py"
     text = models_py.read_text()
-    column = '    email: Mapped[str] = mapped_column(String(254), default="")\n'
+    column = '    secrets_enc: Mapped[str | None] = mapped_column(Text)\n'
+    assert column in text
     models_py.write_text(text.replace(column, column + '    department: Mapped[str] = '
                                                        'mapped_column(String(64), default="")\n', 1))
     proc = subprocess.run([sys.executable, "-c", SCRATCH_SCRIPT, str(tmp_path)], cwd=tree,
