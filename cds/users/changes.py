@@ -68,8 +68,8 @@ class Change:
         return not (self.fields or self.secrets or self.profile_id is not None)
 
 
-def _current(user, name: str):
-    return user[name] if isinstance(user, dict) else getattr(user, name)
+def _text(value) -> str:
+    return value.strip() if isinstance(value, str) else str(value or "").strip()
 
 
 def _has_secret(user, name: str) -> bool:
@@ -88,25 +88,28 @@ def plan_change(user, values: dict, secrets: dict | None = None, *, by: str = BY
     secrets = secrets or {}
     created = user is None
     change = Change(created=created)
-    given = {name: str(values.get(name) or "").strip() for name in FIELD_NAMES
-             if created or name in values}
+    current = None if created else user.get if isinstance(user, dict) else user.__getattribute__
     if created:
-        change.fields = given
+        change.fields = {name: _text(values.get(name)) for name in FIELD_NAMES}
     else:
-        change.fields = {n: v for n, v in given.items() if v != (_current(user, n) or "")}
-        imported = _current(user, "source") == "connection"
-        owned = [n for n in change.fields if FIELD[n].source_owned]
-        if imported and by != BY_SOURCE and owned:
+        for name, value in values.items():
+            if name in FIELD:
+                text = _text(value)
+                if text != (current(name) or ""):
+                    change.fields[name] = text
+        owned = [n for n in FIELD_NAMES if n in change.fields and FIELD[n].source_owned]
+        if owned and by != BY_SOURCE and current("source") == "connection":
             labels = [FIELD_LABELS[n] for n in owned]
             change.errors["source"] = (f"Imported from a connection: {', '.join(labels)} "
                                        f"{'is' if len(labels) == 1 else 'are'} set by the source "
                                        f"(only the profile and secrets can change here).")
-    change.errors.update(validate_user_fields(change.fields))
-    if not created and "login_id" in change.fields:
-        change.old_login_id = _current(user, "login_id")
+        if "login_id" in change.fields:
+            change.old_login_id = current("login_id")
+    if change.fields:
+        change.errors.update(validate_user_fields(change.fields))
 
     profile_id = values.get("profile_id")
-    if profile_id is not None and (created or profile_id != _current(user, "profile_id")):
+    if profile_id is not None and (created or profile_id != current("profile_id")):
         change.profile_id = profile_id
 
     for name, value in secrets.items():
