@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 from sqlalchemy import Select, and_, bindparam, case, func, literal_column, or_, select, table
 
 from cds.extensions import db
+from cds.http import MAX_PAGE
 from cds.models import (SOURCE_CONNECTION, SOURCE_CSV, SOURCE_LABELS, SOURCE_MANUAL, Connection,
                         DeploymentProfile, User)
 from cds.users.errors import InvalidQuery
@@ -202,7 +203,6 @@ class UserQuery:
             q.per_page = int(data.get("per_page", default_per_page) or default_per_page)
         except (TypeError, ValueError):
             raise InvalidQuery("page and per_page must be numbers.") from None
-        from cds.web import MAX_PAGE
         if q.page > MAX_PAGE:
             raise InvalidQuery(f"Page numbers go from 1 to {MAX_PAGE:,}.")
         if q.per_page not in PAGE_SIZES:
