@@ -37,20 +37,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _cpu_of(pid: int) -> tuple[int, float] | None:
-    """(parent pid, CPU seconds) of a process, from /proc."""
+def _cpu_of(pid: int) -> float | None:
+    """CPU seconds of a process, from /proc."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             stat = f.read()
     except OSError:
         return None
     rest = stat[stat.rindex(")") + 2:].split()
-    return int(rest[1]), (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+    return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                found += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return found
 
 
 class DescendantCpu:
     """CPU seconds used by this process's descendants (the QR worker processes), sampled
-    while they live: they end with the run, before anyone could wait for them."""
+    while they live: they end with the run, before anyone could wait for them. Only the
+    process tree below this one is read (not all of /proc), so that sampling costs this
+    process, whose CPU is measured too, next to nothing."""
 
     def __init__(self, exclude: set[int]):
         self.exclude = exclude
@@ -59,17 +72,13 @@ class DescendantCpu:
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _sample(self) -> None:
-        me = os.getpid()
-        parents = {}
-        for name in os.listdir("/proc"):
-            if name.isdigit() and (got := _cpu_of(int(name))):
-                parents[int(name)] = got
-        for pid, (_, cpu) in parents.items():
-            p, hops = pid, 0
-            while p in parents and p != me and hops < 5:
-                p, hops = parents[p][0], hops + 1
-            if p == me and pid != me and pid not in self.exclude:
+        todo = [c for c in _children(os.getpid()) if c not in self.exclude]
+        while todo:
+            pid = todo.pop()
+            cpu = _cpu_of(pid)
+            if cpu is not None:
                 self.seen[pid] = max(cpu, self.seen.get(pid, 0.0))
+            todo += _children(pid)
 
     def _loop(self) -> None:
         while not self._stop.wait(0.2):

@@ -333,17 +333,17 @@ class SendLedger:
         from cds.jobs.service import ClaimLost, RunnerStopping, renew_claim
 
         run.transport.pace()
+        now = utcnow()
         try:
-            # Within this transaction: this runner still holds its job (else ClaimLost).
-            renew_claim()
+            with self._cursor() as cur:
+                # In one transaction: this runner still holds its job (else ClaimLost),
+                renew_claim(cur)
+                self._write(cur)
+                # and the deployment is still pending and current (no other run replaced or sent it).
+                marked = _MARK_SENDING.execute(cur, {"dep_id": dep.id, "now": now})
         except (ClaimLost, RunnerStopping):
             self.flush()  # what was handed over is recorded, as it was before the claim was lost
             raise
-        now = utcnow()
-        with self._cursor() as cur:
-            self._write(cur)
-            # Only a deployment still pending and current: no other run replaced or sent it.
-            marked = _MARK_SENDING.execute(cur, {"dep_id": dep.id, "now": now})
         db.session.commit()
         self._written()
         if marked != 1:

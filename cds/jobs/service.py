@@ -22,11 +22,12 @@ from datetime import datetime, timedelta
 from typing import Callable
 
 from flask import current_app, g, has_request_context
-from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy import bindparam, case, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from cds import errors
 from cds.audit.service import acting_for
+from cds.client.statements import DriverStatement
 from cds.extensions import db
 from cds.models import (JOB_CANCELLED, JOB_DONE, JOB_FAILED, JOB_QUEUED, JOB_RUNNING,
                         JOB_SCHEDULED, Job, JobItem, User, utcnow)
@@ -258,23 +259,32 @@ def stale_after() -> timedelta:
     return timedelta(seconds=float(current_app.config["JOB_STALE_SECONDS"]))
 
 
-def renew_claim() -> None:
+def renew_claim(cursor=None) -> None:
     """Within the caller's transaction: renew this thread's claim, or raise ClaimLost
     (and roll back) when another runner holds the job. An action calls it in the same
-    transaction that records "about to hand over", so only the claim holder ever does."""
+    transaction that records "about to hand over", so only the claim holder ever does.
+    ``cursor``: the driver cursor (``cds.client.statements``) the caller writes that
+    record with, on the session's connection."""
     claim = current_claim()
     if claim is None:
         return
     if _stopping.is_set():
         db.session.rollback()
         raise RunnerStopping(f"job {claim.job_id}: this process is stopping")
-    if claim.lost.is_set() or not _renew(claim.job_id, claim.token):
+    if claim.lost.is_set() or not _renew(claim.job_id, claim.token, cursor):
         claim.lost.set()
         db.session.rollback()
         raise ClaimLost(f"job {claim.job_id} was taken over by another runner")
 
 
-def _renew(job_id: int, token: str) -> bool:
+_RENEW = DriverStatement(update(Job.__table__).where(
+    Job.__table__.c.id == bindparam("job_id"), Job.__table__.c.runner == bindparam("token"))
+    .values(heartbeat_at=bindparam("now")))
+
+
+def _renew(job_id: int, token: str, cursor=None) -> bool:
+    if cursor is not None:
+        return _RENEW.execute(cursor, {"job_id": job_id, "token": token, "now": utcnow()}) == 1
     return db.session.execute(update(Job).where(Job.id == job_id, Job.runner == token)
                               .values(heartbeat_at=utcnow())).rowcount == 1
 
