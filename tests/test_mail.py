@@ -160,3 +160,41 @@ def test_deployment_message_is_multipart_related_with_the_qr_inline(app):
         parsed = email.message_from_bytes(msg.as_bytes(), policy=policy.default)
     assert parsed.get_content_type() == "multipart/related"
     assert [p.get_content_type() for p in parsed.iter_parts()] == ["multipart/alternative", "image/png"]
+
+
+def test_a_deployment_message_is_the_same_bytes_however_it_is_composed(app):
+    """A bulk run serialises each message from a skeleton made once (WireComposer);
+    what it hands over is byte for byte what Flask-Mail's message, flattened, would be:
+    headers encoded and folded alike, text and HTML in their transfer encoding, the QR."""
+    from cds.mail.compose import RenderedMail, WireComposer, build_message
+    from cds.mail.qr import qr_png
+    from cds.mail.transport import message_bytes
+    png = qr_png("https://deploy.example.com/r/" + "AbC-_9" * 7 + "x")
+    cases = [
+        ("Your softphone", "Hello Ann,\nopen https://x.test/r/abc\n", "<p>Hello Ann</p>\n<img src=\"cid:qr\">\n",
+         "ann@example.com", "Ann User"),
+        ("Ihr Telefon – Jürgen", "Hallo Jürgen\r\n\r\nÖffnen: https://x.test\r", "<p>Hallo J&uuml;rgen</p>",
+         "juergen@example.de", "Jürgen Müller"),
+        ("A subject long enough to be folded over more than one line of the message header, "
+         "as the generator folds it, word by word, with more words", "no newline at the end", "<p>x</p>" * 200,
+         "very.long.local-part.of.an.address@subdomain.of.a.rather.long.domain.example.org",
+         "Dr. Maximilian-Alexander O'Neill-Featherstonehaugh, \"Max\""),
+        ("", "", "", "bare@example.com", ""),
+        ("Ünïcödé ünïcödé ünïcödé ünïcödé ünïcödé ünïcödé ünïcödé ünïcödé ünïcödé", "ü\n" * 50, "ü",
+         "u@example.com", "名前 テスト"),
+    ]
+    with app.app_context():
+        for sender in ("CDS <cds@example.com>", "Service Desk Müller <desk@example.com>", "cds@example.com"):
+            wire = WireComposer(sender)
+            for subject, text, html, recipient, name in cases:
+                rendered = RenderedMail(subject, text, html)
+                message = build_message(rendered, sender, recipient, png, recipient_name=name)
+                message.date = 1_700_000_000.0
+                expected = message_bytes(message, boundaries=("=" * 15 + "a" * 32 + "==", "=" * 15 + "b" * 32 + "=="))
+                from email.utils import formatdate
+                got = wire.compose(rendered, recipient, png, name,
+                                   boundaries=("=" * 15 + "a" * 32 + "==", "=" * 15 + "b" * 32 + "=="),
+                                   date=formatdate(message.date, localtime=True), msg_id=message.msgId)
+                assert got.data == expected, (sender, subject)
+                assert got.recipient == recipient and not got.bad_headers
+        assert wire.compose(RenderedMail("s", "t", "h"), "a@example.com\r\nBcc: x@example.com", png).bad_headers

@@ -31,7 +31,7 @@ from cds.client.statements import DriverCursor, DriverStatement
 from cds.clients import deploy_problem, kind_of
 from cds.extensions import db
 from cds.jobs.service import Outcome, action
-from cds.mail.compose import MailTemplates, TemplateProblem, build_message, mail_context, sample_context
+from cds.mail.compose import MailTemplates, TemplateProblem, WireComposer, mail_context, sample_context
 from cds.mail.qr import QrMaker, qr_png
 from cds.mail.transport import FAILED, RETRY, SENT, UNKNOWN, Delivery, MailSettings, MailTransport
 from cds.models import (SEND_FAILED, SEND_PENDING, SEND_RETRY, SEND_SENDING, SEND_SENT, SEND_UNKNOWN,
@@ -225,6 +225,14 @@ class MailRun:
     transport: MailTransport = field(default_factory=MailTransport)
     templates: MailTemplates = field(default_factory=MailTemplates.load)
     qr: QrMaker = field(default_factory=QrMaker)
+    _wire: WireComposer | None = None
+
+    @property
+    def wire(self) -> WireComposer:
+        """The run's e-mail skeleton (see ``WireComposer``), made on first use."""
+        if self._wire is None:
+            self._wire = WireComposer(self.transport.settings.sender)
+        return self._wire
 
     def close(self) -> None:
         self.transport.close()
@@ -235,8 +243,8 @@ def compose_deployment_mail(run: MailRun, user: User, dep: Deployment, token: st
                             png: bytes | None = None):
     link = link_for(token, user.profile)
     rendered = run.templates.render(mail_context(user, link, dep.expires_at), user.profile)
-    return build_message(rendered, run.transport.settings.sender, dep.recipient,
-                         png if png is not None else qr_png(link), recipient_name=user.display_name)
+    return run.wire.compose(rendered, dep.recipient, png if png is not None else qr_png(link),
+                            recipient_name=user.display_name)
 
 
 NO_LONGER_PENDING = "Not sent: this link was replaced or handled by another run before it was handed over."

@@ -26,6 +26,7 @@ from pathlib import Path
 from flask import current_app
 from flask_mail import Message
 
+from cds.mail.compose import ComposedMail
 from cds.models import utcnow
 
 SENT = "sent"
@@ -196,16 +197,20 @@ class MailTransport:
 
     # --- sending -------------------------------------------------------------
 
-    def send(self, message: Message, label: str = "mail") -> Delivery:
-        """Hand one message over. The caller records "sending" before calling this."""
+    def send(self, message: Message | ComposedMail, label: str = "mail") -> Delivery:
+        """Hand one message over (a Flask-Mail message, or one already in its wire
+        form). The caller records "sending" before calling this."""
         problem = self._sender_problem
         if problem:
             # A sender stored before it was validated: say where to fix it, send nothing.
             return Delivery(FAILED, f"{problem} Correct it in Settings › E-mail.")
-        if message.has_bad_headers():
+        composed = isinstance(message, ComposedMail)
+        if message.bad_headers if composed else message.has_bad_headers():
             return Delivery(FAILED, "The message has a line break in a header (recipient or subject).")
-        data = message_bytes(message)
-        recipient = parseaddr(message.recipients[0])[1]
+        if composed:
+            data, recipient = message.data, message.recipient
+        else:
+            data, recipient = message_bytes(message), parseaddr(message.recipients[0])[1]
         if self.uses_outbox:
             return self._write_outbox(data, label)
         conn = self._connection()
@@ -286,20 +291,26 @@ class MailTransport:
 # Flask-Mail has already encoded every header (RFC 2047) and every body part (base64);
 # serialising with the compat32 policy keeps them as they are and is several times
 # faster than re-parsing each header with the SMTP policy.
-_WIRE_POLICY = compat32.clone(linesep="\r\n")
+WIRE_POLICY = compat32.clone(linesep="\r\n")
 
 
-def message_bytes(message: Message) -> bytes:
-    """The message as sent on the wire (CRLF line ends, no line over 78 characters)."""
+def new_boundary() -> str:
+    """A MIME boundary. The generator would compile a regular expression per part to
+    check that a boundary of its own choosing is not in the text: 128 random bits
+    that no template or attachment can know cannot be in it either."""
+    return "=" * 15 + secrets.token_hex(16) + "=="
+
+
+def message_bytes(message: Message, boundaries: tuple[str, ...] | None = None) -> bytes:
+    """The message as sent on the wire (CRLF line ends, no line over 78 characters).
+    ``boundaries``: those of its multipart parts, in order (else new ones)."""
     mime = message._message()
+    chosen = iter(boundaries or ())
     for part in mime.walk():
         if part.is_multipart() and part.get_boundary() is None:
-            # The generator would compile a regular expression per part to check that
-            # a boundary of its own choosing is not in the text: 128 random bits that
-            # no template or attachment can know cannot be in it either.
-            part.set_boundary("=" * 15 + secrets.token_hex(16) + "==")
+            part.set_boundary(next(chosen, None) or new_boundary())
     out = io.BytesIO()
-    BytesGenerator(out, mangle_from_=False, policy=_WIRE_POLICY).flatten(mime)
+    BytesGenerator(out, mangle_from_=False, policy=WIRE_POLICY).flatten(mime)
     return out.getvalue()
 
 
