@@ -198,3 +198,32 @@ def test_a_deployment_message_is_the_same_bytes_however_it_is_composed(app):
                 assert got.data == expected, (sender, subject)
                 assert got.recipient == recipient and not got.bad_headers
         assert wire.compose(RenderedMail("s", "t", "h"), "a@example.com\r\nBcc: x@example.com", png).bad_headers
+
+
+def test_qr_codes_of_a_bulk_run_are_the_same_image(app):
+    """A bulk run draws its codes as flips of one code of the same length (linear in the
+    data bits, cds.mail.qr._LinearCode) and writes the PNG itself: pixel for pixel what
+    Pillow draws from qrcode's own matrix of each link, and read back by a QR decoder."""
+    import io
+    import secrets
+
+    from PIL import Image
+
+    from cds.mail.qr import MODULE_PIXELS, bulk_qr_png, qr_matrix, qr_png
+
+    def pillow(link: str) -> bytes:
+        matrix = qr_matrix(link)
+        size = len(matrix)
+        image = Image.frombytes("L", (size, size), b"".join(bytes(0 if d else 255 for d in row) for row in matrix))
+        return image.resize((size * MODULE_PIXELS,) * 2, Image.NEAREST).convert("1").tobytes()
+
+    def pixels(png: bytes) -> bytes:
+        image = Image.open(io.BytesIO(png))
+        assert image.mode == "1" and image.format == "PNG"
+        return image.tobytes()
+
+    for base in ("https://deploy.example.com", "http://a.b", "https://" + "r" * 60 + ".example.org/cds"):
+        for _ in range(12):
+            link = f"{base}/r/{secrets.token_urlsafe(32)}"
+            assert pixels(bulk_qr_png(link)) == pixels(qr_png(link)) == pillow(link)
+            assert decode_qr(bulk_qr_png(link)) == link
