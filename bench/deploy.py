@@ -1,6 +1,6 @@
 """Deploy N users (default 10,000) into a local SMTP sink, beside the floor SMTP itself sets.
 
-    .venv/bin/python bench/deploy.py [--users 10000] [--db postgresql://…]
+    .venv/bin/python bench/deploy.py [--users 10000] [--db postgresql://…] [--profile FILE]
 
 A fresh SQLite database (or the given PostgreSQL one, emptied) with N users on
 one profile; the SMTP sink (aiosmtpd, bench/smtp_sink.py) runs in its own
@@ -17,6 +17,7 @@ process and of the QR worker process.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
 import smtplib
 import subprocess
@@ -110,6 +111,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--users", type=int, default=10_000)
     ap.add_argument("--db", default=None, help="database URL (default: a new SQLite file)")
+    ap.add_argument("--profile", metavar="FILE", help="write a cProfile of the deploy job to FILE "
+                    "(the figures then include the profiler's own cost)")
     args = ap.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="cds-bench-deploy-")
@@ -161,9 +164,15 @@ def main() -> None:
         job = create_job("deploy", {"ids": ids[PILOT:]}, actor="bench")
         sink_pid = sink.pid
         with DescendantCpu(exclude={sink_pid}) as workers:
+            profiler = cProfile.Profile() if args.profile else None
             wall0, cpu0 = time.perf_counter(), time.process_time()
+            if profiler:
+                profiler.enable()
             job = run_job(job.id)
             wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+            if profiler:
+                profiler.disable()
+                profiler.dump_stats(args.profile)
         after = reference(port, message, args.users)
     load_end = os.getloadavg()
     sink.terminate()
