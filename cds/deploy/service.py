@@ -259,10 +259,14 @@ def send_deployment_mail(run: MailRun, user: User, dep: Deployment, token: str, 
             try:
                 message = compose_deployment_mail(run, user, dep, token)
             except TemplateProblem as exc:
-                return ledger.record(dep, user, Delivery(FAILED, f"E-mail template problem: {exc}"))
-        return ledger.hand_over(run, user, dep, message)
-    finally:
-        ledger.flush()
+                ledger.record(dep, user, Delivery(FAILED, f"E-mail template problem: {exc}"))
+        if message is not None:
+            ledger.hand_over(run, user, dep, message)
+    except BaseException:
+        ledger.flush_after_error()
+        raise
+    ledger.flush()
+    return ledger.outcomes[user.id]
 
 
 def _record_delivery(dep: Deployment, user: User, delivery: Delivery, actor: str | None) -> Delivery:
@@ -315,16 +319,23 @@ class SendLedger:
     renewal of the runner's claim, before its message is handed over; its outcome is
     known once the SMTP server answered. That outcome is committed in the same
     transaction as the next deployment's "sending" (or by ``flush``, at the latest at
-    the end of the batch), so a user costs one transaction, not two. At any moment at
-    most one deployment is "sending" whose hand-over was not attempted to its end, and
-    no message is handed over before the outcome of the one before it is committed: a
-    run killed at any point leaves exactly the message in flight "sending", which is
-    then reported as possibly arrived and never sent again."""
+    the end of the batch), so a user costs one transaction, not two. No message is
+    handed over before the outcome of the one before it is committed, so at any moment
+    at most one deployment is "sending" without a known outcome: a run killed at any
+    point leaves exactly the message in flight "sending", which is then reported as
+    possibly arrived and never sent again.
+
+    The server's reply to a message's body is read when the next message is handed
+    over (``hand_over``) or at the end (``flush``): the caller composes the next
+    message while the server takes the last one in."""
 
     def __init__(self, actor: str | None):
         self.actor = actor or "system"
         self.actor_type = actor_type_of(actor)
+        # The outcome of each user's message as reported (user id -> Delivery).
+        self.outcomes: dict[int, Delivery] = {}
         self._unrecorded: list[tuple[Deployment, User, Delivery]] = []
+        self._in_flight: tuple[Deployment, User, MailTransport, object] | None = None
 
     def record(self, dep: Deployment, user: User, delivery: Delivery) -> Delivery:
         """Note the outcome of ``dep`` (written with the next transaction); the outcome
@@ -333,13 +344,15 @@ class SendLedger:
         if state == RETRY and dep.send_attempts > len(RETRY_DELAYS):
             delivery = Delivery(FAILED, f"{delivery.detail} Gave up after {dep.send_attempts} attempts.")
         self._unrecorded.append((dep, user, delivery))
+        self.outcomes[user.id] = delivery
         return delivery
 
-    def hand_over(self, run: MailRun, user: User, dep: Deployment, message) -> Delivery:
+    def hand_over(self, run: MailRun, user: User, dep: Deployment, message) -> None:
         """Mark ``dep`` "sending" (with the outcomes noted so far, only while this runner
-        holds its job), hand ``message`` over, note the outcome."""
+        holds its job), then hand ``message`` over; its outcome is noted with the next."""
         from cds.jobs.service import ClaimLost, RunnerStopping, renew_claim
 
+        self._settle()
         run.transport.pace()
         now = utcnow()
         try:
@@ -356,12 +369,21 @@ class SendLedger:
         self._written()
         if marked != 1:
             log.warning("deployment %s for user %s was no longer pending; not sent", dep.id, user.id)
-            return Delivery(FAILED, NO_LONGER_PENDING)
+            self.outcomes[user.id] = Delivery(FAILED, NO_LONGER_PENDING)
+            return
         _loaded(dep, send_state=SEND_SENDING, send_attempts=dep.send_attempts + 1, next_attempt_at=now)
-        return self.record(dep, user, run.transport.send(message, label=f"d{dep.id}"))
+        self._in_flight = (dep, user, run.transport, run.transport.start(message, label=f"d{dep.id}"))
+
+    def _settle(self) -> None:
+        """Read the server's reply to the message in flight, and note its outcome."""
+        if self._in_flight is not None:
+            dep, user, transport, started = self._in_flight
+            self._in_flight = None
+            self.record(dep, user, transport.finish(started))
 
     def flush(self) -> None:
         """Commit the outcomes noted so far (with whatever else the session holds)."""
+        self._settle()
         if not self._unrecorded:
             return
         with self._cursor() as cur:
@@ -373,6 +395,7 @@ class SendLedger:
         """On the way out of a failing run: the outcomes of what was handed over are
         still recorded if the database allows it (else those deployments stay "sending"
         and are reported as possibly arrived); the error itself is the caller's to raise."""
+        self._settle()
         if not self._unrecorded:
             return
         try:
@@ -556,16 +579,18 @@ def _deploy_users(job: Job, users: list[User]) -> list[Outcome]:
     try:
         for (user, dep, token), png in zip(issued, pngs):
             try:
+                # Composed while the server takes the previous message in.
                 message = compose_deployment_mail(run, user, dep, token, png)
             except TemplateProblem as exc:
-                delivery = ledger.record(dep, user, Delivery(FAILED, f"E-mail template problem: {exc}"))
+                ledger.record(dep, user, Delivery(FAILED, f"E-mail template problem: {exc}"))
             else:
-                delivery = ledger.hand_over(run, user, dep, message)
-            outcomes[user.id] = _outcome(user, delivery)
+                ledger.hand_over(run, user, dep, message)
     except BaseException:
         ledger.flush_after_error()
         raise
     ledger.flush()
+    for user, _, _ in issued:
+        outcomes[user.id] = _outcome(user, ledger.outcomes[user.id])
     db.session.commit()
     return [outcomes[u.id] for u in users]
 

@@ -47,6 +47,12 @@ class Delivery:
 
 
 @dataclass
+class InFlight:
+    """A message whose body is with the SMTP server, its reply not read yet."""
+    smtp: smtplib.SMTP
+
+
+@dataclass
 class MailSettings:
     server: str | None
     port: int
@@ -200,6 +206,12 @@ class MailTransport:
     def send(self, message: Message | ComposedMail, label: str = "mail") -> Delivery:
         """Hand one message over (a Flask-Mail message, or one already in its wire
         form). The caller records "sending" before calling this."""
+        return self.finish(self.start(message, label))
+
+    def start(self, message: Message | ComposedMail, label: str = "mail") -> Delivery | InFlight:
+        """``send`` up to the server's last reply, which ``finish`` reads: a bulk run
+        composes its next message meanwhile, while the server takes this one in. Once
+        this returns an ``InFlight``, the message's body is with the server."""
         problem = self._sender_problem
         if problem:
             # A sender stored before it was validated: say where to fix it, send nothing.
@@ -216,15 +228,30 @@ class MailTransport:
         conn = self._connection()
         if isinstance(conn, Delivery):
             return conn
-        try:
-            result = self._transmit(conn, recipient, data)
-        finally:
+        result = self._transmit(conn, recipient, data)
+        if isinstance(result, Delivery):
             self._slot_used()
-        if result.state == SENT:
-            self.sent += 1
         return result
 
-    def _transmit(self, smtp: smtplib.SMTP, recipient: str, data: bytes) -> Delivery:
+    def finish(self, started: Delivery | InFlight) -> Delivery:
+        """The outcome of a message ``start`` began: the server's reply to its body."""
+        if isinstance(started, Delivery):
+            return started
+        smtp = started.smtp
+        try:
+            code, resp = smtp.getreply()
+        except (OSError, smtplib.SMTPException) as exc:
+            self._drop()
+            return Delivery(UNKNOWN, "The connection to the SMTP server was lost while the message was "
+                                     f"being delivered ({_describe(exc)}); it may or may not have arrived.")
+        finally:
+            self._slot_used()
+        if code == 250:
+            self.sent += 1
+            return Delivery(SENT, _reply_text(code, resp))
+        return self._after_refusal(smtp, _classify(code, resp, "data"))
+
+    def _transmit(self, smtp: smtplib.SMTP, recipient: str, data: bytes) -> Delivery | InFlight:
         try:
             code, resp = smtp.mail(self.settings.envelope_sender)
             if code != 250:
@@ -245,14 +272,11 @@ class MailTransport:
             if not body.endswith(b"\r\n"):
                 body += b"\r\n"
             smtp.send(body + b".\r\n")
-            code, resp = smtp.getreply()
         except (OSError, smtplib.SMTPException) as exc:
             self._drop()
             return Delivery(UNKNOWN, "The connection to the SMTP server was lost while the message was "
                                      f"being delivered ({_describe(exc)}); it may or may not have arrived.")
-        if code == 250:
-            return Delivery(SENT, _reply_text(code, resp))
-        return self._after_refusal(smtp, _classify(code, resp, "data"))
+        return InFlight(smtp)
 
     def _after_refusal(self, smtp: smtplib.SMTP, result: Delivery) -> Delivery:
         try:
