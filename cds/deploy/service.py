@@ -353,7 +353,11 @@ class SendLedger:
         from cds.jobs.service import ClaimLost, RunnerStopping, renew_claim
 
         self._settle()
-        run.transport.pace()
+        transport = run.transport
+        transport.pace()
+        # The server is told the sender (MAIL FROM) and answers while "sending" is
+        # recorded; nothing of the message is with it before that is committed.
+        prepared = transport.prepare(message, label=f"d{dep.id}")
         now = utcnow()
         try:
             with self._cursor() as cur:
@@ -363,16 +367,18 @@ class SendLedger:
                 # and the deployment is still pending and current (no other run replaced or sent it).
                 marked = _MARK_SENDING.execute(cur, {"dep_id": dep.id, "now": now})
         except (ClaimLost, RunnerStopping):
+            transport.abandon(prepared)
             self.flush()  # what was handed over is recorded, as it was before the claim was lost
             raise
         db.session.commit()
         self._written()
         if marked != 1:
+            transport.abandon(prepared)
             log.warning("deployment %s for user %s was no longer pending; not sent", dep.id, user.id)
             self.outcomes[user.id] = Delivery(FAILED, NO_LONGER_PENDING)
             return
         _loaded(dep, send_state=SEND_SENDING, send_attempts=dep.send_attempts + 1, next_attempt_at=now)
-        self._in_flight = (dep, user, run.transport, run.transport.start(message, label=f"d{dep.id}"))
+        self._in_flight = (dep, user, transport, transport.start(prepared))
 
     def _settle(self) -> None:
         """Read the server's reply to the message in flight, and note its outcome."""

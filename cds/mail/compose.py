@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import re
+import socket
 from dataclasses import dataclass
 from email.utils import formataddr, formatdate, make_msgid, parseaddr
 from datetime import datetime, timedelta
@@ -227,11 +228,18 @@ class DeploymentMessage(Message):
         return msg
 
 
-def message_id(sender: str) -> str:
+def message_id(sender: str, domain: str | None = None) -> str:
     """A Message-ID in the sender's own domain: one in ``localhost`` (the host name of a
-    typical appliance) is a spam signal, and it is not unique across installations."""
+    typical appliance) is a spam signal, and it is not unique across installations.
+    ``domain``: what ``message_id_domain(sender)`` gave (a bulk run asks once)."""
+    return make_msgid(domain=domain or message_id_domain(sender))
+
+
+def message_id_domain(sender: str) -> str:
+    """The domain of ``sender``'s Message-IDs: its own, else this host's name (what
+    make_msgid falls back to, a name lookup each time it is asked)."""
     domain = parseaddr(sender)[1].rpartition("@")[2].strip().lower()
-    return make_msgid(domain=domain if domain and domain != "localhost" else None)
+    return domain if domain and domain != "localhost" else socket.getfqdn()
 
 
 def build_message(rendered: RenderedMail, sender: str, recipient: str, qr_png: bytes | None,
@@ -287,6 +295,7 @@ class WireComposer:
 
         from cds.mail.transport import WIRE_POLICY, message_bytes
         self.sender = sender
+        self._domain = message_id_domain(sender)
         self._fold = WIRE_POLICY.fold_binary
         self._from = self._fold("From", sanitize_address(sender, "utf-8"))
         sample = build_message(RenderedMail("s", _TEXT_MARK, _HTML_MARK), sender, "x@example.com", _QR_MARK)
@@ -318,9 +327,10 @@ class WireComposer:
         to = formataddr((" ".join(recipient_name.split()), recipient)) if recipient_name.strip() else recipient
         fold = self._fold
         head = [fold("Subject", sanitize_subject(rendered.subject, "utf-8"))] if rendered.subject else []
-        head += [self._from, fold("To", sanitize_address(to, "utf-8")),
+        parsed = parseaddr(to)  # as sanitize_address would parse it
+        head += [self._from, fold("To", sanitize_address(parsed, "utf-8")),
                  fold("Date", date or formatdate(None, localtime=True)),
-                 fold("Message-ID", msg_id or message_id(self.sender))]
+                 fold("Message-ID", msg_id or message_id(self.sender, self._domain))]
         outer, inner = (b.encode() for b in boundaries or (new_boundary(), new_boundary()))
         marks = (_OUTER_MARK.encode(), outer), (_INNER_MARK.encode(), inner)
         first, second, third, last = (_boundaries(p, marks) for p in self._parts)
@@ -330,7 +340,7 @@ class WireComposer:
         # Flask-Mail's own check, on the same values.
         bad = Message.has_bad_headers(SimpleNamespace(sender=self.sender, recipients=[to], reply_to=None,
                                                       subject=rendered.subject))
-        return ComposedMail(data, parseaddr(to)[1], bad)
+        return ComposedMail(data, parsed[1], bad)
 
 
 def _boundaries(part: bytes, marks) -> bytes:
