@@ -279,8 +279,11 @@ def _record_delivery(dep: Deployment, user: User, delivery: Delivery, actor: str
 
 class _Rows(DriverStatement):
     def all(self, cur, values: dict) -> list[tuple]:
+        """Every row the statement returns, as the driver gives them."""
         compiled = self._compiled(cur)
         cur.raw.execute(compiled.sql, compiled.parameters(values))
+        if cur.pipeline is not None:
+            cur.pipeline.sync()
         return cur.raw.fetchall()
 
 
@@ -301,9 +304,9 @@ _USER_NOT_SENT = DriverStatement(update(User.__table__).where(_user.id == bindpa
     send_error=bindparam("error"), send_error_at=bindparam("now"), updated_at=bindparam("now")))
 _OTHER_OPEN_LINKS = (_dep.user_id == bindparam("user_id"), _dep.id != bindparam("dep_id"),
                      _dep.used_at.is_(None), _dep.revoked_at.is_(None), _dep.superseded_at.is_(None))
-_OTHER_LINKS = _Rows(select(_dep.token_hash).where(*_OTHER_OPEN_LINKS))
-_SUPERSEDE = DriverStatement(update(Deployment.__table__).where(*_OTHER_OPEN_LINKS)
-                             .values(superseded_at=bindparam("now")))
+# The user's other open links stop working; their hashes are withdrawn from the redirect store.
+_SUPERSEDE = _Rows(update(Deployment.__table__).where(*_OTHER_OPEN_LINKS)
+                   .values(superseded_at=bindparam("now")).returning(_dep.token_hash))
 _AUDIT = DriverStatement(insert(AuditEvent.__table__).values(
     at=bindparam("now"), actor=bindparam("actor"), actor_type=bindparam("actor_type"),
     action=bindparam("action"), user_id=bindparam("user_id"), login_id=bindparam("login_id"),
@@ -363,9 +366,10 @@ class SendLedger:
             with self._cursor() as cur:
                 # In one transaction: this runner still holds its job (else ClaimLost),
                 renew_claim(cur)
-                self._write(cur)
+                superseded = self._write(cur)
                 # and the deployment is still pending and current (no other run replaced or sent it).
                 marked = _MARK_SENDING.execute(cur, {"dep_id": dep.id, "now": now})
+            withdraw_links(superseded)
         except (ClaimLost, RunnerStopping):
             transport.abandon(prepared)
             self.flush()  # what was handed over is recorded, as it was before the claim was lost
@@ -393,7 +397,8 @@ class SendLedger:
         if not self._unrecorded:
             return
         with self._cursor() as cur:
-            self._write(cur)
+            superseded = self._write(cur)
+        withdraw_links(superseded)
         db.session.commit()
         self._written()
 
@@ -413,14 +418,25 @@ class SendLedger:
 
     @contextmanager
     def _cursor(self):
+        """A driver cursor on the session's connection, in its transaction. On
+        PostgreSQL (psycopg) in a pipeline: writes whose answer nothing reads go out
+        with the next statement that is read, one round trip for several statements."""
         connection = db.session.connection()
-        cursor = connection.connection.cursor()
+        raw = connection.connection
+        cursor = raw.cursor()
         try:
-            yield DriverCursor(cursor, connection.dialect)
+            if connection.dialect.driver == "psycopg":
+                with raw.driver_connection.pipeline() as pipeline:
+                    yield DriverCursor(cursor, connection.dialect, pipeline)
+            else:
+                yield DriverCursor(cursor, connection.dialect)
         finally:
             cursor.close()
 
-    def _write(self, cur) -> None:
+    def _write(self, cur) -> list[str]:
+        """Write the outcomes noted so far; the hashes of the links they superseded
+        (the caller withdraws them, in the same transaction)."""
+        superseded = []
         for dep, user, delivery in self._unrecorded:
             now = utcnow()
             withdrawn = []
@@ -430,9 +446,7 @@ class SendLedger:
                 _USER_SENT.write(cur, {"user_id": user.id, "now": now})
                 # Once this message was handed over, the user's older unused links stop working.
                 keys = {"user_id": user.id, "dep_id": dep.id, "now": now}
-                withdrawn = [h for (h,) in _OTHER_LINKS.all(cur, keys)]
-                if withdrawn:
-                    _SUPERSEDE.write(cur, keys)
+                withdrawn = [h for (h,) in _SUPERSEDE.all(cur, keys)]
             else:
                 if delivery.state == RETRY:
                     state, next_at = SEND_RETRY, now + RETRY_DELAYS[max(0, dep.send_attempts - 1)]
@@ -451,8 +465,7 @@ class SendLedger:
             _AUDIT.write(cur, {"now": now, "actor": self.actor[:64], "actor_type": self.actor_type,
                                "action": "deploy.sent" if state == SEND_SENT else f"deploy.{state}",
                                "user_id": user.id, "login_id": user.login_id, "detail": scrub(detail)})
-            if withdrawn:
-                withdraw_links(withdrawn)
+            superseded += withdrawn
             # The loaded rows follow what was written (they are not written again).
             if state == SEND_SENT:
                 _loaded(dep, send_state=state, sent_at=now, next_attempt_at=None, send_error=None)
@@ -461,6 +474,7 @@ class SendLedger:
             else:
                 _loaded(dep, send_state=state, next_attempt_at=next_at, send_error=error)
                 _loaded(user, send_error=user_error, send_error_at=now, updated_at=now)
+        return superseded
 
     def _written(self) -> None:
         for dep, user, delivery in self._unrecorded:
