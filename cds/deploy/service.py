@@ -277,16 +277,6 @@ def _record_delivery(dep: Deployment, user: User, delivery: Delivery, actor: str
     return delivery
 
 
-class _Rows(DriverStatement):
-    def all(self, cur, values: dict) -> list[tuple]:
-        """Every row the statement returns, as the driver gives them."""
-        compiled = self._compiled(cur)
-        cur.raw.execute(compiled.sql, compiled.parameters(values))
-        if cur.pipeline is not None:
-            cur.pipeline.sync()
-        return cur.raw.fetchall()
-
-
 _dep, _user = Deployment.__table__.c, User.__table__.c
 _MARK_SENDING = DriverStatement(update(Deployment.__table__).where(
     _dep.id == bindparam("dep_id"), _dep.send_state == SEND_PENDING,
@@ -305,8 +295,8 @@ _USER_NOT_SENT = DriverStatement(update(User.__table__).where(_user.id == bindpa
 _OTHER_OPEN_LINKS = (_dep.user_id == bindparam("user_id"), _dep.id != bindparam("dep_id"),
                      _dep.used_at.is_(None), _dep.revoked_at.is_(None), _dep.superseded_at.is_(None))
 # The user's other open links stop working; their hashes are withdrawn from the redirect store.
-_SUPERSEDE = _Rows(update(Deployment.__table__).where(*_OTHER_OPEN_LINKS)
-                   .values(superseded_at=bindparam("now")).returning(_dep.token_hash))
+_SUPERSEDE = DriverStatement(update(Deployment.__table__).where(*_OTHER_OPEN_LINKS)
+                             .values(superseded_at=bindparam("now")).returning(_dep.token_hash))
 _AUDIT = DriverStatement(insert(AuditEvent.__table__).values(
     at=bindparam("now"), actor=bindparam("actor"), actor_type=bindparam("actor_type"),
     action=bindparam("action"), user_id=bindparam("user_id"), login_id=bindparam("login_id"),
@@ -353,7 +343,7 @@ class SendLedger:
     def hand_over(self, run: MailRun, user: User, dep: Deployment, message) -> None:
         """Mark ``dep`` "sending" (with the outcomes noted so far, only while this runner
         holds its job), then hand ``message`` over; its outcome is noted with the next."""
-        from cds.jobs.service import ClaimLost, RunnerStopping, renew_claim
+        from cds.jobs.service import ClaimLost, RunnerStopping, send_claim_renewal
 
         self._settle()
         transport = run.transport
@@ -362,19 +352,24 @@ class SendLedger:
         # recorded; nothing of the message is with it before that is committed.
         prepared = transport.prepare(message, label=f"d{dep.id}")
         now = utcnow()
+        # One transaction, its statements sent together: this runner still holds its job
+        # (else ClaimLost, and nothing is written), the outcomes noted so far, and
+        # "sending" for this deployment only if it is still pending and current (no other
+        # run replaced or sent it).
+        with self._cursors() as cursor:
+            check_claim = send_claim_renewal(cursor())
+            superseding = self._write(cursor)
+            mark = cursor()
+            _MARK_SENDING.write(mark, {"dep_id": dep.id, "now": now})
         try:
-            with self._cursor() as cur:
-                # In one transaction: this runner still holds its job (else ClaimLost),
-                renew_claim(cur)
-                superseded = self._write(cur)
-                # and the deployment is still pending and current (no other run replaced or sent it).
-                marked = _MARK_SENDING.execute(cur, {"dep_id": dep.id, "now": now})
-            withdraw_links(superseded)
+            check_claim()
         except (ClaimLost, RunnerStopping):
             transport.abandon(prepared)
             self.flush()  # what was handed over is recorded, as it was before the claim was lost
             raise
-        db.session.commit()
+        marked = mark.raw.rowcount
+        withdraw_links([h for c in superseding for (h,) in c.raw.fetchall()])
+        self._commit()
         self._written()
         if marked != 1:
             transport.abandon(prepared)
@@ -383,6 +378,17 @@ class SendLedger:
             return
         _loaded(dep, send_state=SEND_SENDING, send_attempts=dep.send_attempts + 1, next_attempt_at=now)
         self._in_flight = (dep, user, transport, transport.start(prepared))
+
+    @staticmethod
+    def _commit() -> None:
+        """Commit on the session's own database connection, which the session keeps:
+        ``Session.commit`` gives the connection back to the pool and the next statement
+        takes one out again, which pings the server first (pool_pre_ping) and resets
+        the connection, three round trips per user on PostgreSQL. The session's own
+        transaction ends with the batch (``flush``); until then each statement after
+        this commit runs in a new database transaction, which the next commit ends."""
+        db.session.flush()
+        db.session.connection().connection.commit()
 
     def _settle(self) -> None:
         """Read the server's reply to the message in flight, and note its outcome."""
@@ -396,9 +402,9 @@ class SendLedger:
         self._settle()
         if not self._unrecorded:
             return
-        with self._cursor() as cur:
-            superseded = self._write(cur)
-        withdraw_links(superseded)
+        with self._cursors() as cursor:
+            superseding = self._write(cursor)
+        withdraw_links([h for c in superseding for (h,) in c.raw.fetchall()])
         db.session.commit()
         self._written()
 
@@ -417,36 +423,39 @@ class SendLedger:
             log.warning("outcomes of %s hand-overs not recorded (%s)", len(self._unrecorded), exc)
 
     @contextmanager
-    def _cursor(self):
-        """A driver cursor on the session's connection, in its transaction. On
-        PostgreSQL (psycopg) in a pipeline: writes whose answer nothing reads go out
-        with the next statement that is read, one round trip for several statements."""
+    def _cursors(self):
+        """Driver cursors on the session's connection, in its transaction (the function
+        yielded gives a new one). On PostgreSQL (psycopg) the statements are pipelined:
+        sent without waiting for each answer, all answered when the block ends."""
         connection = db.session.connection()
         raw = connection.connection
-        cursor = raw.cursor()
-        try:
-            if connection.dialect.driver == "psycopg":
-                with raw.driver_connection.pipeline() as pipeline:
-                    yield DriverCursor(cursor, connection.dialect, pipeline)
-            else:
-                yield DriverCursor(cursor, connection.dialect)
-        finally:
-            cursor.close()
+        pipeline = None
 
-    def _write(self, cur) -> list[str]:
-        """Write the outcomes noted so far; the hashes of the links they superseded
-        (the caller withdraws them, in the same transaction)."""
-        superseded = []
+        def cursor() -> DriverCursor:
+            return DriverCursor(raw.cursor(), connection.dialect, pipeline)
+
+        if connection.dialect.driver == "psycopg":
+            with raw.driver_connection.pipeline() as pipeline:
+                yield cursor
+        else:
+            yield cursor
+
+    def _write(self, cursor) -> list[DriverCursor]:
+        """Write the outcomes noted so far (``cursor()``: a new driver cursor). Returns
+        the cursors whose rows are the hashes of the links they superseded, once the
+        statements are answered (the caller withdraws them, in the same transaction)."""
+        cur = cursor()
+        superseding = []
         for dep, user, delivery in self._unrecorded:
             now = utcnow()
-            withdrawn = []
             if delivery.state == SENT:
                 state, error, next_at = SEND_SENT, None, None
                 _DEP_SENT.write(cur, {"dep_id": dep.id, "now": now})
                 _USER_SENT.write(cur, {"user_id": user.id, "now": now})
                 # Once this message was handed over, the user's older unused links stop working.
                 keys = {"user_id": user.id, "dep_id": dep.id, "now": now}
-                withdrawn = [h for (h,) in _SUPERSEDE.all(cur, keys)]
+                superseding.append(cursor())
+                _SUPERSEDE.write(superseding[-1], keys)
             else:
                 if delivery.state == RETRY:
                     state, next_at = SEND_RETRY, now + RETRY_DELAYS[max(0, dep.send_attempts - 1)]
@@ -465,7 +474,6 @@ class SendLedger:
             _AUDIT.write(cur, {"now": now, "actor": self.actor[:64], "actor_type": self.actor_type,
                                "action": "deploy.sent" if state == SEND_SENT else f"deploy.{state}",
                                "user_id": user.id, "login_id": user.login_id, "detail": scrub(detail)})
-            superseded += withdrawn
             # The loaded rows follow what was written (they are not written again).
             if state == SEND_SENT:
                 _loaded(dep, send_state=state, sent_at=now, next_attempt_at=None, send_error=None)
@@ -474,7 +482,7 @@ class SendLedger:
             else:
                 _loaded(dep, send_state=state, next_attempt_at=next_at, send_error=error)
                 _loaded(user, send_error=user_error, send_error_at=now, updated_at=now)
-        return superseded
+        return superseding
 
     def _written(self) -> None:
         for dep, user, delivery in self._unrecorded:

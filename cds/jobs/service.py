@@ -259,19 +259,38 @@ def stale_after() -> timedelta:
     return timedelta(seconds=float(current_app.config["JOB_STALE_SECONDS"]))
 
 
-def renew_claim(cursor=None) -> None:
+def renew_claim() -> None:
     """Within the caller's transaction: renew this thread's claim, or raise ClaimLost
     (and roll back) when another runner holds the job. An action calls it in the same
-    transaction that records "about to hand over", so only the claim holder ever does.
-    ``cursor``: the driver cursor (``cds.client.statements``) the caller writes that
-    record with, on the session's connection."""
+    transaction that records "about to hand over", so only the claim holder ever does."""
     claim = current_claim()
     if claim is None:
         return
+    if _stopping.is_set() or claim.lost.is_set():
+        _check_renewal(claim, False)
+    _check_renewal(claim, _renew(claim.job_id, claim.token))
+
+
+def send_claim_renewal(cursor) -> Callable[[], None]:
+    """``renew_claim`` in two steps, for a transaction whose statements go to the server
+    together (a psycopg pipeline): the renewal is sent on ``cursor`` (a driver cursor
+    of ``cds.client.statements`` on the session's connection, used for nothing else);
+    the returned function, called once the server has answered and before the
+    transaction is committed, raises as ``renew_claim`` does (and rolls back)."""
+    claim = current_claim()
+    if claim is None:
+        return lambda: None
+    if _stopping.is_set() or claim.lost.is_set():
+        return lambda: _check_renewal(claim, False)
+    _RENEW.write(cursor, {"job_id": claim.job_id, "token": claim.token, "now": utcnow()})
+    return lambda: _check_renewal(claim, cursor.raw.rowcount == 1)
+
+
+def _check_renewal(claim: Claim, renewed: bool) -> None:
     if _stopping.is_set():
         db.session.rollback()
         raise RunnerStopping(f"job {claim.job_id}: this process is stopping")
-    if claim.lost.is_set() or not _renew(claim.job_id, claim.token, cursor):
+    if claim.lost.is_set() or not renewed:
         claim.lost.set()
         db.session.rollback()
         raise ClaimLost(f"job {claim.job_id} was taken over by another runner")
@@ -282,9 +301,7 @@ _RENEW = DriverStatement(update(Job.__table__).where(
     .values(heartbeat_at=bindparam("now")))
 
 
-def _renew(job_id: int, token: str, cursor=None) -> bool:
-    if cursor is not None:
-        return _RENEW.execute(cursor, {"job_id": job_id, "token": token, "now": utcnow()}) == 1
+def _renew(job_id: int, token: str) -> bool:
     return db.session.execute(update(Job).where(Job.id == job_id, Job.runner == token)
                               .values(heartbeat_at=utcnow())).rowcount == 1
 
