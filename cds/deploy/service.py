@@ -4,7 +4,8 @@ Users tab, the API, the CLI and the scheduler.
 A deployment is a link with a fresh 256-bit token; only the token's hash is
 stored. Sending is exactly-once: a deployment is marked "sending" and committed
 before its message is handed to SMTP (or written to the outbox), and "sent"
-after. Only a pending deployment becomes "sending", and in a job only while the
+after, before the next message is handed over (``SendLedger``). Only a pending
+deployment becomes "sending", and in a job only while the
 job's runner still holds its claim, in the same transaction. A run that dies in
 between leaves "sending" behind, which is never sent again: it becomes
 "unknown" and the user is reported as not sent. A temporary refusal (4xx, an
