@@ -227,3 +227,20 @@ def test_qr_codes_of_a_bulk_run_are_the_same_image(app):
             link = f"{base}/r/{secrets.token_urlsafe(32)}"
             assert pixels(bulk_qr_png(link)) == pixels(qr_png(link)) == pillow(link)
             assert decode_qr(bulk_qr_png(link)) == link
+
+
+def test_header_lines_are_folded_as_the_generator_folds_them():
+    """The short-cut for one-line ASCII headers gives what the compat32 generator gives."""
+    import random
+    import string
+
+    from cds.mail.compose import fold_header
+    from cds.mail.transport import WIRE_POLICY
+    rng = random.Random(17)
+    alphabet = string.ascii_letters + string.digits + " \t;,=?_.<>@\"'()[]:!#%&*+-/\\^`{|}~" + "   " + "äé€"
+    for _ in range(20000):
+        name = rng.choice(["Subject", "To", "Date", "Message-ID", "From"])
+        value = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 90)))
+        if rng.random() < 0.1:
+            value = "=?utf-8?q?" + value.replace(" ", "_") + "?="
+        assert fold_header(name, value) == WIRE_POLICY.fold_binary(name, value), (name, value)
