@@ -244,3 +244,18 @@ def test_header_lines_are_folded_as_the_generator_folds_them():
         if rng.random() < 0.1:
             value = "=?utf-8?q?" + value.replace(" ", "_") + "?="
         assert fold_header(name, value) == WIRE_POLICY.fold_binary(name, value), (name, value)
+
+
+def test_recipient_names_are_encoded_as_flask_mail_encodes_them():
+    import random
+    import string
+
+    from flask_mail import sanitize_address
+
+    from cds.mail.compose import address_header
+    rng = random.Random(5)
+    alphabet = string.ascii_letters + string.digits + "     .-'\"_=?äÖé"
+    for _ in range(20000):
+        name = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
+        address = rng.choice(["ann@example.com", "x.y+z@sub.example.org", "ann@exämple.de"])
+        assert address_header((name, address)) == sanitize_address((name, address), "utf-8"), name

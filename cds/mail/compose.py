@@ -321,14 +321,14 @@ class WireComposer:
                 msg_id: str | None = None) -> ComposedMail:
         """What ``message_bytes(build_message(…))`` gives for the same arguments.
         ``boundaries``, ``date`` and ``msg_id`` are chosen here unless given (tests)."""
-        from flask_mail import sanitize_address, sanitize_subject
+        from flask_mail import sanitize_subject
 
         from cds.mail.transport import new_boundary
         to = formataddr((" ".join(recipient_name.split()), recipient)) if recipient_name.strip() else recipient
         fold = self._fold
         head = [fold("Subject", sanitize_subject(rendered.subject, "utf-8"))] if rendered.subject else []
         parsed = parseaddr(to)  # as sanitize_address would parse it
-        head += [self._from, fold("To", sanitize_address(parsed, "utf-8")),
+        head += [self._from, fold("To", address_header(parsed)),
                  fold("Date", date or formatdate(None, localtime=True)),
                  fold("Message-ID", msg_id or message_id(self.sender, self._domain))]
         outer, inner = (b.encode() for b in boundaries or (new_boundary(), new_boundary()))
@@ -341,6 +341,21 @@ class WireComposer:
         bad = Message.has_bad_headers(SimpleNamespace(sender=self.sender, recipients=[to], reply_to=None,
                                                       subject=rendered.subject))
         return ComposedMail(data, parsed[1], bad)
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9]+(?: [A-Za-z0-9]+)*")
+
+
+def address_header(parsed: tuple[str, str]) -> str:
+    """Flask-Mail's ``sanitize_address`` of a parsed address: the name as an RFC 2047
+    encoded word. A short name of letters, digits and single spaces becomes
+    ``=?utf-8?q?First_Last?=`` (quoted-printable is the shorter encoding for it), written
+    directly instead of by email.header (tests/test_mail.py compares the two)."""
+    from flask_mail import sanitize_address
+    name, address = parsed
+    if len(name) <= 40 and _PLAIN_NAME.fullmatch(name) and address.isascii():
+        return formataddr((f"=?utf-8?q?{name.replace(' ', '_')}?=", address))
+    return sanitize_address(parsed, "utf-8")
 
 
 def fold_header(name: str, value: str) -> bytes:
