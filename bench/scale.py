@@ -3,16 +3,18 @@
     .venv/bin/python bench/scale.py [--sizes 10000,100000,1000000] [--runs 15] [--skip export,sync]
 
 For each size N:
-- Users tab: a SQLite file (/tmp/cds-scale-N.sqlite3, kept and reused) seeded like
-  bench/users_page.py (random names, 5 profiles, 60% deployed, 42% downloaded), then
+- Users tab: a SQLite file (/tmp/cds-scale-N.sqlite3, kept and reused) seeded in bulk
+  SQL as bench/users_page.py seeds it (bench/_harness.py: names from 50 first and 158
+  last names, 5 profiles, 60% deployed, 42% downloaded), then
   the htmx table requests the page makes, median of --runs after 3 warm-ups: page 1,
   a search with hits ('schmidt', about 0.7% of users) and a filter (profile Sales +
   downloaded, about 8%). The hits shown are the count the page reports. The sizes take
   turns request by request; wall and CPU time of this process are reported.
 - Export: `bench/export.py --users N` on the same database (all N users as CSV through
   the real app, median of 3).
-- Sync: `bench/sync.py --users N --only sync` (a source of N users, 10% changed, one
-  Sync data job over all of them).
+- Sync: `bench/sync.py --users N --only sync --bulk-seed` (N imported users written in
+  bulk SQL, then a source of N users with 10% changed and one Sync data job over all
+  of them).
 The result a request returns is 50 rows for the page requests whatever N is, and N
 rows (or N users compared) for export and sync: a page request that grows with N, or
 an export or sync that grows faster than N, is a finding.
@@ -90,7 +92,7 @@ def main() -> None:
             r"median ([\d.]+) s")
         print(f"  export: {export} s", flush=True)
         sync = "-" if "sync" in skip else run_bench(
-            ["bench/sync.py", "--users", str(n), "--only", "sync"], r"^\s+sync job\s+([\d.]+)")
+            ["bench/sync.py", "--users", str(n), "--only", "sync", "--bulk-seed"], r"^\s+sync job\s+([\d.]+)")
         print(f"  sync job: {sync} s", flush=True)
         rows.append((n, export, sync, load))
     print()
