@@ -12,12 +12,13 @@ from cds.auth.service import AccountError
 from cds.client.service import ClientError
 from cds.connections.service import ConnectionNotFound, ConnectionProblem
 from cds.deploy.service import DeployError
+from cds.imports.csv_import import CsvProblem, CsvRejected
 from cds.jobs.service import InvalidJob, JobError, JobFinished, JobNotFound
 from cds.mail.compose import TemplateProblem
 from cds.profiles.service import InvalidProfile, ProfileError, ProfileInUse, ProfileNotFound
 from cds.settings.tokens import TokenError, TokenNotFound
 from cds.sources import SourceAuthError, SourceError, SourceLimitError, SourceUnreachable
-from cds.users.service import InvalidQuery, InvalidUser, NotFound, UserError
+from cds.users.errors import InvalidQuery, InvalidUser, NotFound, UserError
 from tests.conftest import free_port
 from tests.fixtures.source_server import PASSWORD, USERNAME
 
@@ -27,7 +28,8 @@ from tests.fixtures.source_server import PASSWORD, USERNAME
     (InvalidQuery, 422), (ProfileNotFound, 404), (ProfileError, 409), (TokenNotFound, 404),
     (TokenError, 422), (AccountError, 422), (ConnectionNotFound, 404), (ConnectionProblem, 422),
     (InvalidAuditQuery, 400), (TemplateProblem, 422), (DeployError, 409), (SourceError, 409),
-    (SourceAuthError, 409), (SourceUnreachable, 409), (SourceLimitError, 409)])
+    (SourceAuthError, 409), (SourceUnreachable, 409), (SourceLimitError, 409), (CsvProblem, 422),
+    (CsvRejected, 422)])
 def test_service_errors_belong_to_the_family(exc, status):
     assert issubclass(exc, errors.CdsError) and exc.status == status
     assert issubclass(JobNotFound, JobError) and issubclass(ProfileNotFound, ProfileError)

@@ -10,9 +10,8 @@ from cds.connections.service import host_of
 from cds.extensions import db
 from cds.models import USER_SECRETS, Connection, DeploymentProfile, Job, JobItem, User
 from cds.profiles.service import PROFILE_FIELDS
+from cds.users.fields import FIELD_NAMES as USER_FIELDS
 
-USER_FIELDS = ("login_id", "first_name", "last_name", "number", "pbx_number", "pbx_sip_username",
-               "mbg_sip_username", "mcs_account", "email")
 PROFILE_INT_FIELDS = ("mbg_sip_port", "pbx_sip_port", "mcs_port", "link_validity_hours")
 
 

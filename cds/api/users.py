@@ -11,9 +11,15 @@ from cds.export.service import export_filename, start_export
 from cds.extensions import db
 from cds.http import csv_download
 from cds.jobs.actions import start_action
-from cds.models import USER_SECRETS, User, utcnow
+from cds.models import User, utcnow
 from cds.profiles.service import default_profile, find_profile_by_name
 from cds.users import service as users
+from cds.users.errors import InvalidQuery
+from cds.users.fields import SOURCE_OWNED_FIELDS, USER_SECRETS
+from cds.users.login_ids import redeploy_after_id_change
+from cds.users.query import UserFilter, UserQuery
+from cds.users.query import list_users as list_users_page
+from cds.users.selection import parse_selection
 
 # URL names of the bulk actions -> job kinds.
 ACTION_KINDS = {"deploy": "deploy", "auto-deploy": "auto_deploy", "force-config": "force_config",
@@ -53,10 +59,8 @@ def _split_body(data: dict, user: User | None) -> tuple[dict, dict]:
             bad_types[f"secrets.{name}"] = "must be a string, or null to clear it"
     if bad_types:
         raise ApiError(422, "invalid", "Some values have the wrong type.", bad_types)
-    values = {}
-    for name in USER_FIELDS:
-        # A partial update keeps what it does not name.
-        values[name] = data[name] if name in data else (getattr(user, name) if user else "")
+    # A partial update keeps what it does not name.
+    values = {name: data[name] for name in USER_FIELDS if name in data}
     if "profile_id" in data:
         values["profile_id"] = data["profile_id"]
     else:
@@ -74,12 +78,12 @@ def list_users():
     page, per_page = page_args()
     args = request.args.to_dict()
     try:
-        users.UserFilter.from_mapping(args, other_keys=("sort", "page", "per_page"))
-        q = users.UserQuery.from_mapping({**args, "per_page": 50}, default_per_page=50)
-    except users.InvalidQuery as exc:
+        UserFilter.from_mapping(args, other_keys=("sort", "page", "per_page"))
+        q = UserQuery.from_mapping({**args, "per_page": 50}, default_per_page=50)
+    except InvalidQuery as exc:
         raise ApiError(400, "bad_request", str(exc)) from None
     q.page, q.per_page = page, per_page
-    result = users.list_users(q)
+    result = list_users_page(q)
     if result.query.page != page:  # past the last page: an empty page, not the last one again
         return paginated([], result.total, page, per_page, "api.list_users", _args_without_page(args))
     return paginated([user_json(u) for u in result.users], result.total, page, per_page,
@@ -107,16 +111,16 @@ def update_user(user_id: int):
     user = _get(user_id)
     data = body_json()
     if user.is_imported:
-        owned = sorted((set(data) & set(USER_FIELDS)) | ({"secrets"} & set(data)))
+        owned = sorted(set(data) & set(SOURCE_OWNED_FIELDS))
         if owned:
             raise ApiError(409, "conflict", "This user is imported: its source owns these fields "
-                           "(only the profile can change here; Sync updates the rest).",
+                           "(only the profile and secrets can change here; Sync updates the rest).",
                            {k: "owned by the source" for k in owned})
     values, secrets = _split_body(data, user)
     result = users.save_user(user, values, secrets, actor=g.actor)  # InvalidUser: 422
     body = user_json(result.user)
     if result.id_changed:
-        users.redeploy_after_id_change(result.user, actor=g.actor)
+        redeploy_after_id_change(result.user, actor=g.actor)
         body = user_json(db.session.get(User, user_id))
     return body
 
@@ -135,8 +139,8 @@ def delete_user(user_id: int):
 def export_users():
     """The Export (CSV) of the console: same columns, never a secret. Filter by query."""
     try:
-        filt = users.UserFilter.from_mapping(request.args, other_keys=())
-    except users.InvalidQuery as exc:
+        filt = UserFilter.from_mapping(request.args, other_keys=())
+    except InvalidQuery as exc:
         raise ApiError(400, "bad_request", str(exc)) from None
     _, chunks = start_export({"filter": filt.to_dict()}, actor=g.actor, via="api")
     return csv_download(chunks, export_filename(utcnow()))
@@ -152,7 +156,7 @@ def user_action(action: str):
         raise ApiError(404, "not_found", f"Unknown action {action!r}; one of: {', '.join(ACTION_KINDS)}.")
     data = body_json()
     refuse_unknown_fields(data, {"ids", "filter", "at"} | ACTION_OPTIONS)
-    job = start_action(kind, users.parse_selection(data), params=data, run_at=data.get("at"), actor=g.actor)
+    job = start_action(kind, parse_selection(data), params=data, run_at=data.get("at"), actor=g.actor)
     return job_json(job), 202, {"Location": f"/api/v1/jobs/{job.id}"}
 
 
@@ -162,4 +166,4 @@ def deploy_plan():
     why (an incomplete profile, Do Not Deploy, no address). Nothing is changed."""
     data = body_json()
     refuse_unknown_fields(data, {"ids", "filter", "at"})
-    return plan_deploy(users.parse_selection(data)).as_dict()
+    return plan_deploy(parse_selection(data)).as_dict()

@@ -13,7 +13,7 @@ from cds.jobs.actions import RUN_AT_HELP, start_action
 from cds.jobs.service import reason_counts
 from cds.models import User, login_key
 from cds.profiles.service import find_profile_by_name
-from cds.users.service import parse_selection
+from cds.users.selection import parse_selection
 
 AT_HELP = f"Schedule for later: {RUN_AT_HELP}."
 

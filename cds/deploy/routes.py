@@ -8,7 +8,8 @@ from flask import Blueprint, abort, current_app, render_template, request
 from cds.deploy.service import plan_deploy, preview_deploy
 from cds.jobs.service import ACTIONS
 from cds.mail.transport import MailSettings
-from cds.users.service import InvalidQuery, parse_selection
+from cds.users.errors import InvalidQuery
+from cds.users.selection import parse_selection
 from cds.web import write_required
 
 bp = Blueprint("deploy", __name__, url_prefix="/users/actions")

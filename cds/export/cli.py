@@ -11,7 +11,7 @@ from flask.cli import with_appcontext
 from cds.cli import fail
 from cds.export.service import start_export
 from cds.profiles.service import find_profile_by_name
-from cds.users.service import UserFilter
+from cds.users.query import UserFilter
 
 
 @click.command("export-csv")

@@ -16,27 +16,16 @@ from cds.audit.service import record_event
 from cds.csvfile import csv_chunks
 from cds.extensions import db
 from cds.models import SOURCE_LABELS, Connection, DeploymentProfile, User
-from cds.users.service import count_selection, describe_selection, selection_query
+from cds.users.fields import CSV_COLUMNS
+from cds.users.selection import count_selection, describe_selection, selection_query
 
 BATCH_SIZE = 2000
 
-# Header -> the User column it comes from.
-EXPORT_COLUMNS = (
-    ("ID", User.id),
-    ("Login ID", User.login_id),
-    ("Profile", User.profile_id),
-    ("Firstname", User.first_name),
-    ("Lastname", User.last_name),
-    ("Number", User.number),
-    ("PBX Number", User.pbx_number),
-    ("PBX SIP User name", User.pbx_sip_username),
-    ("MBG SIP User name", User.mbg_sip_username),
-    ("MiCollab Client Service Account", User.mcs_account),
-    ("Email address", User.email),
-    ("Source", User.source),
-    ("Deployed", User.deployed_at),
-    ("Downloaded", User.downloaded_at),
-)
+# Header -> the User column it comes from: the CSV format of the field table, which
+# the import reads back (ID, Login ID, Profile, the fields, Source, Deployed, Downloaded).
+_COLUMN_OF = {"id": User.id, "profile": User.profile_id, "source": User.source,
+              "deployed": User.deployed_at, "downloaded": User.downloaded_at}
+EXPORT_COLUMNS = tuple((label, _COLUMN_OF.get(key) or getattr(User, key)) for label, key in CSV_COLUMNS)
 HEADER = [name for name, _ in EXPORT_COLUMNS]
 
 # An export never carries the MiCollab Client password, PBX SIP password,
@@ -72,14 +61,12 @@ def export_rows(selection: dict, batch_size: int | None = None) -> Iterator[list
             base.where(User.id > last_id).order_by(User.id).limit(batch_size)).all()
         if not batch:
             return
-        for (uid, login_id, profile_id, first, last, number, pbx_number, pbx_sip, mbg_sip,
-             mcs, email, source, deployed, downloaded, connection_id) in batch:
+        for uid, login_id, profile_id, *fields, source, deployed, downloaded, connection_id in batch:
             if source == "connection":
                 source_label = sources.get((source, connection_id), "Connection (deleted)")
             else:
                 source_label = sources.get((source, None), source)
-            yield [str(uid), login_id, profiles.get(profile_id, ""), first, last, number,
-                   pbx_number, pbx_sip, mbg_sip, mcs, email, source_label,
+            yield [str(uid), login_id, profiles.get(profile_id, ""), *fields, source_label,
                    iso_utc(deployed), iso_utc(downloaded)]
         last_id = batch[-1][0]
         if len(batch) < batch_size:

@@ -13,6 +13,7 @@ from cds.extensions import db
 from cds.mail.addresses import AddressError, check_address, check_header_text
 from cds.models import (CLIENT_TYPES, DO_NOT_DEPLOY, SIP_ACCOUNTS, SIP_ALGORITHMS, SIP_CREDENTIALS,
                         TRANSPORTS, DeploymentProfile, User)
+from cds.users.fields import PHONE_RE
 
 
 class ProfileError(errors.Conflict):
@@ -128,7 +129,6 @@ def host_problem(value: str) -> str | None:
 
 def validate_profile_fields(data: dict, profile: DeploymentProfile | None = None) -> dict[str, str]:
     """Check the profile fields present in ``data``. Returns {field: message}."""
-    from cds.users.service import _PHONE_RE
 
 
     errors = {}
@@ -172,7 +172,7 @@ def validate_profile_fields(data: dict, profile: DeploymentProfile | None = None
             errors["client_types"] = "Choose at least one client type."
         elif any(t not in CLIENT_TYPES for t in types):
             errors["client_types"] = f"Client types are {', '.join(CLIENT_TYPES)}."
-    if data.get("voicemail_number") and not _PHONE_RE.fullmatch(data["voicemail_number"]):
+    if data.get("voicemail_number") and not PHONE_RE.fullmatch(data["voicemail_number"]):
         errors["voicemail_number"] = "Voicemail number may hold only digits, spaces and + * # ( ) . -"
     if data.get("central_email"):
         try:

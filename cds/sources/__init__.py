@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from cds import errors
+from cds.users.fields import FIELD, SOURCE_OWNED_FIELDS
 
-# The user fields a source may provide (models.SOURCE_OWNED_FIELDS), with the
-# column sizes of SourceRecord / User.
-FIELD_SIZES = {"login_id": 113, "first_name": 100, "last_name": 100, "number": 32,
-               "pbx_number": 32, "pbx_sip_username": 128, "mbg_sip_username": 128,
-               "mcs_account": 128, "email": 254}
+# The user fields a source may provide, with the column sizes of SourceRecord / User
+# (from the field table).
+FIELD_SIZES = {name: FIELD[name].size for name in SOURCE_OWNED_FIELDS}
 KEY_SIZE = 255
 
 HTTP_KINDS = ("mbg", "mcs", "usa")

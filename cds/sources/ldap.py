@@ -12,6 +12,7 @@ import uuid
 from urllib.parse import urlsplit
 
 from cds.sources import ReadBudget, SourceAuthError, SourceError, SourceUnreachable, clean_record
+from cds.users.fields import FIELD, SOURCE_OWNED_FIELDS
 
 DEFAULT_FILTER = "(objectClass=person)"
 DEFAULT_PAGE_SIZE = 500
@@ -20,16 +21,9 @@ DEFAULT_TIMEOUT = 30
 # entryUUID (OpenLDAP, RFC 4530) or objectGUID (Active Directory).
 DEFAULT_KEY_ATTRIBUTE = "entryUUID,objectGUID"
 
-# CDS user field -> attribute(s); the first attribute present wins.
-DEFAULT_MAPPING = {
-    "login_id": "uid,sAMAccountName",
-    "first_name": "givenName",
-    "last_name": "sn",
-    "number": "telephoneNumber",
-    "email": "mail",
-}
-MAPPABLE_FIELDS = ("login_id", "first_name", "last_name", "number", "pbx_number",
-                   "pbx_sip_username", "mbg_sip_username", "mcs_account", "email")
+# CDS user field -> attribute(s); the first attribute present wins. From the field table.
+MAPPABLE_FIELDS = SOURCE_OWNED_FIELDS
+DEFAULT_MAPPING = {name: FIELD[name].ldap for name in MAPPABLE_FIELDS if FIELD[name].ldap}
 
 
 def attribute_mapping(options: dict) -> dict[str, list[str]]:

@@ -13,15 +13,16 @@ from cds.fragments import go_to, html_response, page_or_fragment, wants_fragment
 from cds.jobs.actions import start_action
 from cds.jobs.service import ACTIONS, reason_counts
 from cds.mail.transport import MailSettings
-from cds.models import USER_SECRETS
 from cds.outbox.service import has_messages
 from cds.profiles.service import all_profiles, default_profile
+from cds.users.errors import InvalidQuery, InvalidUser
+from cds.users.fields import FIELDS, USER_SECRETS
 from cds.users.forms import ImportedUserForm, UserForm
-from cds.users.service import (PAGE_SIZES, InvalidQuery, InvalidUser,
-                               UserQuery, deployment_history, get_user, id_change_consequences,
-                               parse_selection, redeploy_after_id_change, revoke_device, save_user,
-                               source_choices, source_label, table_page, user_audit_events,
-                               user_devices, user_errors)
+from cds.users.login_ids import id_change_consequences, redeploy_after_id_change
+from cds.users.query import PAGE_SIZES, UserQuery, source_choices, source_label, table_page
+from cds.users.selection import parse_selection
+from cds.users.service import (deployment_history, get_user, revoke_device, save_user,
+                               user_audit_events, user_devices, user_errors)
 from cds.web import current_admin, toast, write_required
 
 bp = Blueprint("users", __name__, url_prefix="/users")
@@ -122,7 +123,7 @@ def _outbox_link(user) -> str | None:
 
 
 def _user_context(user, form, **extra):
-    return dict(user=user, form=form, secrets=USER_SECRETS, source=source_label(user),
+    return dict(user=user, form=form, secrets=USER_SECRETS, field_specs=FIELDS, source=source_label(user),
                 outbox_link=_outbox_link(user),
                 id_change_consequences=None if user.is_imported else id_change_consequences(user),
                 history=deployment_history(user), devices=user_devices(user),
