@@ -22,11 +22,12 @@ from datetime import datetime, timedelta
 from typing import Callable
 
 from flask import current_app, g, has_request_context
-from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy import bindparam, case, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from cds import errors
 from cds.audit.service import acting_for, record_event
+from cds.client.statements import DriverStatement
 from cds.extensions import db
 from cds.models import (JOB_CANCELLED, JOB_DONE, JOB_FAILED, JOB_QUEUED, JOB_RUNNING, JOB_SCHEDULED,
                         Connection, Job, JobItem, User, utcnow)
@@ -262,13 +263,39 @@ def renew_claim() -> None:
     claim = current_claim()
     if claim is None:
         return
+    if _stopping.is_set() or claim.lost.is_set():
+        _check_renewal(claim, False)
+    _check_renewal(claim, _renew(claim.job_id, claim.token))
+
+
+def send_claim_renewal(cursor) -> Callable[[], None]:
+    """``renew_claim`` in two steps, for a transaction whose statements go to the server
+    together (a psycopg pipeline): the renewal is sent on ``cursor`` (a driver cursor
+    of ``cds.client.statements`` on the session's connection, used for nothing else);
+    the returned function, called once the server has answered and before the
+    transaction is committed, raises as ``renew_claim`` does (and rolls back)."""
+    claim = current_claim()
+    if claim is None:
+        return lambda: None
+    if _stopping.is_set() or claim.lost.is_set():
+        return lambda: _check_renewal(claim, False)
+    _RENEW.write(cursor, {"job_id": claim.job_id, "token": claim.token, "now": utcnow()})
+    return lambda: _check_renewal(claim, cursor.raw.rowcount == 1)
+
+
+def _check_renewal(claim: Claim, renewed: bool) -> None:
     if _stopping.is_set():
         db.session.rollback()
         raise RunnerStopping(f"job {claim.job_id}: this process is stopping")
-    if claim.lost.is_set() or not _renew(claim.job_id, claim.token):
+    if claim.lost.is_set() or not renewed:
         claim.lost.set()
         db.session.rollback()
         raise ClaimLost(f"job {claim.job_id} was taken over by another runner")
+
+
+_RENEW = DriverStatement(update(Job.__table__).where(
+    Job.__table__.c.id == bindparam("job_id"), Job.__table__.c.runner == bindparam("token"))
+    .values(heartbeat_at=bindparam("now")))
 
 
 def _renew(job_id: int, token: str) -> bool:
