@@ -23,24 +23,27 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import selectinload
 from sqlalchemy.orm.attributes import set_committed_value
 
 from cds import errors
 from cds.audit.service import actor_type_of, record_event, scrub
 from cds.client.statements import DriverCursor, DriverStatement
-from cds.clients import deploy_problem, kind_of
+from cds.clients import checks_users, deploy_problem, kind_of, profile_refusal
 from cds.extensions import db
-from cds.jobs.service import Outcome, action
+from cds.jobs.service import ClaimLost, Outcome, RunnerStopping, action, current_claim, send_claim_renewal
 from cds.mail.compose import MailTemplates, TemplateProblem, WireComposer, mail_context, sample_context
 from cds.mail.qr import QrMaker, qr_png
-from cds.mail.transport import FAILED, RETRY, SENT, UNKNOWN, Delivery, MailSettings, MailTransport
+from cds.mail.transport import FAILED, RETRY, SENT, UNKNOWN, Delivery, MailSettings, MailTransport, outbox_dir
 from cds.models import (SEND_FAILED, SEND_PENDING, SEND_RETRY, SEND_SENDING, SEND_SENT, SEND_UNKNOWN,
                         AuditEvent, ClientDevice, Deployment, Job, User, utcnow)
-from cds.redirect.service import register_link, withdraw_links
+from cds.profiles.service import all_profiles
+from cds.redirect.service import push_outbox, register_link, withdraw_links
 from cds.scheduler import tick_task
 from cds.security import new_token, token_hash, token_ref
+from cds.settings.service import redirect_url
+from cds.users.selection import selection_query
 
 log = logging.getLogger("cds.deploy")
 
@@ -180,12 +183,6 @@ def plan_deploy(selection: dict) -> DeployPlan:
     """``classify_for_deploy`` of a selection (ids, or all users matching a filter),
     counted per profile in SQL; only the users of a kind that asks something of each
     user (Linphone: a SIP account) are loaded, so "all 100,000 matching" stays quick."""
-    from sqlalchemy import func
-
-    from cds.clients import checks_users, profile_refusal
-    from cds.profiles.service import all_profiles
-    from cds.users.selection import selection_query
-
     profiles = {p.id: p for p in all_profiles()}
     selected = selection_query(selection)
     per_profile = db.session.execute(selected.with_only_columns(User.profile_id, func.count(User.id))
@@ -345,8 +342,6 @@ class SendLedger:
     def hand_over(self, run: MailRun, user: User, dep: Deployment, message) -> None:
         """Mark ``dep`` "sending" (with the outcomes noted so far, only while this runner
         holds its job), then hand ``message`` over; its outcome is noted with the next."""
-        from cds.jobs.service import ClaimLost, RunnerStopping, send_claim_renewal
-
         self._settle()
         transport = run.transport
         transport.pace()
@@ -521,7 +516,6 @@ _runs_lock = threading.Lock()
 
 
 def _run_for(job: Job) -> MailRun:
-    from cds.jobs.service import current_claim
     claim = current_claim()
     if claim is not None and claim.job_id == job.id:
         if "mail" not in claim.resources:
@@ -535,7 +529,6 @@ def _run_for(job: Job) -> MailRun:
 
 def _finish(job: Job) -> None:
     """End of a Deploy / Auto deploy job: close its SMTP connection, push redirect links."""
-    from cds.jobs.service import current_claim
     claim = current_claim()
     if claim is not None and claim.job_id == job.id:
         run = claim.resources.pop("mail", None)
@@ -544,7 +537,6 @@ def _finish(job: Job) -> None:
             run = _runs.pop(job.id, None)
     if run is not None:
         run.close()
-    from cds.redirect.service import push_outbox
     push_outbox()
 
 
@@ -602,7 +594,6 @@ def _deploy_users(job: Job, users: list[User]) -> list[Outcome]:
     issued = issue_deployments(to_issue, actor=actor, job_id=job.id)
     db.session.commit()
     if current_app.config["REDIRECT_MODE"] == "remote":
-        from cds.redirect.service import push_outbox
         push_outbox()
     pngs = run.qr.pngs([link_for(token, user.profile) for user, _, token in issued])
     ledger = SendLedger(actor)
@@ -626,7 +617,6 @@ def _deploy_users(job: Job, users: list[User]) -> list[Outcome]:
 
 
 def _profiles_with_template_problems(run: MailRun, users: list[User]) -> dict[int, str]:
-    from cds.settings.service import redirect_url
     problems = {}
     base = redirect_url()
     for profile in {u.profile_id: u.profile for u in users}.values():
@@ -655,7 +645,6 @@ def _withdraw_unsent(deps: list[Deployment]) -> None:
 
 def _in_outbox(dep: Deployment) -> str | None:
     """The outbox file written for this deployment, if any (outbox mode only)."""
-    from cds.mail.transport import outbox_dir
     try:
         found = sorted(outbox_dir().glob(f"*-d{dep.id}-*.eml"))
     except OSError:
@@ -817,8 +806,6 @@ class DeployPreview:
 
 def preview_deploy(kind: str, selection: dict, batch: int = 1000) -> DeployPreview:
     """Classify every selected user as the job will (``classify``), without changing anything."""
-    from cds.users.selection import selection_query
-
     preview = DeployPreview(kind)
     last_id = 0
     while True:
