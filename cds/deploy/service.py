@@ -183,7 +183,7 @@ def plan_deploy(selection: dict) -> DeployPlan:
 
     from cds.clients import checks_users, profile_refusal
     from cds.profiles.service import all_profiles
-    from cds.users.service import selection_query
+    from cds.users.selection import selection_query
 
     profiles = {p.id: p for p in all_profiles()}
     selected = selection_query(selection)
@@ -837,7 +837,7 @@ class DeployPreview:
 
 def preview_deploy(kind: str, selection: dict, batch: int = 1000) -> DeployPreview:
     """Classify every selected user as the job will (``classify``), without changing anything."""
-    from cds.users.service import selection_query
+    from cds.users.selection import selection_query
 
     preview = DeployPreview(kind)
     last_id = 0

@@ -137,7 +137,7 @@ def create_job(kind: str, selection: dict, *, params: dict | None = None,
     mapping holding the action's parameters (a form, a JSON body, a dict). With
     ``commit=False`` it joins the caller's transaction (``start_action`` commits it
     with the creation's audit event)."""
-    from cds.users.service import count_selection, describe_selection
+    from cds.users.selection import count_selection, describe_selection
 
     if kind not in ACTIONS:
         raise errors.NotFound(f"There is no bulk action {kind!r}.")
@@ -426,7 +426,7 @@ def _fail(job_id: int, message: str) -> None:
 
 def _record_not_reached(job: Job, reason: str) -> None:
     """A failed item for every selected user the job has no item for."""
-    from cds.users.service import selection_query
+    from cds.users.selection import selection_query
 
     act = ACTIONS.get(job.kind)
     while True:
@@ -497,7 +497,7 @@ def run_job(job_id: int, *, _submitted: bool = False) -> Job | None:
 
 
 def _run_claimed(job: Job, claim: Claim) -> Job:
-    from cds.users.service import selection_query
+    from cds.users.selection import selection_query
 
     act = ACTIONS[job.kind]
     log.info("job %s (%s) started by %s: %s users", job.id, job.kind, claim.token, job.total)

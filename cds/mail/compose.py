@@ -21,9 +21,11 @@ from flask_mail import Attachment, Message
 from jinja2 import StrictUndefined, TemplateError
 from markupsafe import Markup, escape
 
+from cds.clients import kind_named, kind_of
 from cds.mail.addresses import AddressError, check_header_text
 from cds.mail.sandbox import BoundedSandbox, RenderLimit, render_bounded
 from cds.models import DeploymentProfile, User, utcnow
+from cds.settings.service import get_settings
 
 QR_CID = "qr-code@cds"
 QR_FILENAME = "qr-code.png"
@@ -41,7 +43,6 @@ PLACEHOLDERS = {
 }
 
 def _default_kind():
-    from cds.clients import kind_named
     return kind_named(None)
 
 
@@ -117,8 +118,6 @@ class MailTemplates:
     @classmethod
     def load(cls, overrides: dict | None = None) -> "MailTemplates":
         """From Settings (empty = built-in), with optional unsaved overrides (the preview)."""
-        from cds.settings.service import get_settings
-
         stored = get_settings("MAIL_TEMPLATE_SUBJECT", "MAIL_TEMPLATE_TEXT", "MAIL_TEMPLATE_HTML")
         values = {
             "subject": stored["MAIL_TEMPLATE_SUBJECT"], "text": stored["MAIL_TEMPLATE_TEXT"],
@@ -185,7 +184,6 @@ def _wrap_long_lines(html: str, limit: int = 900) -> str:
 def mail_context(user: User, link: str, expires_at: datetime) -> dict:
     # Only what the e-mail needs: never a password or PIN. The app and the steps are
     # those of the client kind the user's profile names.
-    from cds.clients import kind_of
     kind = kind_of(user.profile)
     return {
         "name": user.display_name,

@@ -27,8 +27,10 @@ from pathlib import Path
 from flask import current_app
 from flask_mail import Message
 
+from cds.mail.addresses import AddressError, check_sender
 from cds.mail.compose import ComposedMail
 from cds.models import utcnow
+from cds.settings.service import get_settings
 
 SENT = "sent"
 RETRY = "retry"
@@ -78,8 +80,6 @@ class MailSettings:
     @classmethod
     def load(cls) -> "MailSettings":
         """The effective settings: what Settings saved in the database, over the config file."""
-        from cds.settings.service import get_settings
-
         s = get_settings("MAIL_SERVER", "MAIL_PORT", "MAIL_USE_TLS", "MAIL_USE_SSL", "MAIL_USERNAME",
                          "MAIL_PASSWORD", "MAIL_DEFAULT_SENDER", "MAIL_RATE_LIMIT")
         return cls(server=(s["MAIL_SERVER"] or "").strip() or None, port=int(s["MAIL_PORT"] or 25),
@@ -95,7 +95,6 @@ class MailSettings:
 
     @property
     def sender_problem(self) -> str | None:
-        from cds.mail.addresses import AddressError, check_sender
         try:
             check_sender(self.sender)
         except AddressError as exc:
