@@ -150,6 +150,55 @@ def test_status_force_config_and_config_download(app, client, user_id):
         assert db.session.scalar(select(AuditEvent).where(AuditEvent.action == "client.config_download"))
 
 
+def test_unreadable_secrets_answer_503_and_write_nothing(app, client, user_id):
+    """A configuration that cannot be decrypted is not handed out, and nothing of the
+    request is written: the link stays usable, no device, no audit row, Downloaded and
+    Force Config as they were; a request in the same batch goes through."""
+    from cds.deploy.service import force_config_users
+    [other] = make_users(app, 1, profile_name="Berlin", prefix="other")
+    key = activate(client, issue(app, user_id)).get_json()["client_key"]
+    token = issue(app, user_id)
+    with app.app_context():
+        force_config_users(None, [db.session.get(User, user_id)], actor="alice")
+        db.session.execute(update(User).where(User.id == user_id)
+                           .values(secrets_enc="not-a-ciphertext", downloaded_at=None))
+        db.session.commit()
+    other_token = issue(app, other)
+    results = {}
+    barrier = threading.Barrier(3)
+
+    def attempt(name, request):
+        c = app.test_client()
+        barrier.wait()
+        results[name] = request(c)
+
+    threads = [threading.Thread(target=attempt, args=args) for args in (
+        ("activate", lambda c: activate(c, token)),
+        ("config", lambda c: c.get("/client/v1/config", headers=bearer(key))),
+        ("other", lambda c: activate(c, other_token)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name in ("activate", "config"):
+        assert results[name].status_code == 503
+        assert results[name].get_json()["error"] == "config_unavailable"
+    assert results["other"].status_code == 200
+    with app.app_context():
+        user = db.session.get(User, user_id)
+        assert user.downloaded_at is None and user.force_config is True
+        assert len(db.session.scalars(select(ClientDevice).where(ClientDevice.user_id == user_id)).all()) == 1
+        events = db.session.scalars(select(AuditEvent).where(AuditEvent.action.like("client.%"))).all()
+        assert sorted((e.action, e.user_id) for e in events) == sorted([("client.activate", other),
+                                                                        ("client.activate", user_id)])
+        assert db.session.scalar(select(Deployment.used_at).where(Deployment.user_id == other)) is not None
+    # The link was not used up: once the secrets can be read again, it works.
+    with app.app_context():
+        db.session.execute(update(User).where(User.id == user_id).values(secrets_enc=None))
+        db.session.commit()
+    assert activate(client, token).status_code == 200
+
+
 def test_redeploy_required_after_id_change_revoke_and_delete(app, client, user_id):
     key = activate(client, issue(app, user_id)).get_json()["client_key"]
     assert client.get("/client/v1/status", headers=bearer(key)).status_code == 200

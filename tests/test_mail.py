@@ -168,7 +168,7 @@ def test_a_deployment_message_is_the_same_bytes_however_it_is_composed(app):
     headers encoded and folded alike, text and HTML in their transfer encoding, the QR."""
     from cds.mail.compose import RenderedMail, WireComposer, build_message
     from cds.mail.qr import qr_png
-    from cds.mail.transport import message_bytes
+    from cds.mail.wire import message_bytes
     png = qr_png("https://deploy.example.com/r/" + "AbC-_9" * 7 + "x")
     cases = [
         ("Your softphone", "Hello Ann,\nopen https://x.test/r/abc\n", "<p>Hello Ann</p>\n<img src=\"cid:qr\">\n",
@@ -235,7 +235,7 @@ def test_header_lines_are_folded_as_the_generator_folds_them():
     import string
 
     from cds.mail.compose import fold_header
-    from cds.mail.transport import WIRE_POLICY
+    from cds.mail.wire import WIRE_POLICY
     rng = random.Random(17)
     alphabet = string.ascii_letters + string.digits + " \t;,=?_.<>@\"'()[]:!#%&*+-/\\^`{|}~" + "   " + "äé€"
     for _ in range(20000):

@@ -82,7 +82,23 @@ class DriverStatement:
         """The first row (attributes named as the selected columns), or None."""
         c = self._compiled(cur)
         cur.raw.execute(c.sql, c.parameters(values))
-        row = cur.raw.fetchone()
+        return self._row(c, cur.raw.fetchone())
+
+    def send(self, cur: DriverCursor, values: dict):
+        """Run the statement without waiting for its answer where the driver allows it
+        (a pipeline, on PostgreSQL); a function that returns its first row (as ``first``).
+        The group commit sends every unit's statement of a batch before it asks for the
+        first answer (see ``Deferred``), so the batch waits for the server once."""
+        if cur.pipeline is None:
+            row = self.first(cur, values)
+            return lambda: row
+        c = self._compiled(cur)
+        raw = cur.raw.connection.cursor()  # its own cursor: each holds one statement's answer
+        raw.execute(c.sql, c.parameters(values))
+        return lambda: self._row(c, raw.fetchone())
+
+    @staticmethod
+    def _row(c: _Compiled, row):
         if row is None:
             return None
         if c.results:
@@ -133,15 +149,38 @@ def driver_cursor(pipeline: bool = False, connection=None):
             connection.close()
 
 
+class Deferred:
+    """What a unit of the group commit returns when its answer depends on a statement it
+    sent without waiting (``DriverStatement.send``): ``finish()`` is called once every
+    unit of the batch has been sent, and gives the unit's result (or raises). It may
+    refuse (one of the group commit's ``refusals``) only if the statement wrote nothing;
+    a refusal found after a write is raised as ``RefusedAfterWriting``."""
+    __slots__ = ("finish",)
+
+    def __init__(self, finish):
+        self.finish = finish
+
+
+class RefusedAfterWriting(Exception):
+    """A refusal that a unit can only make after its statement has written: the batch is
+    rolled back, its units are run again one per transaction, and this unit's answer is
+    ``refusal`` with nothing of it written."""
+
+    def __init__(self, refusal: BaseException):
+        super().__init__(str(refusal))
+        self.refusal = refusal
+
+
 class _Unit:
-    __slots__ = ("work", "result", "error", "promoted", "done")
+    __slots__ = ("work", "result", "error", "promoted", "finished", "done")
 
     def __init__(self, work):
         self.work = work
         self.result = None
         self.error: BaseException | None = None
-        self.promoted = False
-        self.done = threading.Event()
+        self.promoted = False  # its request is to lead the next batch
+        self.finished = False  # its result or error is in
+        self.done = threading.Event()  # set when either of the two happens
 
 
 class GroupCommit:
@@ -163,64 +202,97 @@ class GroupCommit:
     it. Nothing is ever half-written.
 
     On PostgreSQL the batch runs in a pipeline: a unit's writes (``write``) go out
-    with the next unit's read or with the commit, so a unit costs one round trip to
-    the server (its read) instead of one per statement. A write that fails makes a
-    later read or the commit fail, which fails the batch as above.
+    with the next unit's read or with the commit, and a unit that returns a
+    ``Deferred`` (its statement sent, its answer not waited for) is finished only after
+    every unit of the batch has been sent, so a batch of such units waits for the
+    server twice (their answers, the commit) however many units it has. A write that
+    fails makes a later read or the commit fail, which fails the batch as above.
 
-    While requests keep coming, the connection stays with the group commit from one
-    batch to the next, and goes back to the pool when no request is waiting: a
+    PostgreSQL takes writers side by side, so there it runs up to ``LANES`` batches at
+    once, each on its own connection: while one batch waits for its commit to reach the
+    disk, the next is already being sent. Two batches that touch the same rows are
+    ordered by PostgreSQL's row locks (a rare deadlock between them fails one batch,
+    whose units are then run again one per transaction). SQLite has one writer: one
+    lane.
+
+    While requests keep coming, the connections stay with the group commit from one
+    batch to the next, and go back to the pool when no request is waiting: a
     checkout from the pool pings the server first (pool_pre_ping), a round trip that
     a busy stream of batches need not pay each time.
     """
+    LANES = {"sqlite": 1}
+    DEFAULT_LANES = 2
 
     def __init__(self, refusals: tuple[type[BaseException], ...] = ()):
         self.refusals = refusals
         self._mutex = threading.Lock()
         self._queue: list[_Unit] = []
-        self._leading = False
-        self._held = None  # (engine, pooled connection) between back-to-back batches
+        self._leaders = 0
+        self._idle: list = []  # (engine, pooled connection) between back-to-back batches
 
     def _connection(self):
         engine = db.engine
-        held, self._held = self._held, None
-        if held is not None:
-            if held[0] is engine:
-                return engine, held[1]
-            held[1].close()
+        with self._mutex:
+            idle = self._idle.pop() if self._idle else None
+        if idle is not None:
+            if idle[0] is engine:
+                return engine, idle[1]
+            idle[1].close()
         return engine, engine.raw_connection()
-
-    def _release(self) -> None:
-        held, self._held = self._held, None
-        if held is not None:
-            held[1].close()
 
     def run(self, work):
         """Run ``work(cursor)`` in the next batch's transaction; what it returns (or raises)."""
         unit = _Unit(work)
+        lanes = self.LANES.get(db.engine.dialect.name, self.DEFAULT_LANES)
         with self._mutex:
             self._queue.append(unit)
-            lead = not self._leading
-            self._leading = True
-        if not lead:
-            unit.done.wait()
-        if lead or unit.promoted:
+            lead = self._leaders < lanes
+            if lead:
+                self._leaders += 1
+        while True:
+            if lead:
+                self._lead()
+                lead = False
             with self._mutex:
-                batch, self._queue = self._queue, []
-            try:
-                self._commit(batch)
-            finally:
-                # Hand the lead to the oldest waiting request, so nobody waits behind
-                # more than one batch of others.
-                with self._mutex:
-                    if self._queue:
-                        self._queue[0].promoted = True
-                        self._queue[0].done.set()
-                    else:
-                        self._release()
-                        self._leading = False
+                if unit.promoted:
+                    unit.promoted, lead = False, True
+                    continue
+                if unit.finished:
+                    break
+                unit.done.clear()
+            unit.done.wait()
         if unit.error is not None:
             raise unit.error
         return unit.result
+
+    def _lead(self) -> None:
+        """Run one batch of everything queued (possibly nothing: another lane may have
+        taken it), then hand the lead on."""
+        with self._mutex:
+            batch, self._queue = self._queue, []
+        try:
+            if batch:
+                self._commit(batch)
+        finally:
+            # Hand the lead to the oldest waiting request, so nobody waits behind
+            # more than one batch of others.
+            idle = []
+            with self._mutex:
+                if self._queue:
+                    self._queue[0].promoted = True
+                    self._queue[0].done.set()
+                else:
+                    self._leaders -= 1
+                    if not self._leaders:
+                        idle, self._idle = self._idle, []
+            for _, connection in idle:
+                connection.close()
+
+    def _finished(self, batch: list[_Unit]) -> None:
+        with self._mutex:
+            for unit in batch:
+                unit.finished = True
+                unit.done.set()
 
     def _commit(self, batch: list[_Unit]) -> None:
         engine, connection = self._connection()
@@ -231,8 +303,15 @@ class GroupCommit:
                         unit.result, unit.error = unit.work(cur), None
                     except self.refusals as refusal:
                         unit.result, unit.error = None, refusal
+                for unit in batch:
+                    if isinstance(unit.result, Deferred):
+                        try:
+                            unit.result = unit.result.finish()
+                        except self.refusals as refusal:
+                            unit.result, unit.error = None, refusal
                 connection.commit()
-            self._held = (engine, connection)
+            with self._mutex:
+                self._idle.append((engine, connection))
         except Exception as exc:
             # Back to the pool (rolled back there); a retry checks out a pinged one.
             connection.close()
@@ -240,12 +319,14 @@ class GroupCommit:
                 for unit in batch:
                     self._commit([unit])
                 return
-            batch[0].result, batch[0].error = None, exc
+            batch[0].result = None
+            batch[0].error = exc.refusal if isinstance(exc, RefusedAfterWriting) else exc
+            self._finished(batch)
+            return
         except BaseException as exc:
             connection.close()
             for unit in batch:
                 unit.error = exc
-                unit.done.set()
+            self._finished(batch)
             raise
-        for unit in batch:
-            unit.done.set()
+        self._finished(batch)

@@ -24,6 +24,7 @@ from markupsafe import Markup, escape
 from cds.clients import kind_named, kind_of
 from cds.mail.addresses import AddressError, check_header_text
 from cds.mail.sandbox import BoundedSandbox, RenderLimit, render_bounded
+from cds.mail.wire import WIRE_POLICY, message_bytes, new_boundary
 from cds.models import DeploymentProfile, User, utcnow
 from cds.settings.service import get_settings
 
@@ -268,7 +269,7 @@ class ComposedMail:
 _NEWLINES = re.compile(r"\r\n|\r|\n")  # as email.generator splits a part's lines
 _TEXT_MARK, _HTML_MARK, _QR_MARK = "text-part-c3d7e0a1", "html-part-c3d7e0a1", b"qr-part-c3d7e0a1"
 # Boundaries stand in the skeleton as marks of the same length as the real ones
-# (``transport.new_boundary``), so every header folds exactly as it will.
+# (``wire.new_boundary``), so every header folds exactly as it will.
 _OUTER_MARK, _INNER_MARK = "=" * 15 + "o" * 32 + "==", "=" * 15 + "i" * 32 + "=="
 
 
@@ -280,7 +281,7 @@ def _body(text: str) -> bytes:
 class WireComposer:
     """Deployment e-mails of a bulk run, serialised straight to bytes.
 
-    ``build_message`` + ``transport.message_bytes`` build a tree of email.message
+    ``build_message`` + ``wire.message_bytes`` build a tree of email.message
     objects per user and flatten it, which cost more than handing the message over.
     Here that is done once per run, for a message with marks in the per-user places;
     each user's message is then the skeleton's constant parts with that user's
@@ -291,7 +292,6 @@ class WireComposer:
     def __init__(self, sender: str):
         from flask_mail import sanitize_address
 
-        from cds.mail.transport import message_bytes
         self.sender = sender
         self._domain = message_id_domain(sender)
         self._fold = fold_header
@@ -321,7 +321,6 @@ class WireComposer:
         ``boundaries``, ``date`` and ``msg_id`` are chosen here unless given (tests)."""
         from flask_mail import sanitize_subject
 
-        from cds.mail.transport import new_boundary
         to = formataddr((" ".join(recipient_name.split()), recipient)) if recipient_name.strip() else recipient
         fold = self._fold
         head = [fold("Subject", sanitize_subject(rendered.subject, "utf-8"))] if rendered.subject else []
@@ -364,7 +363,6 @@ def fold_header(name: str, value: str) -> bytes:
     if value and value.isascii() and value == value.strip() and "\r" not in value and "\n" not in value \
             and len(name) + 2 + len(value) <= 78:
         return f"{name}: {value}\r\n".encode("ascii")
-    from cds.mail.transport import WIRE_POLICY
     return WIRE_POLICY.fold_binary(name, value)
 
 

@@ -9,7 +9,6 @@ it again (state "unknown").
 """
 from __future__ import annotations
 
-import io
 import os
 import re
 import secrets
@@ -19,8 +18,6 @@ import ssl
 import time
 from dataclasses import dataclass
 from functools import cached_property
-from email.generator import BytesGenerator
-from email.policy import compat32
 from email.utils import parseaddr
 from pathlib import Path
 
@@ -29,6 +26,7 @@ from flask_mail import Message
 
 from cds.mail.addresses import AddressError, check_sender
 from cds.mail.compose import ComposedMail
+from cds.mail.wire import message_bytes
 from cds.models import utcnow
 from cds.settings.service import get_settings
 
@@ -367,32 +365,6 @@ class MailTransport:
             return Delivery(RETRY, f"The outbox folder {folder} cannot be written ({reason}).")
         self.sent += 1
         return Delivery(SENT, "Written to the outbox (no SMTP server is configured).", outbox_file=name)
-
-
-# Flask-Mail has already encoded every header (RFC 2047) and every body part (base64);
-# serialising with the compat32 policy keeps them as they are and is several times
-# faster than re-parsing each header with the SMTP policy.
-WIRE_POLICY = compat32.clone(linesep="\r\n")
-
-
-def new_boundary() -> str:
-    """A MIME boundary. The generator would compile a regular expression per part to
-    check that a boundary of its own choosing is not in the text: 128 random bits
-    that no template or attachment can know cannot be in it either."""
-    return "=" * 15 + secrets.token_hex(16) + "=="
-
-
-def message_bytes(message: Message, boundaries: tuple[str, ...] | None = None) -> bytes:
-    """The message as sent on the wire (CRLF line ends, no line over 78 characters).
-    ``boundaries``: those of its multipart parts, in order (else new ones)."""
-    mime = message._message()
-    chosen = iter(boundaries or ())
-    for part in mime.walk():
-        if part.is_multipart() and part.get_boundary() is None:
-            part.set_boundary(next(chosen, None) or new_boundary())
-    out = io.BytesIO()
-    BytesGenerator(out, mangle_from_=False, policy=WIRE_POLICY).flatten(mime)
-    return out.getvalue()
 
 
 def _describe(exc: BaseException) -> str:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import DateTime, String, bindparam, func, literal, select, update
 
-from cds.client.service import (CONSUME_LINK, GONE_MESSAGES, NEW_DEVICE, UNKNOWN_LINK, USER_ACTIVATED,
-                                USER_DOWNLOADED, ClientError, audit_client_event, batches, usable_link)
-from cds.client.statements import DriverStatement
+from cds.client.service import (UNKNOWN_LINK, USER_DOWNLOADED, ClientError, LinkUse, after_writing,
+                                audit_client_event, batches, download_statement, use_link)
+from cds.client.statements import Deferred, DriverStatement
 from cds.clients.linphone import DEVICE_PATH
 from cds.clients.linphone.document import render
 from cds.models import (ClientDevice, Deployment, DeploymentProfile, Setting, User, utcnow)
@@ -37,17 +37,20 @@ _COLUMNS = (
     DeploymentProfile.mbg_sip_host, DeploymentProfile.mbg_sip_port, DeploymentProfile.mbg_sip_transport,
     DeploymentProfile.voicemail_number,
 )
-_BY_TOKEN = DriverStatement(
+# The public URL as Settings hold it (cds.settings.service.public_url), read with the
+# fetch's own row: a separate ORM query would cost as much as the whole fetch.
+_PUBLIC_URL = select(Setting.value).where(Setting.key == "PUBLIC_URL").scalar_subquery().label("public_url")
+_FIRST_USE = LinkUse(
     select(Deployment.id.label("deployment_id"), Deployment.used_at, Deployment.revoked_at,
-           Deployment.superseded_at, Deployment.expires_at, *_COLUMNS)
+           Deployment.superseded_at, Deployment.expires_at, *_COLUMNS, _PUBLIC_URL)
     .join_from(Deployment, User, Deployment.user_id == User.id)
     .join(DeploymentProfile, DeploymentProfile.id == User.profile_id)
-    .where(Deployment.token_hash == bindparam("h"))
-    # PostgreSQL: the link's row stays locked until the batch commits (as in protocol v1).
-    .with_for_update(of=Deployment))
+    .where(Deployment.token_hash == bindparam("h")),
+    # A link of a profile that moved to another client kind is not used up here.
+    require=lambda link: link.c.client == "linphone")
 _BY_KEY = DriverStatement(
     select(ClientDevice.id.label("device_pk"), ClientDevice.device_id, ClientDevice.platform,
-           ClientDevice.revoked_at.label("device_revoked_at"), *_COLUMNS)
+           ClientDevice.revoked_at.label("device_revoked_at"), *_COLUMNS, _PUBLIC_URL)
     .join_from(ClientDevice, User, ClientDevice.user_id == User.id)
     .join(DeploymentProfile, DeploymentProfile.id == User.profile_id)
     .where(ClientDevice.key_hash == bindparam("h")))
@@ -55,9 +58,19 @@ _DEVICE_SEEN = DriverStatement(
     update(ClientDevice).where(ClientDevice.id == bindparam("d_pk"))
     .values(last_seen_at=bindparam("now"), last_ip=bindparam("ip"), app_version=bindparam("ver"),
             device_id=bindparam("hint")))
-# The public URL as Settings hold it (cds.settings.service.public_url), read in the same
-# transaction: a separate ORM query would cost as much as the whole fetch.
-_PUBLIC_URL = DriverStatement(select(Setting.value).where(Setting.key == "PUBLIC_URL"))
+
+
+# PostgreSQL: the re-fetch's writes in the same statement as its read (as protocol v1's).
+_DOWNLOAD = DriverStatement(download_statement(
+    _BY_KEY.stmt,
+    usable=lambda d: (d.c.device_revoked_at.is_(None) & d.c.redeploy_required.is_(False)
+                      & (d.c.platform == PLATFORM) & (d.c.client == "linphone")),
+    seen={"last_seen_at": bindparam("now", type_=DateTime), "last_ip": bindparam("ip", type_=String),
+          "app_version": bindparam("ver", type_=String),
+          # The app sends its account (From) once it has one: a better name for the device.
+          "device_id": func.coalesce(func.nullif(bindparam("hint", type_=String), ""), ClientDevice.device_id)},
+    seen_when=None,
+    detail=lambda d: func.json_build_object("device", d.c.device_id, "platform", literal(PLATFORM, String))))
 
 
 def _secrets(r) -> dict:
@@ -68,10 +81,9 @@ def _secrets(r) -> dict:
                                                      "try again later.") from None
 
 
-def device_url(cur, configured_url: str, key: str) -> str:
+def device_url(r, configured_url: str, key: str) -> str:
     """The per-device URL on the public URL (Settings over the configuration file)."""
-    row = _PUBLIC_URL.first(cur, {})
-    base = (row.value if row is not None and row.value else configured_url).rstrip("/")
+    base = (r.public_url or configured_url).rstrip("/")
     return f"{base}{DEVICE_PATH}{key}"
 
 
@@ -89,27 +101,13 @@ def first_fetch(token: str, *, configured_url: str, ip: str | None, user_agent: 
     now = utcnow()
     key = new_token()
 
-    def consume(cur):
-        r = usable_link(cur, _BY_TOKEN, token, now)
+    def check(r):
         if r.client != "linphone":
             raise OTHER_CLIENT
-        document = render(r, _secrets(r), device_url(cur, configured_url, key))  # before any write
-        # Single use: only the request whose UPDATE changes the row goes on. In a
-        # PostgreSQL pipeline the row is locked since the read (FOR UPDATE), so the
-        # UPDATE changes it and its count need not be waited for.
-        used = {"d_id": r.deployment_id, "now": now, "dev": hint or None, "ip": ip}
-        if cur.pipeline is not None:
-            CONSUME_LINK.write(cur, used)
-        elif CONSUME_LINK.execute(cur, used) != 1:
-            raise ClientError(410, *GONE_MESSAGES["used"])
-        NEW_DEVICE.write(cur, {
-            "user_id": r.user_id, "deployment_id": r.deployment_id, "key_hash": token_hash(key),
-            "device_id": hint, "platform": PLATFORM, "app_version": version,
-            "activated_at": now, "last_seen_at": now, "last_ip": ip})
-        USER_ACTIVATED.write(cur, {"u_id": r.user_id, "now": now})
-        audit_client_event(cur, "client.activate", r, now, ip, {
-            "deployment": r.deployment_id, "platform": PLATFORM, "app_version": version, "device": hint})
-        return r, document
+
+    def consume(cur):
+        return use_link(cur, _FIRST_USE, token, now, ip, {"id": hint, "platform": PLATFORM, "app_version": version},
+                        key, check, build=lambda r: render(r, _secrets(r), device_url(r, configured_url, key)))
 
     r, document = batches.run(consume)
     log.info("user %s provisioned a Linphone client (deployment %s)", r.user_id, r.deployment_id)
@@ -125,19 +123,30 @@ def device_fetch(key: str, *, configured_url: str, ip: str | None, user_agent: s
     version, hint = _hints(user_agent, sip_from)
     now = utcnow()
 
-    def download(cur):
-        r = _BY_KEY.first(cur, {"h": token_hash(key)})
+    def refused(r):
         # A deleted user's device rows are gone: the same 410 as a revoked one.
         if r is None or r.device_revoked_at is not None or r.redeploy_required or r.platform != PLATFORM:
             raise DEVICE_GONE
         if r.client != "linphone":
             raise OTHER_CLIENT
-        document = render(r, _secrets(r), device_url(cur, configured_url, key))
+        return r
+
+    def document(r):
+        return render(r, _secrets(r), device_url(r, configured_url, key))
+
+    def download(cur):
+        if cur.dialect.name == "postgresql":
+            # One statement: the batch sends every unit's before it waits for any answer.
+            answer = _DOWNLOAD.send(cur, {"h": token_hash(key), "now": now, "ip": ip, "ver": version,
+                                          "hint": hint})
+            return Deferred(lambda: after_writing(document, refused(answer())))
+        r = refused(_BY_KEY.first(cur, {"h": token_hash(key)}))
+        doc = document(r)
         USER_DOWNLOADED.write(cur, {"u_id": r.user_id, "now": now})
         # The app sends its account (From) once it has one: a better name for the device.
         _DEVICE_SEEN.write(cur, {"d_pk": r.device_pk, "now": now, "ip": ip, "ver": version,
-                                   "hint": hint or r.device_id})
+                                 "hint": hint or r.device_id})
         audit_client_event(cur, "client.config_download", r, now, ip, {"device": r.device_id, "platform": PLATFORM})
-        return document
+        return doc
 
     return batches.run(download)
