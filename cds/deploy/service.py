@@ -326,7 +326,7 @@ class SendLedger:
         self.actor_type = actor_type_of(actor)
         # The outcome of each user's message as reported (user id -> Delivery).
         self.outcomes: dict[int, Delivery] = {}
-        self._unrecorded: list[tuple[Deployment, User, Delivery]] = []
+        self._unrecorded: list[_Noted] = []
         self._in_flight: tuple[Deployment, User, MailTransport, object] | None = None
 
     def record(self, dep: Deployment, user: User, delivery: Delivery) -> Delivery:
@@ -335,7 +335,8 @@ class SendLedger:
         state = delivery.state
         if state == RETRY and dep.send_attempts > len(RETRY_DELAYS):
             delivery = Delivery(FAILED, f"{delivery.detail} Gave up after {dep.send_attempts} attempts.")
-        self._unrecorded.append((dep, user, delivery))
+        self._unrecorded.append(_Noted(dep, user, delivery, dep.id, user.id, user.login_id, dep.recipient,
+                                       token_ref_of(dep), dep.send_attempts))
         self.outcomes[user.id] = delivery
         return delivery
 
@@ -443,34 +444,39 @@ class SendLedger:
         statements are answered (the caller withdraws them, in the same transaction)."""
         cur = cursor()
         superseding = []
-        for dep, user, delivery in self._unrecorded:
+        # Only values taken when the outcome was noted: a loaded row may have been expired
+        # since (by a rollback), and loading it again here would be a statement in the pipeline.
+        for noted in self._unrecorded:
+            dep, user, delivery = noted.dep, noted.user, noted.delivery
             now = utcnow()
             if delivery.state == SENT:
                 state, error, next_at = SEND_SENT, None, None
-                _DEP_SENT.write(cur, {"dep_id": dep.id, "now": now})
-                _USER_SENT.write(cur, {"user_id": user.id, "now": now})
+                _DEP_SENT.write(cur, {"dep_id": noted.dep_id, "now": now})
+                _USER_SENT.write(cur, {"user_id": noted.user_id, "now": now})
                 # Once this message was handed over, the user's older unused links stop working.
-                keys = {"user_id": user.id, "dep_id": dep.id, "now": now}
+                keys = {"user_id": noted.user_id, "dep_id": noted.dep_id, "now": now}
                 superseding.append(cursor())
                 _SUPERSEDE.write(superseding[-1], keys)
             else:
                 if delivery.state == RETRY:
-                    state, next_at = SEND_RETRY, now + RETRY_DELAYS[max(0, dep.send_attempts - 1)]
+                    state, next_at = SEND_RETRY, now + RETRY_DELAYS[max(0, noted.attempts - 1)]
                     user_error = f"{delivery.detail} Retrying automatically."
                 else:
                     state, next_at = (SEND_UNKNOWN if delivery.state == UNKNOWN else SEND_FAILED), None
                     user_error = delivery.detail
                 error = delivery.detail
-                _DEP_NOT_SENT.write(cur, {"dep_id": dep.id, "state": state, "next_at": next_at, "error": error})
-                _USER_NOT_SENT.write(cur, {"user_id": user.id, "error": user_error, "now": now})
-            detail = {"deployment": dep.id, "recipient": dep.recipient, "link": token_ref_of(dep)}
+                _DEP_NOT_SENT.write(cur, {"dep_id": noted.dep_id, "state": state, "next_at": next_at,
+                                          "error": error})
+                _USER_NOT_SENT.write(cur, {"user_id": noted.user_id, "error": user_error, "now": now})
+            noted.state = state
+            detail = {"deployment": noted.dep_id, "recipient": noted.recipient, "link": noted.link_ref}
             if state == SEND_SENT:
                 detail["outbox"] = delivery.outbox_file is not None
             else:
                 detail["state"], detail["reason"] = state, delivery.detail
             _AUDIT.write(cur, {"now": now, "actor": self.actor[:64], "actor_type": self.actor_type,
                                "action": "deploy.sent" if state == SEND_SENT else f"deploy.{state}",
-                               "user_id": user.id, "login_id": user.login_id, "detail": scrub(detail)})
+                               "user_id": noted.user_id, "login_id": noted.login_id, "detail": scrub(detail)})
             # The loaded rows follow what was written (they are not written again).
             if state == SEND_SENT:
                 _loaded(dep, send_state=state, sent_at=now, next_attempt_at=None, send_error=None)
@@ -482,10 +488,25 @@ class SendLedger:
         return superseding
 
     def _written(self) -> None:
-        for dep, user, delivery in self._unrecorded:
-            log.info("deployment %s for user %s: %s%s", dep.id, user.id, dep.send_state,
-                     "" if delivery.state == SENT else f" ({delivery.detail})")
+        for noted in self._unrecorded:
+            log.info("deployment %s for user %s: %s%s", noted.dep_id, noted.user_id, noted.state,
+                     "" if noted.delivery.state == SENT else f" ({noted.delivery.detail})")
         self._unrecorded.clear()
+
+
+@dataclass
+class _Noted:
+    """An outcome noted by ``SendLedger.record``, with what writing it needs."""
+    dep: Deployment
+    user: User
+    delivery: Delivery
+    dep_id: int
+    user_id: int
+    login_id: str
+    recipient: str
+    link_ref: str
+    attempts: int
+    state: str = ""  # the send state written
 
 
 def _loaded(obj, **values) -> None:
