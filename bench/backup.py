@@ -80,7 +80,8 @@ def seed(app) -> None:
 
 
 def run(label: str, source_url: str, target_url: str, work: Path) -> list[tuple[str, float]]:
-    from cds.backup.service import create_backup, restore_backup
+    from cds.backup.create import create_backup
+    from cds.backup.restore import restore_backup
 
     figures = []
     source = make_app(source_url, work / "source")

@@ -6,15 +6,25 @@ import signal
 import sys
 
 import click
+import waitress
 from flask import current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, ScriptInfo, with_appcontext
+from sqlalchemy import select, text
+
+from cds.auth.service import AccountError, create_admin, ensure_first_admin
+from cds.errors import CdsError
+from cds.extensions import db, migrations
+from cds.jobs.service import stop_runners
+from cds.models import AdminAccount
+from cds.profiles.service import ensure_builtin_profiles
+from cds.settings import accounts
+
 
 class CdsGroup(AppGroup):
     """`flask cds …`: a service's refusal (``cds.errors.CdsError``) ends any command the
     same way — its message on stderr, exit code 1, nothing changed."""
 
     def invoke(self, ctx):
-        from cds.errors import CdsError
         try:
             return super().invoke(ctx)
         except CdsError as exc:
@@ -28,7 +38,6 @@ def cds_cli(ctx):
     """Client Deployment Service administration."""
     # serve migrates by itself (then leaves Alembic behind, see serve_command).
     if ctx.invoked_subcommand not in (None, "upgrade", "serve") and "--help" not in sys.argv:
-        from flask.cli import ScriptInfo
         app = ctx.ensure_object(ScriptInfo).load_app()
         with app.app_context():
             if pending_migrations():
@@ -37,11 +46,10 @@ def cds_cli(ctx):
 
 
 def pending_migrations() -> bool:
+    # Alembic is loaded only by the commands that migrate: the serving process never holds it.
     from alembic.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
-    from cds.extensions import db
-    from cds.extensions import migrations
     migrate_ext = migrations(current_app)
     script = ScriptDirectory.from_config(migrate_ext.migrate.get_config(migrate_ext.directory))
     with db.engine.connect() as conn:
@@ -78,13 +86,7 @@ def fail(message: str, code: int = 1):
 
 def upgrade_database() -> None:
     """Apply every pending migration, then make sure the built-in rows exist."""
-    from flask_migrate import upgrade
-
-    from cds.profiles.service import ensure_builtin_profiles
-
-    from sqlalchemy import text
-
-    from cds.extensions import db, migrations
+    from flask_migrate import upgrade  # lazy: it loads Alembic (see pending_migrations)
 
     if db.engine.dialect.name != "postgresql":
         upgrade(directory=migrations(current_app).directory, revision="heads")
@@ -118,8 +120,6 @@ def upgrade_command():
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 def create_admin_command(name, role, password_stdin):
     """Create an administrator account; the password is prompted for (or read from stdin)."""
-    from cds.auth.service import create_admin
-
     if password_stdin or not sys.stdin.isatty():
         password = sys.stdin.readline().rstrip("\r\n")
     else:
@@ -133,13 +133,6 @@ def create_admin_command(name, role, password_stdin):
 @click.argument("role", type=RoleChoice())
 def set_admin_role_command(name, role):
     """Change an administrator's role. The last active primary administrator keeps theirs."""
-    from sqlalchemy import select
-
-    from cds.auth.service import AccountError
-    from cds.extensions import db
-    from cds.models import AdminAccount
-    from cds.settings import accounts
-
     admin = db.session.scalar(select(AdminAccount).where(AdminAccount.username == name))
     if admin is None:
         fail(f"no administrator {name!r}")
@@ -156,10 +149,6 @@ def set_admin_role_command(name, role):
 @click.option("--port", default=None, type=int, help="Port (default: CDS_PORT).")
 def serve_command(host, port):
     """Migrate, create the first administrator if needed, and serve with waitress."""
-    import waitress
-
-    from cds.auth.service import ensure_first_admin
-
     app = current_app._get_current_object()
     if os.environ.get(_MIGRATED) != "1":
         upgrade_database()
@@ -201,8 +190,6 @@ def _stop_on_signal(signum, frame):
 
 
 def _stop_serving(app) -> None:
-    from cds.jobs.service import stop_runners
-
     click.echo("CDS is stopping", err=True)
     app.extensions["cds_scheduler"].stop()
     # A message being handed over is finished (at most the SMTP timeout), then runners stop.
@@ -212,7 +199,6 @@ def _stop_serving(app) -> None:
 
 def _with_app_context(command: click.Command) -> None:
     """Area commands are plain click commands; run them (and subcommands) inside the app."""
-    from flask.cli import with_appcontext
     if command.callback is not None and not getattr(command.callback, "_cds_ctx", False):
         command.callback = with_appcontext(command.callback)
         command.callback._cds_ctx = True
@@ -223,20 +209,14 @@ def _with_app_context(command: click.Command) -> None:
 _MIGRATED = "CDS_SERVE_MIGRATED"
 
 
-def register_cli(app) -> None:
-    import importlib
-    import importlib.util
-
-    from cds import AREAS
-    for area in AREAS:
-        if importlib.util.find_spec(f"cds.{area}") and importlib.util.find_spec(f"cds.{area}.cli"):
-            for command in importlib.import_module(f"cds.{area}.cli").commands:
-                if command.name not in cds_cli.commands:
-                    _with_app_context(command)
-                    cds_cli.add_command(command)
+def register_cli(app, commands) -> None:
+    """`flask cds` with the areas' ``commands`` (create_app gathers them from each area's cli.py)."""
+    for command in commands:
+        if command.name not in cds_cli.commands:
+            _with_app_context(command)
+            cds_cli.add_command(command)
     app.cli.add_command(cds_cli)
     # `flask db …` (Flask-Migrate, for writing migrations) is set up only when asked for:
     # the serving process never loads Alembic.
     if "db" in sys.argv[1:]:
-        from cds.extensions import migrations
         migrations(app)

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
 
+from cds.mail.addresses import AddressError, check_sender
+
 
 class ConfigError(Exception):
     """A setting is missing or wrong; the message is one line for the console."""
@@ -190,7 +192,6 @@ def validate(cfg) -> None:
         value = cfg[key]
         if not isinstance(value, int) or not 1 <= value <= 65535:
             raise ConfigError(f"CDS_{key} must be a port number 1-65535 (got {value!r})")
-    from cds.mail.addresses import AddressError, check_sender
     try:
         check_sender(str(cfg["MAIL_DEFAULT_SENDER"] or ""), "CDS_MAIL_DEFAULT_SENDER")
     except AddressError as exc:

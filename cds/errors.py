@@ -3,7 +3,7 @@
 A service raises one of these (or an area's subclass, e.g. ``JobNotFound``); it never
 knows who asked. One renderer per surface turns it into an answer, registered once:
 the console (a page, or a toast for an htmx fragment) in ``cds.web``, the JSON API
-(``{"error", "message", "details"}``) in ``cds.api.routes``, the shell (one line on
+(``{"error", "message", "details"}``) in ``cds.api.blueprint``, the shell (one line on
 stderr, exit code 1) in ``cds.cli``. So a given error has the same HTTP status on a
 page and in the API, and the same message in the shell.
 """

@@ -1,13 +1,16 @@
 """Extensions, created once here and bound to the app in ``create_app``."""
+import logging
+import os
 import time
 
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
-from limits.storage import MemoryStorage as _LimitsMemoryStorage
 from flask_mail import Mail
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
 from htmx_flask import Htmx
+from limits.storage import MemoryStorage as _LimitsMemoryStorage
+from limits.strategies import FixedWindowRateLimiter
 from sqlalchemy import MetaData
 
 # Stable constraint names, so migrations work the same on SQLite and PostgreSQL.
@@ -56,8 +59,6 @@ def migrations(app):
     """Flask-Migrate (Alembic), set up on first use: the serving process never needs it,
     and Alembic alone would add a tenth to the console's idle memory."""
     if "migrate" not in app.extensions:
-        import os
-
         from flask_migrate import Migrate
         Migrate(app, db, directory=os.path.join(os.path.dirname(app.root_path), "migrations"))
     return app.extensions["migrate"]
@@ -75,9 +76,7 @@ def limit_counter(method: str, item, *keys):
     try:
         return getattr(limiter.limiter, method)(item, *keys)
     except Exception:  # the store's own errors (redis.ConnectionError, …)
-        import logging
         logging.getLogger("cds").warning("rate-limit storage unreachable; counting in this process")
         if _fallback_limiter is None:
-            from limits.strategies import FixedWindowRateLimiter
             _fallback_limiter = FixedWindowRateLimiter(InProcessLimitStorage("cds+memory://"))
         return getattr(_fallback_limiter, method)(item, *keys)

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 
 from cds.extensions import db
 from cds.security import decrypt, decrypt_secrets, encrypt, encrypt_secrets
+from cds.users.fields import USER_SECRETS
 
 
 def utcnow() -> datetime:
@@ -114,24 +115,11 @@ class DeploymentProfile(db.Model):
         return [c for c in self.client_types.split(",") if c]
 
 
-# The four secrets a user carries. Write-only everywhere except the client's
-# configuration document, which is the only place they ever leave the CDS.
-USER_SECRETS = {
-    "mcs_password": "MiCollab Client password",
-    "pbx_sip_password": "PBX SIP password",
-    "teleworker_sip_password": "Teleworker SIP password",
-    "voicemail_pin": "Voicemail PIN",
-}
-
 SOURCE_MANUAL = "manual"
 SOURCE_CSV = "csv"
 SOURCE_CONNECTION = "connection"
 # What the console, the filter and the export call the two sources that are no connection.
 SOURCE_LABELS = {SOURCE_MANUAL: "Manual", SOURCE_CSV: "CSV import"}
-
-# Fields a source owns: read-only in the console for imported users, changed by Sync.
-SOURCE_OWNED_FIELDS = ("login_id", "first_name", "last_name", "number", "pbx_number",
-                       "pbx_sip_username", "mbg_sip_username", "mcs_account", "email")
 
 
 def login_key(login_id: str) -> str:
@@ -140,13 +128,9 @@ def login_key(login_id: str) -> str:
     return (login_id or "").casefold()
 
 
-class User(db.Model):
-    __tablename__ = "user"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    login_id: Mapped[str] = mapped_column(String(113), unique=True)
-    # login_key(login_id), kept in step by set_login_key below; the unique index is the rule.
-    login_key: Mapped[str | None] = mapped_column(String(340), index=True, unique=True)
-    profile_id: Mapped[int] = mapped_column(db.ForeignKey("deployment_profile.id"), index=True)
+class UserFieldColumns:
+    """The user fields but the login ID, as User and SourceRecord both hold them: the
+    sizes of the field table (cds/users/fields.py), which a test checks."""
     first_name: Mapped[str] = mapped_column(String(100), default="")
     last_name: Mapped[str] = mapped_column(String(100), default="")
     number: Mapped[str] = mapped_column(String(32), default="")
@@ -156,7 +140,16 @@ class User(db.Model):
     mcs_account: Mapped[str] = mapped_column(String(128), default="")
     email: Mapped[str] = mapped_column(String(254), default="")
 
-    # The four USER_SECRETS, encrypted together as one JSON object (security.encrypt_secrets):
+
+class User(UserFieldColumns, db.Model):
+    __tablename__ = "user"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    login_id: Mapped[str] = mapped_column(String(113), unique=True)
+    # login_key(login_id), kept in step by set_login_key below; the unique index is the rule.
+    login_key: Mapped[str | None] = mapped_column(String(340), index=True, unique=True)
+    profile_id: Mapped[int] = mapped_column(db.ForeignKey("deployment_profile.id"), index=True)
+
+    # The four USER_SECRETS (cds.users.fields), encrypted together as one JSON object (security.encrypt_secrets):
     # a client's configuration download decrypts once, not four times.
     secrets_enc: Mapped[str | None] = mapped_column(Text)
 
@@ -268,7 +261,7 @@ class Connection(db.Model):
         return decrypt(self.password_enc)
 
 
-class SourceRecord(db.Model):
+class SourceRecord(UserFieldColumns, db.Model):
     """A user record as a connection last reported it (the Import Users view)."""
     __tablename__ = "source_record"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -276,14 +269,6 @@ class SourceRecord(db.Model):
         db.ForeignKey("connection.id", ondelete="CASCADE"), index=True)
     source_key: Mapped[str] = mapped_column(String(255))
     login_id: Mapped[str] = mapped_column(String(113), default="")
-    first_name: Mapped[str] = mapped_column(String(100), default="")
-    last_name: Mapped[str] = mapped_column(String(100), default="")
-    number: Mapped[str] = mapped_column(String(32), default="")
-    pbx_number: Mapped[str] = mapped_column(String(32), default="")
-    pbx_sip_username: Mapped[str] = mapped_column(String(128), default="")
-    mbg_sip_username: Mapped[str] = mapped_column(String(128), default="")
-    mcs_account: Mapped[str] = mapped_column(String(128), default="")
-    email: Mapped[str] = mapped_column(String(254), default="")
     fetched_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     connection: Mapped[Connection] = relationship()

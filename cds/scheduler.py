@@ -23,6 +23,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import text
+
+from cds.extensions import db
 
 log = logging.getLogger("cds.scheduler")
 
@@ -94,7 +97,6 @@ class _AdvisoryLock:
         self.conn = None
 
     def acquire(self) -> bool:
-        from sqlalchemy import text
         try:
             conn = self.engine.connect()
             got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY}).scalar()
@@ -109,7 +111,6 @@ class _AdvisoryLock:
         return True
 
     def still_held(self) -> bool:
-        from sqlalchemy import text
         if self.conn is None:
             return False
         try:
@@ -120,7 +121,6 @@ class _AdvisoryLock:
             return False
 
     def release(self) -> None:
-        from sqlalchemy import text
         if self.conn is not None:
             # The connection goes back to the pool, so unlock explicitly; if it is
             # broken, discard it (PostgreSQL drops the lock with the session).
@@ -139,7 +139,6 @@ class Leader:
     def __init__(self, app):
         self.app = app
         with app.app_context():
-            from cds.extensions import db
             engine = db.engine
         if engine.dialect.name == "postgresql":
             self.lock = _AdvisoryLock(engine)
@@ -276,7 +275,6 @@ def tick(app_key: str) -> None:
 
 
 def _run_task(app, name: str, fn, failures: int) -> None:
-    from cds.extensions import db
     with app.app_context():
         try:
             fn(app)

@@ -5,17 +5,33 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from functools import wraps
+from urllib.parse import urlsplit
 
-from flask import (abort, flash, g, get_flashed_messages, redirect, render_template, request,
-                   session, url_for)
+from flask import (
+    abort,
+    current_app,
+    flash,
+    g,
+    get_flashed_messages,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError
 from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 
+from cds.api.blueprint import http_error_response as api_http_error
+from cds.api.blueprint import service_error_response as api_service_error
 from cds.errors import CdsError
 from cds.extensions import db
-from cds.models import ROLE_LABELS, AdminAccount
+from cds.http import MAX_ID
+from cds.models import ROLE_LABELS, AdminAccount, utcnow
+from cds.settings.service import public_url
 
 # Reachable without an administrator session (each has its own protection).
 PUBLIC_BLUEPRINTS = {"redirect", "client", "landing", "api", "health"}
@@ -51,33 +67,6 @@ HTMX_CONFIG = json.dumps({
 })
 
 
-MAX_ID = 2**31 - 1
-# Far beyond any real list, and small enough that (page - 1) * per_page fits every
-# database's OFFSET: a larger page number is refused, not passed on.
-MAX_PAGE = 1_000_000
-
-
-def row_id(raw) -> int | None:
-    """A row id from a query string or form (1 to MAX_ID), else None: a 40-digit
-    number names no row and must not reach the database (PostgreSQL: out of range)."""
-    text = str(raw or "").strip()
-    if not text.isdigit() or len(text) > 10 or not 1 <= int(text) <= MAX_ID:
-        return None
-    return int(text)
-
-
-def page_number(raw, default: int = 1) -> int:
-    """A page number from a query string: not a number or below 1 gives ``default``;
-    above MAX_PAGE is a 400 with a clear message."""
-    try:
-        page = int(str(raw if raw is not None else default).strip())
-    except ValueError:
-        return default
-    if page > MAX_PAGE:
-        abort(400, f"Page numbers go from 1 to {MAX_PAGE:,}.")
-    return max(1, page)
-
-
 def current_admin() -> AdminAccount | None:
     return g.get("admin")
 
@@ -107,9 +96,6 @@ def same_origin(url: str) -> bool:
     """Whether an Origin or Referer value names this CDS: the address the request came
     to, or the public URL (configuration or Settings). "null" (a sandboxed frame, a
     privacy tool) does not."""
-    from urllib.parse import urlsplit
-    from flask import current_app
-
     def origin_of(value: str) -> tuple[str, str] | None:
         parts = urlsplit(value.strip())
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -124,7 +110,6 @@ def same_origin(url: str) -> bool:
     if given in (origin_of(request.host_url), origin_of(current_app.config["PUBLIC_URL"])):
         return True
     # The public URL may have been changed in Settings (stored in the database).
-    from cds.settings.service import public_url
     return given == origin_of(public_url())
 
 
@@ -254,8 +239,7 @@ def init_app(app) -> None:
         # A refused action changes nothing: whatever the service had begun is rolled back.
         db.session.rollback()
         if request.path.startswith("/api/"):
-            from cds.api.routes import _service_error as api_error
-            return api_error(exc)
+            return api_service_error(exc)
         return _error_response(exc.status, exc.message)
 
     @app.errorhandler(CSRFError)
@@ -267,14 +251,12 @@ def init_app(app) -> None:
     def _http_error(exc):
         if request.path.startswith("/api/"):
             # Also for paths no API route matched: the API's one error shape.
-            from cds.api.routes import _http_error as api_error
-            return api_error(exc)
+            return api_http_error(exc)
         if request.blueprint in ("client", "redirect"):
             return exc  # those blueprints answer JSON themselves
         if request.path.startswith("/provisioning/"):
             return _plain_error(exc.code or 500, exc.description)
         if request.path.startswith(("/client/", "/r-api/")):
-            from flask import jsonify
             code = exc.code or 500
             resp = jsonify(error={404: "not_found", 405: "method_not_allowed"}.get(code, "error"),
                            message=exc.description)
@@ -291,7 +273,6 @@ def init_app(app) -> None:
         db.session.rollback()
         app.logger.exception("unexpected error on %s %s", request.method, request.path)
         if request.blueprint in ("api", "client"):
-            from flask import jsonify
             return jsonify(error="internal_error", message="Unexpected server error; "
                                                            "see the CDS log.", details=None), 500
         if request.path.startswith("/provisioning/"):
@@ -313,7 +294,6 @@ DEFAULT_ERRORS = {
 
 def _plain_error(code: int, message: str):
     """Provisioning URLs (fetched by apps, without a session): a plain-text error."""
-    from flask import current_app
     resp = current_app.response_class(f"{message}\n", status=code, mimetype="text/plain")
     resp.headers["Cache-Control"] = "no-store"
     return resp
@@ -330,7 +310,6 @@ def _error_response(code: int, message: str):
 
 
 def app_response(body: str, status: int = 200):
-    from flask import current_app
     return current_app.response_class(body, status=status, mimetype="text/html")
 
 
@@ -345,19 +324,9 @@ def format_datetime(value: datetime | None, empty: str = "") -> Markup:
 
 
 def days_from_now(value: datetime | None) -> str:
-    from cds.models import utcnow
     if value is None:
         return ""
     days = (value - utcnow()).total_seconds() / 86400
     if days < 0:
         return "expired"
     return f"{int(days)} days"
-
-
-def csv_download(chunks, filename: str):
-    """A CSV file streamed as it is produced (constant memory), offered as a download."""
-    from flask import Response, stream_with_context
-    response = Response(stream_with_context(chunks), mimetype="text/csv")
-    response.headers["Content-Type"] = "text/csv; charset=utf-8"
-    response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
-    return response

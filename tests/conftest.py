@@ -230,7 +230,7 @@ def sign_in(client: CSRFClient, username: str, password: str = TEST_PASSWORD):
 
 def make_token(app, role="admin", name="script", expires=None) -> str:
     """An API token (the token itself, shown once)."""
-    from cds.api.tokens import create_api_token
+    from cds.settings.tokens import create_api_token
     with app.app_context():
         return create_api_token(name, role, expires)[1]
 

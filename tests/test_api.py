@@ -53,7 +53,7 @@ def test_requests_without_a_valid_token_get_401_in_the_error_shape(app, client):
 
 def test_revoked_token_stops_working(app, client, api):
     assert api.get("/api/v1/jobs").status_code == 200
-    from cds.api.tokens import revoke_api_token
+    from cds.settings.tokens import revoke_api_token
     with app.app_context():
         revoke_api_token(db.session.scalar(db.select(ApiToken.id)))
     assert api.get("/api/v1/jobs").status_code == 401

@@ -31,7 +31,7 @@ def test_schemathesis_finds_no_server_error_or_contract_violation(fuzz_server, t
     if not exe.exists() and not shutil.which("schemathesis"):
         pytest.skip("schemathesis is not installed (requirements-dev.txt)")
     app = fuzz_server.app
-    from cds.api.tokens import create_api_token
+    from cds.settings.tokens import create_api_token
     from cds.profiles.service import default_profile
     with app.app_context():
         _, token = create_api_token("fuzz", "admin")
@@ -81,7 +81,7 @@ def test_schemathesis_sends_nested_bodies_and_lone_surrogates_to_every_write(fuz
     from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
                                                    status_code_conformance)
     app = fuzz_server.app
-    from cds.api.tokens import create_api_token
+    from cds.settings.tokens import create_api_token
     from cds.profiles.service import default_profile
     with app.app_context():
         _, token = create_api_token("hostile", "admin")

@@ -19,7 +19,11 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
-from cds.backup import service as backup
+from cds.backup.archive import inspect_backup
+from cds.backup.container import encrypt_file
+from cds.backup.create import create_backup
+from cds.backup.format import ArchiveInvalid, RestoreRefused, sha256
+from cds.backup.restore import restore_backup
 from cds.extensions import db
 from cds.models import (ClientDevice, Connection, Deployment, Job, RedirectEntry, User, utcnow)
 from cds.profiles.service import default_profile
@@ -154,7 +158,7 @@ def test_backup_during_a_deploy_restores_into_an_empty_instance_where_links_stil
         assert handler.holding.wait(30)
         archive = tmp_path / "during-deploy.cdsbackup"
         with source.app_context():
-            result = backup.create_backup(archive, PASSPHRASE, actor="alice")
+            result = create_backup(archive, PASSPHRASE, actor="alice")
     finally:
         handler.release.set()
         runner.join(60)
@@ -168,7 +172,7 @@ def test_backup_during_a_deploy_restores_into_an_empty_instance_where_links_stil
 
     target, url, folder = empty_instance()
     with target.app_context():
-        restored = backup.restore_backup(archive, PASSPHRASE)
+        restored = restore_backup(archive, PASSPHRASE)
     assert restored.counts["user"] == 6
     # The restored instance uses the backup's keys, as any process started on it will.
     assert (folder / "encryption.key").read_text().strip() == source.config["ENCRYPTION_KEY"]
@@ -250,7 +254,7 @@ def test_unencrypted_backup_warns_and_restores_without_a_passphrase(app, empty_i
     assert manifest["tables"]["user"]["rows"] == 6
     target, url, folder = empty_instance()
     with target.app_context():
-        backup.restore_backup(archive)
+        restore_backup(archive)
     assert snapshot_of(target)["pin"] == "739104-ann"
 
 
@@ -262,7 +266,7 @@ def populated_target(app, empty_instance, tmp_path):
     seed_instance(app)
     archive = tmp_path / "good.tar.gz"
     with app.app_context():
-        backup.create_backup(archive)
+        create_backup(archive)
     target, url, folder = empty_instance()
     with target.app_context():
         from cds.cli import upgrade_database
@@ -297,13 +301,13 @@ def test_truncated_or_corrupted_archives_are_refused_and_nothing_changes(populat
     # The same for the passphrase container: any cut or flipped byte is found.
     sealed = tmp_path / "sealed.cdsbackup"
     with target.app_context():
-        backup._encrypt_file(archive, sealed, PASSPHRASE)
+        encrypt_file(archive, sealed, PASSPHRASE)
     blob = sealed.read_bytes()
     cut = tmp_path / "sealed-cut.cdsbackup"
     cut.write_bytes(blob[:-100])
     with target.app_context():
-        with pytest.raises(backup.ArchiveInvalid, match="damaged or truncated"):
-            backup.restore_backup(cut, PASSPHRASE)
+        with pytest.raises(ArchiveInvalid, match="damaged or truncated"):
+            restore_backup(cut, PASSPHRASE)
     assert snapshot_of(target) == before
     assert not list(Path(target.instance_path).glob(".restore-*"))
 
@@ -330,7 +334,7 @@ def test_a_failure_while_loading_rolls_back_everything(populated_target, tmp_pat
     (work / "data" / "deployment_profile.jsonl").write_text("")
     manifest = json.loads((work / "manifest.json").read_text())
     manifest["tables"]["deployment_profile"]["rows"] = 0
-    manifest["files"]["data/deployment_profile.jsonl"] = backup._sha256(work / "data" / "deployment_profile.jsonl")
+    manifest["files"]["data/deployment_profile.jsonl"] = sha256(work / "data" / "deployment_profile.jsonl")
     (work / "manifest.json").write_text(json.dumps(manifest))
     with tarfile.open(broken, "w:gz") as tar:
         for name in ["manifest.json", *manifest["files"]]:
@@ -338,7 +342,7 @@ def test_a_failure_while_loading_rolls_back_everything(populated_target, tmp_pat
     with target.app_context():
         # The archive's rows break a foreign key: the database refuses them mid-load.
         with pytest.raises(IntegrityError):
-            backup.restore_backup(broken)
+            restore_backup(broken)
     assert snapshot_of(target) == before
 
 
@@ -347,24 +351,24 @@ def test_a_key_configured_outside_the_instance_folder_is_not_silently_overridden
     seed_instance(app)
     archive = tmp_path / "good.tar.gz"
     with app.app_context():
-        backup.create_backup(archive)
+        create_backup(archive)
     target, url, folder = empty_instance(ENCRYPTION_KEY=Fernet.generate_key().decode())
     with target.app_context():
-        with pytest.raises(backup.RestoreRefused, match="takes its encryption key from instance/config.py"):
-            backup.restore_backup(archive)
+        with pytest.raises(RestoreRefused, match="takes its encryption key from instance/config.py"):
+            restore_backup(archive)
         assert not db.inspect(db.engine).has_table("user")
 
 
 def test_restore_is_refused_while_a_server_runs_on_the_instance(app, empty_instance, make_app, tmp_path):
     archive = tmp_path / "good.tar.gz"
     with app.app_context():
-        backup.create_backup(archive)
+        create_backup(archive)
     target, url, folder = empty_instance()
     # Another process serving this instance holds the scheduler lock.
     make_app(instance_path=str(folder), DATABASE_URL=url, SCHEDULER_ENABLED=True)
     with target.app_context():
-        with pytest.raises(backup.RestoreRefused, match="Stop every CDS process"):
-            backup.restore_backup(archive)
+        with pytest.raises(RestoreRefused, match="Stop every CDS process"):
+            restore_backup(archive)
 
 
 # --- an older archive is migrated ---------------------------------------------------
@@ -377,7 +381,7 @@ def test_an_archive_from_an_older_schema_is_migrated_after_loading(app, empty_in
     seed_instance(app)
     archive = tmp_path / "older.tar.gz"
     with app.app_context():
-        backup.create_backup(archive)
+        create_backup(archive)
         from cds.extensions import migrations
         real = migrations(app).directory
     heads = tuple(ScriptDirectory(real).get_heads())
@@ -406,7 +410,7 @@ def downgrade():
     from cds.extensions import migrations
     migrations(target).directory = str(newer_code)
     with target.app_context():
-        result = backup.restore_backup(archive)
+        result = restore_backup(archive)
         assert result.from_revisions == sorted(heads)
         assert result.to_revisions == ["9000_restore_probe"]
         assert db.session.execute(text("SELECT users FROM restore_probe")).scalar() == 6
@@ -440,11 +444,11 @@ def test_an_archive_from_before_the_secrets_migration_keeps_every_secret(make_ap
             " 'Old', 'Timer', '', '', '', '', '', 'old@example.test', 'manual', false, false, false, 1,"
             " '2026-01-01', '2026-01-01', :mcs, :pin)"), {"mcs": encrypt("mcs-old-1"), "pin": encrypt("7390")})
         db.session.commit()
-        backup.create_backup(archive)
+        create_backup(archive)
     target, _, _ = empty_instance()
     assert target.config["ENCRYPTION_KEY"] != source.config["ENCRYPTION_KEY"]
     with target.app_context():
-        result = backup.restore_backup(archive)
+        result = restore_backup(archive)
         assert result.from_revisions == ["0002_users"]
         user = db.session.scalar(select(User).where(User.login_id == "old"))
         assert user.secrets() == {"mcs_password": "mcs-old-1", "voicemail_pin": "7390"}
@@ -476,8 +480,8 @@ def test_backup_page_downloads_an_archive_for_the_primary_administrator(app, adm
     sealed = tmp_path / "download.cdsbackup"
     sealed.write_bytes(resp.data)
     with app.app_context():
-        assert backup.inspect_backup(plain)["tables"]["admin_account"]["rows"] == 1
-        assert backup.inspect_backup(sealed, PASSPHRASE)["format"] == "cds-backup/1"
+        assert inspect_backup(plain)["tables"]["admin_account"]["rows"] == 1
+        assert inspect_backup(sealed, PASSPHRASE)["format"] == "cds-backup/1"
     # The downloads are in the audit trail and listed on the page; no work files stay behind.
     html = admin_client.get("/settings/backup").get_data(as_text=True)
     assert "no passphrase" in html and ">passphrase<" in html
@@ -508,11 +512,11 @@ def test_a_backup_moves_between_sqlite_and_postgresql(app, make_app, fresh_datab
     seeded = seed_instance(small)
     archive = tmp_path / "appliance.tar.gz"
     with small.app_context():
-        backup.create_backup(archive)
+        create_backup(archive)
     big_url = fresh_database()
     big = make_app(instance_path=str(tmp_path / "cluster"), DATABASE_URL=big_url)
     with big.app_context():
-        backup.restore_backup(archive)
+        restore_backup(archive)
     big = make_app(instance_path=str(tmp_path / "cluster"), DATABASE_URL=big_url)
     assert snapshot_of(big)["pin"] == "739104-ann"
     resp = big.test_client().get("/client/v1/config", headers={"Authorization": f"Bearer {seeded['zoe_key']}"})
@@ -524,10 +528,10 @@ def test_a_backup_moves_between_sqlite_and_postgresql(app, make_app, fresh_datab
 
     back = tmp_path / "cluster.tar.gz"
     with big.app_context():
-        backup.create_backup(back)
+        create_backup(back)
     again = make_app(instance_path=str(tmp_path / "again"), DATABASE_URL=f"sqlite:///{tmp_path / 'again.sqlite3'}")
     with again.app_context():
-        backup.restore_backup(back)
+        restore_backup(back)
         # SQLite's full-text index was rebuilt from the restored rows by its triggers.
         hits = db.session.execute(text("SELECT count(*) FROM user_search WHERE user_search MATCH 'Tester'")).scalar()
         assert hits == 6

@@ -203,7 +203,7 @@ def test_redeploy_required_after_id_change_revoke_and_delete(app, client, user_i
     key = activate(client, issue(app, user_id)).get_json()["client_key"]
     assert client.get("/client/v1/status", headers=bearer(key)).status_code == 200
     assert client.get("/client/v1/status", headers=bearer("not-a-key")).get_json()["error"] == "redeploy_required"
-    from cds.users.service import apply_login_id_change, revoke_client_access
+    from cds.users.login_ids import apply_login_id_change, revoke_client_access
     with app.app_context():
         apply_login_id_change(db.session.get(User, user_id), "user000-new")
         db.session.commit()

@@ -453,10 +453,10 @@ def test_a_secret_changed_by_csv_raises_config_version_as_the_form_does(admin_cl
 
 
 def test_one_secret_length_limit_on_form_api_cli_and_csv(admin_client, app, runner):
-    from cds.users.service import MAX_SECRET_LENGTH
+    from cds.users.fields import MAX_SECRET_LENGTH
     from tests.api_support import ApiClient
     from tests.test_users import form_data
-    from cds.api.tokens import create_api_token
+    from cds.settings.tokens import create_api_token
     longest, too_long = "7" * MAX_SECRET_LENGTH, "7" * (MAX_SECRET_LENGTH + 1)
     message = f"Voicemail PIN must be at most {MAX_SECRET_LENGTH} characters"
     with app.app_context():

@@ -6,18 +6,20 @@ from __future__ import annotations
 import pytest
 
 from cds import errors
-from cds.api.tokens import TokenError, TokenNotFound
+from cds.settings.tokens import TokenError, TokenNotFound
 from cds.auth.service import AccountError
 from cds.connections.service import ConnectionNotFound, ConnectionProblem
 from cds.jobs.service import InvalidJob, JobError, JobFinished, JobNotFound
 from cds.profiles.service import InvalidProfile, ProfileError, ProfileInUse, ProfileNotFound
-from cds.users.service import InvalidQuery, InvalidUser, NotFound, UserError
+from cds.imports.csv_import import CsvProblem, CsvRejected
+from cds.users.errors import InvalidQuery, InvalidUser, NotFound, UserError
 
 
 @pytest.mark.parametrize("exc,status", [
     (JobNotFound, 404), (JobFinished, 409), (InvalidJob, 422), (NotFound, 404), (UserError, 409),
     (InvalidQuery, 422), (ProfileNotFound, 404), (ProfileError, 409), (TokenNotFound, 404),
-    (TokenError, 422), (AccountError, 422), (ConnectionNotFound, 404), (ConnectionProblem, 422)])
+    (TokenError, 422), (AccountError, 422), (ConnectionNotFound, 404), (ConnectionProblem, 422),
+    (CsvProblem, 422), (CsvRejected, 422)])
 def test_service_errors_belong_to_the_family(exc, status):
     assert issubclass(exc, errors.CdsError) and exc.status == status
     assert issubclass(JobNotFound, JobError) and issubclass(ProfileNotFound, ProfileError)

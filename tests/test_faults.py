@@ -350,7 +350,7 @@ def test_full_disk(make_app, database_url, tmp_path, claims, monkeypatch):
     storage error, /healthz says the database cannot be written, reads still answer,
     and once space is freed the job resumes by itself. On PostgreSQL only the outbox is
     full: each user is recorded as not handed over, with the reason, and retried."""
-    from cds.api.tokens import create_api_token
+    from cds.settings.tokens import create_api_token
     from cds.cli import upgrade_database
     from cds.jobs.service import create_job
     from cds.profiles.service import ensure_builtin_profiles

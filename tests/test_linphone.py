@@ -173,7 +173,7 @@ def test_device_url_answers_410_after_revoke_id_change_or_delete(app, client, ho
             from cds.users.service import revoke_device
             revoke_device(user, db.session.scalar(select(ClientDevice.id).where(ClientDevice.user_id == uid)))
         elif how == "id_change":
-            from cds.users.service import apply_login_id_change
+            from cds.users.login_ids import apply_login_id_change
             assert apply_login_id_change(user, "ann.new")
             db.session.commit()
         else:

@@ -38,7 +38,7 @@ def cds(make_app, app, smtp_server):
     server = LiveServer(live)
     live.config["PUBLIC_URL"] = live.config["REDIRECT_URL"] = server.url
     with live.app_context():
-        from cds.api.tokens import create_api_token
+        from cds.settings.tokens import create_api_token
         from cds.settings.service import save_settings
         save_settings({"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": smtp_server.port,
                        "MAIL_DEFAULT_SENDER": "IT <it@example.com>"})

@@ -229,7 +229,7 @@ def test_sender_is_checked_at_start_too(tmp_path, monkeypatch):
 
 
 def test_profile_address_and_subjects_refuse_line_breaks(admin_client, app):
-    from cds.api.tokens import create_api_token
+    from cds.settings.tokens import create_api_token
     with app.app_context():
         _, token = create_api_token("t", "admin")
     headers = {"Authorization": f"Bearer {token}"}
@@ -318,7 +318,7 @@ def test_deep_json_and_lone_surrogates_get_a_clear_400_without_sign_in(live):
 
 
 def test_api_refuses_deep_json_lone_surrogates_and_huge_pages(live):
-    from cds.api.tokens import create_api_token
+    from cds.settings.tokens import create_api_token
     with live.app.app_context():
         _, token = create_api_token("t", "admin")
     h = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
@@ -359,7 +359,7 @@ def test_non_ascii_profile_names_are_unique_ignoring_case(admin_client, app, fir
     resp = admin_client.post("/profiles/new", data=profile_form(name=second))
     assert resp.status_code == 422 and "already exists" in resp.get_data(as_text=True)
     # The JSON API answers the same.
-    from cds.api.tokens import create_api_token
+    from cds.settings.tokens import create_api_token
     with app.app_context():
         _, token = create_api_token("t", "admin")
     resp = admin_client.post("/api/v1/profiles", headers={"Authorization": f"Bearer {token}"},
@@ -405,7 +405,7 @@ def test_a_hostile_source_gets_a_clear_message(admin_client, app, mode, words):
 # --- 7. a typo in a bulk filter never selects everyone ---------------------------------------
 
 def test_unknown_filter_key_is_refused_naming_it(admin_client, app):
-    from cds.api.tokens import create_api_token
+    from cds.settings.tokens import create_api_token
     with app.app_context():
         _, token = create_api_token("t", "admin")
         jobs_before = db.session.scalar(select(func.count(Job.id)))
@@ -523,7 +523,7 @@ def test_many_different_bad_api_tokens_hit_a_limit(make_app, app):
 
 
 def test_api_budget_is_per_whole_token_not_its_last_characters(app):
-    from cds.api.routes import _api_key
+    from cds.api.blueprint import _api_key
     with app.test_request_context(headers={"Authorization": "Bearer cds_AAAA_same_tail_1234567890"}):
         a = _api_key()
     with app.test_request_context(headers={"Authorization": "Bearer cds_BBBB_same_tail_1234567890"}):

@@ -210,7 +210,7 @@ def test_filter_form_requests_push_the_short_url(app, admin_client):
 # --- selecting and bulk actions ---------------------------------------------------------
 
 def test_select_all_matching_resolves_to_the_filter_server_side(app, admin_client):
-    from cds.users.service import parse_selection, selection_query
+    from cds.users.selection import parse_selection, selection_query
     now = utcnow()
     ids = add_users(app, [{"deployed_at": now if n % 2 else None, "first_name": "Ann" if n < 60 else "Bob"}
                           for n in range(130)])
@@ -543,7 +543,7 @@ def test_read_only_sees_the_user_but_cannot_save(app, readonly_client):
 
 
 def test_search_results_sort_the_same_whichever_way_they_are_found(app, admin_client, monkeypatch):
-    from cds.users import service
+    from cds.users import query as service
     add_users(app, [{"email": f"s{n}@x.com", "first_name": name, "last_name": "Smith"}
                     for n, name in enumerate(["Cleo", "Abe", "Bea", "Abe"])] + [{"last_name": "Other"}])
     expected = ["s0@x.com", "s2@x.com", "s3@x.com", "s1@x.com"]  # Cleo, Bea, Abe, Abe (ties: id, reversed)

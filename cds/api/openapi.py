@@ -1,14 +1,16 @@
 """The OpenAPI 3.1 document of /api/v1, served at /api/v1/openapi.json.
 
-Written out by hand so it says exactly what the API promises; the test suite
+Written out here so it says exactly what the API promises (the user properties
+come from the field table, cds/users/fields.py, as the API's own checks do); the test suite
 validates every API response it receives against it, and schemathesis fuzzes
 the API from it in CI.
 """
 from __future__ import annotations
 
-from cds import __version__
 from cds.clients import KINDS as CLIENT_KINDS
-from cds.users.service import MAX_SECRET_LENGTH
+from cds.users.fields import FIELDS, MAX_SECRET_LENGTH, REQUIRED_FIELDS, USER_SECRETS
+from cds.users.query import SORTS
+from cds.version import __version__
 
 TS = {"type": ["string", "null"], "format": "date-time"}
 STR = {"type": "string"}
@@ -134,10 +136,9 @@ SCHEMAS: dict = {
     },
 }
 
-USER_FIELD_PROPS = {k: {"type": "string", "maxLength": n} for k, n in (
-    ("login_id", 113), ("first_name", 100), ("last_name", 100), ("number", 32), ("pbx_number", 32),
-    ("pbx_sip_username", 128), ("mbg_sip_username", 128), ("mcs_account", 128), ("email", 254))}
-SECRET_NAMES = ("mcs_password", "pbx_sip_password", "teleworker_sip_password", "voicemail_pin")
+# From the field table (cds/users/fields.py): one property per user field.
+USER_FIELD_PROPS = {f.name: {"type": "string", "maxLength": f.size, "description": f.label} for f in FIELDS}
+SECRET_NAMES = tuple(USER_SECRETS)
 PROFILE_PROPS = {
     "name": STR, "description": STR, "client_types": {"type": "string", "description": "Comma-separated: mobile, desktop, web."},
     "mbg_sip_host": STR, "mbg_sip_port": INT, "mbg_sip_transport": {"enum": ["UDP", "TCP", "TLS"]},
@@ -167,7 +168,7 @@ SCHEMAS.update({
                 "properties": {k: {**NSTR, "maxLength": MAX_SECRET_LENGTH} for k in SECRET_NAMES},
                 "additionalProperties": False},
     "UserCreate": obj({**USER_FIELD_PROPS, "profile_id": INT, "profile": PROFILE_NAME,
-                       "secrets": ref("Secrets")}, ["login_id", "last_name", "email"]),
+                       "secrets": ref("Secrets")}, list(REQUIRED_FIELDS)),
     "UserUpdate": obj({**USER_FIELD_PROPS, "profile_id": INT, "profile": PROFILE_NAME,
                        "secrets": ref("Secrets")}),
     "Profile": obj({"id": INT, **PROFILE_PROPS, "is_default": BOOL, "is_do_not_deploy": BOOL,
@@ -231,10 +232,7 @@ USER_FILTER_PARAMS = [
     query("send_failed", {"enum": ["1"]}, "Last send failed."),
     query("not_in_source", {"enum": ["1"]}, "No longer in its source."),
 ]
-SORT_PARAM = query("sort", {"enum": [p + c for c in ("profile", "first_name", "last_name", "number",
-                                                        "mbg_sip_username", "mcs_account", "email",
-                                                        "deployed", "downloaded", "login_id")
-                                      for p in ("", "-")]}, "Column, - for descending.")
+SORT_PARAM = query("sort", {"enum": [p + c for c in SORTS for p in ("", "-")]}, "Column, - for descending.")
 AUDIT_PARAMS = [
     query("q", STR, "Words in actor, action, login id or address."),
     query("actor", STR, "Exactly this actor."),

@@ -4,7 +4,7 @@ from flask import Blueprint, abort, g, render_template, request
 from cds.audit.service import (AuditFilter, InvalidAuditQuery, action_names, actor_names,
                                detail_text, export_audit_csv, list_events)
 from cds.models import utcnow
-from cds.web import csv_download, page_number
+from cds.http import csv_download, page_number
 
 bp = Blueprint("audit", __name__, url_prefix="/audit")
 

@@ -12,6 +12,7 @@ from typing import Iterator
 from flask import g, has_request_context, request
 from sqlalchemy import Select, func, or_, select
 
+from cds.csvfile import csv_chunks
 from cds.extensions import db
 from cds.models import AuditEvent, User
 
@@ -231,7 +232,6 @@ def audit_rows(filt: AuditFilter, batch_size: int = 2000) -> Iterator[list[str]]
 
 
 def audit_csv(filt: AuditFilter) -> Iterator[str]:
-    from cds.export.service import csv_chunks
     return csv_chunks(AUDIT_CSV_HEADER, audit_rows(filt))
 
 

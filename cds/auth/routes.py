@@ -1,11 +1,10 @@
 from urllib.parse import urlsplit
 
-from flask import Blueprint, g, redirect, render_template, request, session, url_for
+from flask import Blueprint, current_app, g, redirect, render_template, request, session, url_for
 
 from cds.audit.service import record_event
 from cds.auth.forms import LoginForm
-from cds.auth.service import (SignInThrottled, authenticate, check_sign_in_allowed, end_sessions,
-                              record_failed_sign_in)
+from cds.auth.service import SignInThrottled, authenticate, check_sign_in_allowed, end_sessions, record_failed_sign_in
 from cds.web import client_ip, toast
 
 bp = Blueprint("auth", __name__)
@@ -57,7 +56,6 @@ def login():
 
 
 def _login_page(form, error: str, status: int):
-    from flask import current_app
     return current_app.response_class(render_template("auth/login.html", form=form, error=error),
                                       status=status, mimetype="text/html")
 

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import re
+import time
 
+from flask import current_app
+from limits import parse_many
 from sqlalchemy import func, select
 
 from cds import errors
-from cds.extensions import db
+from cds.audit.service import record_event
+from cds.extensions import db, limit_counter
 from cds.models import ROLES, AdminAccount, utcnow
 from cds.security import MIN_PASSWORD_LENGTH, generate_password, hash_password, verify_password
 
@@ -38,8 +42,6 @@ def create_admin(username: str, password: str, role: str = "admin", *, actor: st
     """Create an administrator account, audited (``admin.create``) in the same transaction:
     from Settings (``actor`` the primary administrator), the shell (``cli``) or the
     first start (``system``)."""
-    from cds.audit.service import record_event
-
     username = username.strip()
     if not USERNAME_RE.match(username):
         raise AccountError("A user name has 2-64 letters, digits or . _ @ -")
@@ -88,19 +90,15 @@ class SignInThrottled(Exception):
 
 
 def _limits(setting: str):
-    from flask import current_app
-    from limits import parse_many
     return parse_many(current_app.config[setting])
 
 
 def _wait(stats) -> int:
-    import time
     return int(stats.reset_time - time.time()) + 1
 
 
 def check_sign_in_allowed(address: str, username: str) -> None:
     """Raise SignInThrottled if this address may not try this account now."""
-    from cds.extensions import limit_counter
     account = username.strip().lower()[:64]
     for lim in _limits("LOGIN_LIMIT_PER_ADDRESS"):
         stats = limit_counter("get_window_stats", lim, "login-address", address)
@@ -123,7 +121,6 @@ def check_sign_in_allowed(address: str, username: str) -> None:
 
 
 def record_failed_sign_in(address: str, username: str) -> None:
-    from cds.extensions import limit_counter
     account = username.strip().lower()[:64]
     for lim in _limits("LOGIN_LIMIT_PER_ADDRESS"):
         limit_counter("hit", lim, "login-address", address)

@@ -5,6 +5,10 @@ import sys
 
 import click
 
+from cds.backup.archive import inspect_backup
+from cds.backup.create import create_backup
+from cds.backup.format import BackupError, PassphraseRequired
+from cds.backup.restore import instance_has_data, restore_backup
 from cds.cli import fail
 
 
@@ -23,8 +27,6 @@ def _read_passphrase(from_stdin: bool, *, confirm: bool) -> str | None:
                    "(prompted for on a terminal).")
 def backup_command(file, passphrase_stdin):
     """Write a backup archive of this instance (database, keys, settings) to FILE."""
-    from cds.backup.service import BackupError, create_backup
-
     passphrase = _read_passphrase(passphrase_stdin, confirm=True)
     if passphrase_stdin and not passphrase:
         fail("no passphrase was given on standard input")
@@ -50,9 +52,6 @@ def restore_command(file, passphrase_stdin, yes):
     Stop every CDS process using this instance or database first. The archive is
     checked completely before anything changes; a failed restore changes nothing.
     """
-    from cds.backup.service import (BackupError, PassphraseRequired, inspect_backup,
-                                    instance_has_data, restore_backup)
-
     passphrase = _read_passphrase(passphrase_stdin, confirm=False)
     try:
         manifest = inspect_backup(file, passphrase)

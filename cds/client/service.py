@@ -15,6 +15,7 @@ from cds.client.statements import Deferred, DriverStatement, GroupCommit, Refuse
 from cds.extensions import db
 from cds.models import AuditEvent, ClientDevice, Deployment, DeploymentProfile, User, link_state, utcnow
 from cds.security import SecretUnreadable, decrypt_secrets, new_token, token_hash
+from cds.users.fields import FIELDS
 
 log = logging.getLogger("cds.client")
 
@@ -63,10 +64,13 @@ def _clean_device(device) -> dict:
 batches = GroupCommit(refusals=(ClientError,))
 
 
+# The user's fields the document carries, each at the place the field table gives it:
+# (section, key, field).
+_CONFIG_PLACES = tuple((*f.config.split("."), f.name) for f in FIELDS if f.config)
+
 # The hot path: Core statements run on the driver's cursor (cds.client.statements).
 _USER_COLUMNS = (
-    User.id.label("user_id"), User.login_id, User.first_name, User.last_name, User.number, User.email,
-    User.pbx_number, User.pbx_sip_username, User.mbg_sip_username, User.mcs_account,
+    User.id.label("user_id"), *(getattr(User, name) for _, _, name in _CONFIG_PLACES),
     User.secrets_enc,
     User.config_version, User.force_config, User.redeploy_required,
     DeploymentProfile.name.label("profile_name"), DeploymentProfile.client_types,
@@ -367,27 +371,18 @@ def _document(r, now: datetime) -> dict:
     except SecretUnreadable:
         raise ClientError(503, "config_unavailable", "The configuration cannot be read right now; "
                                                      "try again later or contact your administrator.") from None
-    return {
+    doc = {
         "schema": SCHEMA,
         "config_version": r.config_version,
         "issued_at": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "user": {
-            "login_id": r.login_id,
-            "first_name": r.first_name,
-            "last_name": r.last_name,
-            "number": r.number,
-            "email": r.email,
-        },
+        "user": {},
         "pbx_sip": {
-            "username": r.pbx_sip_username,
             "password": secrets.get("pbx_sip_password", ""),
-            "pbx_number": r.pbx_number,
             "host": r.pbx_sip_host,
             "port": r.pbx_sip_port,
             "transport": r.pbx_sip_transport,
         },
         "mbg_sip": {
-            "username": r.mbg_sip_username,
             "password": secrets.get("teleworker_sip_password", ""),
             "host": r.mbg_sip_host,
             "port": r.mbg_sip_port,
@@ -396,7 +391,6 @@ def _document(r, now: datetime) -> dict:
         "micollab_client_service": {
             "host": r.mcs_host,
             "port": r.mcs_port,
-            "account": r.mcs_account,
             "password": secrets.get("mcs_password", ""),
         },
         "voicemail": {
@@ -408,3 +402,7 @@ def _document(r, now: datetime) -> dict:
             "client_types": [c for c in (r.client_types or "").split(",") if c],
         },
     }
+    # The user's fields, from the field table: a field added there reaches the client.
+    for section, key, name in _CONFIG_PLACES:
+        doc[section][key] = getattr(r, name)
+    return doc

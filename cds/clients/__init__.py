@@ -1,78 +1,23 @@
-"""Client kinds (PRODUCT.md §5a): which client a deployment profile's users run.
+"""Client kinds: which client a deployment profile's users run.
 
 Each kind is one module holding one ``ClientKind``: what a profile must have for
 its clients to work, how the deployment link and QR code are formed, what the
 phone button on the landing page opens, and the words of the e-mail and landing
 page. The configuration document is the kind's own (cds/client for protocol v1,
-cds/clients/linphone for Linphone). Another client is one more module listed in
-``_MODULES`` and so one more choice in the profile; nothing else changes.
+cds/clients/linphone for Linphone). Another client is one more module (a subclass of
+``cds.clients.kind.ClientKind``) imported and listed below, and so one more choice in
+the profile; nothing else changes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from importlib import import_module
+from cds.clients import cds_v1, linphone
+from cds.clients.kind import ClientKind
 
-# The modules that define a kind, in the order the profile form offers them.
-_MODULES = ("cds.clients.cds_v1", "cds.clients.linphone")
 DEFAULT_KIND = "cds-v1"
 
 
-@dataclass(frozen=True)
-class InstallLink:
-    label: str
-    url: str
-
-
-class ClientKind:
-    """One client kind. Subclasses set the attributes and override what differs."""
-
-    key: str = ""            # stored in DeploymentProfile.client and named by the API and CLI
-    label: str = ""          # shown in the profile form and list
-    app_name: str = ""       # "the ___ app" in the e-mail and on the landing page
-    install_links: tuple[InstallLink, ...] = ()
-    # The user's steps, as the deployment e-mail's {{ instructions }} placeholder says them.
-    instructions: str = ""
-    # The landing page's step for a computer, beside the QR code.
-    qr_step: str = "Scan this QR code with the phone's camera."
-    # What the console says when the app's access is revoked (revoke, ID change, delete).
-    revoke_note: str = ""
-    # True: a profile of this kind is refused (not saved) while ``missing`` finds something.
-    refuse_incomplete: bool = False
-    # A Flask blueprint of the kind's own endpoints for apps, under /provisioning/<key>/
-    # (public, session-less, tokens kept out of the logs); registered by create_app.
-    blueprint = None
-
-    def missing(self, profile) -> dict[str, str]:
-        """What ``profile`` lacks for this kind's clients to work, {profile field: what is
-        missing} (empty: complete)."""
-        return {}
-
-    def user_missing(self, user) -> list[str]:
-        """What ``user`` lacks for this kind's clients to work (empty: deployable)."""
-        return []
-
-    def link(self, token: str) -> str:
-        """The deployment link of the e-mail; the QR code holds the same text."""
-        raise NotImplementedError
-
-    def app_link(self, link: str) -> str:
-        """The deep link that opens the installed app with ``link`` (the landing page's button)."""
-        raise NotImplementedError
-
-    def uses_redirect(self) -> bool:
-        """Whether the link goes through the redirect server (so is registered with it)."""
-        return False
-
-
-def _load() -> dict[str, ClientKind]:
-    kinds = {}
-    for name in _MODULES:
-        kind = import_module(name).KIND
-        kinds[kind.key] = kind
-    return kinds
-
-
-KINDS: dict[str, ClientKind] = _load()
+# Every kind, in the order the profile form offers them.
+KINDS: dict[str, ClientKind] = {kind.key: kind for kind in (cds_v1.KIND, linphone.KIND)}
 CHOICES = tuple((k.key, k.label) for k in KINDS.values())
 
 

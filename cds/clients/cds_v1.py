@@ -1,11 +1,12 @@
-"""CDS client protocol v1 (PRODUCT.md §5, docs/client-protocol.md): our own protocol,
+"""CDS client protocol v1 (docs/client-protocol.md): our own protocol,
 for a MiCollab-style app. The link goes through the redirect server; the app
 activates with the token and downloads the JSON configuration (cds/client)."""
 from __future__ import annotations
 
 from urllib.parse import quote
 
-from cds.clients import ClientKind, InstallLink
+from cds.clients.kind import ClientKind, InstallLink
+from cds.settings.service import redirect_url
 
 # The app registers this URI scheme; docs/client-protocol.md §1 "Opening the app".
 APP_SCHEME = "cds-client"
@@ -39,7 +40,6 @@ class CdsV1(ClientKind):
         return missing
 
     def link(self, token: str) -> str:
-        from cds.settings.service import redirect_url
         return f"{redirect_url()}/r/{token}"
 
     def app_link(self, link: str) -> str:

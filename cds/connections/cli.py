@@ -1,13 +1,16 @@
-"""`flask --app app cds connections list|show|add|limits|authorize|test|delete` (sync: `cds sync`)."""
+"""`flask --app app cds connections list|show|add|limits|authorize|test|delete` and `cds sync`."""
 import json
 import sys
 
 import click
+from sqlalchemy import select
 
+from cds.api.schema import connection_json
 from cds.cli import fail
 from cds.connections import service as connections
-from cds.models import CONNECTION_KINDS
-from cds.sources import LIMIT_DEFAULTS, LIMIT_LABELS, limits_of
+from cds.extensions import db
+from cds.models import CONNECTION_KINDS, Connection, Job
+from cds.sources import LIMIT_DEFAULTS, LIMIT_LABELS, SourceError, limits_of
 
 
 def _find(name: str):
@@ -39,7 +42,6 @@ def connections_group():
 @connections_group.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def list_command(as_json):
-    from cds.api.admin_resources import connection_json
     rows = connections.list_connections()
     if as_json:
         click.echo(json.dumps([connection_json(c) for c in rows], indent=2))
@@ -56,7 +58,6 @@ def list_command(as_json):
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True)
 def show_command(name, as_json):
-    from cds.api.admin_resources import connection_json
     data = connection_json(_find(name))
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -138,7 +139,6 @@ def authorize_command(name, url, username):
 @click.argument("name")
 def test_command(name):
     """Read the source now (refreshes the Import Users view)."""
-    from cds.sources import SourceError
     try:
         result = connections.verify_connection(_find(name))
     except (SourceError, connections.ConnectionProblem) as exc:
@@ -158,4 +158,42 @@ def delete_command(name, yes):
     click.echo(f"connection {name} deleted; {released} users kept as manual users")
 
 
-commands = [connections_group]
+# --- Sync data -------------------------------------------------------------------------
+
+@click.command("sync")
+@click.option("--connection", "connection_name", default=None,
+              help="Sync only the users of this connection (default: every enabled connection).")
+def sync_command(connection_name):
+    """Sync imported users with their sources now (the Sync data action)."""
+    if connection_name:
+        conn = connections.find_connection(connection_name)
+        if conn is None:
+            fail(f"no connection is named {connection_name!r}")
+        conns = [conn]
+    else:
+        conns = list(db.session.scalars(select(Connection).where(Connection.enabled.is_(True))
+                                        .order_by(Connection.name)))
+        if not conns:
+            fail("there are no enabled connections")
+    failed = False
+    for conn in conns:
+        name = conn.name
+        try:
+            job, refreshed = connections.start_sync(conn, actor="cli", wait=True)
+        except SourceError as exc:
+            click.echo(f"{name}: reading the source failed, nothing changed: {exc}", err=True)
+            failed = True
+            continue
+        if job is None:
+            click.echo(f"{name}: {refreshed.describe()} No users are imported from it yet.")
+            continue
+        job = db.session.get(Job, job.id)
+        db.session.refresh(job)
+        click.echo(f"{name}: {job.message or job.state}")
+        if (job.summary or {}).get("source_errors"):
+            failed = True
+    if failed:
+        raise SystemExit(1)
+
+
+commands = [connections_group, sync_command]

@@ -5,18 +5,17 @@ from wtforms import (BooleanField, HiddenField, IntegerField, PasswordField, Sel
 from wtforms.validators import InputRequired, NumberRange, Optional
 
 from cds.models import CONNECTION_KINDS
+from cds.security import seal, unseal
 from cds.sources import LIMIT_DEFAULTS, LIMIT_RANGES
 from cds.sources.ldap import DEFAULT_FILTER, DEFAULT_KEY_ATTRIBUTE, DEFAULT_MAPPING, MAPPABLE_FIELDS
+from cds.users.fields import FIELD_LABELS
 
 
 def _strip(value):
     return value.strip() if isinstance(value, str) else value
 
 
-MAPPING_LABELS = {"login_id": "Login ID", "first_name": "Firstname", "last_name": "Lastname",
-                  "number": "Number", "pbx_number": "PBX Number",
-                  "pbx_sip_username": "PBX SIP User name", "mbg_sip_username": "MBG SIP User name",
-                  "mcs_account": "MiCollab Client Service Account", "email": "Email address"}
+MAPPING_LABELS = {name: FIELD_LABELS[name] for name in MAPPABLE_FIELDS}
 
 
 class SettingsFields:
@@ -45,15 +44,7 @@ class SettingsFields:
     base_dn = StringField("Base DN", filters=[_strip])
     search_filter = StringField("Search filter", filters=[_strip])
     key_attribute = StringField("Key attribute", filters=[_strip])
-    map_login_id = StringField(MAPPING_LABELS["login_id"], filters=[_strip])
-    map_first_name = StringField(MAPPING_LABELS["first_name"], filters=[_strip])
-    map_last_name = StringField(MAPPING_LABELS["last_name"], filters=[_strip])
-    map_number = StringField(MAPPING_LABELS["number"], filters=[_strip])
-    map_pbx_number = StringField(MAPPING_LABELS["pbx_number"], filters=[_strip])
-    map_pbx_sip_username = StringField(MAPPING_LABELS["pbx_sip_username"], filters=[_strip])
-    map_mbg_sip_username = StringField(MAPPING_LABELS["mbg_sip_username"], filters=[_strip])
-    map_mcs_account = StringField(MAPPING_LABELS["mcs_account"], filters=[_strip])
-    map_email = StringField(MAPPING_LABELS["email"], filters=[_strip])
+    # map_<field>: one attribute-mapping input per mappable field, added below the class.
 
     def options(self, kind: str) -> dict:
         opts = {"timeout": self.timeout.data or 30, "page_size": self.page_size.data or 500,
@@ -77,6 +68,10 @@ class SettingsFields:
                 field.errors = list(field.errors) + [message]
 
 
+for _name in MAPPABLE_FIELDS:
+    setattr(SettingsFields, f"map_{_name}", StringField(MAPPING_LABELS[_name], filters=[_strip]))
+
+
 class ConnectionEditForm(SettingsFields, FlaskForm):
     pass
 
@@ -88,11 +83,9 @@ class KeptPassword:
     password_kept = HiddenField()
 
     def typed_password(self) -> str:
-        from cds.security import unseal
         return self.password.data or unseal(self.password_kept.data) or ""
 
     def keep_password(self) -> None:
-        from cds.security import seal
         typed = self.typed_password()
         self.password_kept.data = seal(typed) if typed else ""
 

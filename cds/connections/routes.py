@@ -12,7 +12,8 @@ from cds.extensions import db
 from cds.jobs.service import JobError
 from cds.models import CONNECTION_KINDS, Job
 from cds.sources import LIMIT_DEFAULTS, SourceError
-from cds.web import primary_required, row_id, toast, write_required
+from cds.http import row_id
+from cds.web import primary_required, toast, write_required
 
 bp = Blueprint("connections", __name__, url_prefix="/connections")
 

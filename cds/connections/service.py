@@ -27,16 +27,16 @@ from cds.models import (CONNECTION_KINDS, SOURCE_CONNECTION, SOURCE_CSV, SOURCE_
                         Job, SourceRecord, User, utcnow)
 from cds.scheduler import tick_task
 from cds.security import encrypt
+from cds.users.changes import BY_SOURCE, plan_change
+from cds.users.fields import FIELD_LABELS
+from cds.users.login_ids import login_id_owner
 from cds.sources import (FIELD_SIZES, HTTP_KINDS, LDAP_KIND, LIMIT_DEFAULTS, SourceAuthError, SourceError,
-                         SourceUnreachable,
-                         authorize, fetch_records, limit_problems, provided_fields)
+                         SourceUnreachable, limit_problems)
+from cds.sources.kinds import authorize, fetch_records, provided_fields
 
 log = logging.getLogger("cds.connections")
 
 RECORD_FIELDS = tuple(FIELD_SIZES)
-# A change of these reaches the client's configuration document: bump config_version.
-CONFIG_FIELDS = ("first_name", "last_name", "number", "pbx_number", "pbx_sip_username",
-                 "mbg_sip_username", "mcs_account", "email")
 DEFAULT_INTERVAL = 60
 MIN_INTERVAL, MAX_INTERVAL = 5, 7 * 24 * 60
 
@@ -494,17 +494,15 @@ def _apply_record(user: User, rec: dict, fields: tuple[str, ...], claimed: set[s
                   ) -> tuple[str, Outcome]:
     """Bring one imported user in line with its source record: (summary key, outcome)."""
     from cds.models import login_key
-    from cds.users.service import (USER_FIELD_LABELS, apply_login_id_change, login_id_owner,
-                                   validate_user_fields)
+    from cds.users.service import apply_change
 
-    changes = {f: rec[f] for f in fields if rec[f] != getattr(user, f)}
-    if not changes and not user.not_in_source:
+    change = plan_change(user, {f: rec[f] for f in fields}, by=BY_SOURCE)
+    if change.is_empty and not user.not_in_source:
         return "unchanged", Outcome(user, "ok", "Unchanged.")
-    errors = validate_user_fields(changes)
-    if errors:
+    if change.errors:
         return "failed", Outcome(user, "failed", "The source's data is not valid, nothing "
-                                                 "changed: " + " ".join(errors.values()))
-    new_login = changes.pop("login_id", None)
+                                                 "changed: " + " ".join(change.errors.values()))
+    new_login = change.fields.get("login_id") if change.login_id_changed else None
     if new_login is not None:
         owner = login_id_owner(new_login, user.id)
         if owner is not None or login_key(new_login) in claimed:
@@ -517,17 +515,13 @@ def _apply_record(user: User, rec: dict, fields: tuple[str, ...], claimed: set[s
     if user.not_in_source:
         user.not_in_source = False
         notes.append("back in the source")
-    for name, value in changes.items():
-        setattr(user, name, value)
-    if any(f in CONFIG_FIELDS for f in changes):
-        user.config_version += 1
-    if changes:
-        notes.append("changed " + ", ".join(USER_FIELD_LABELS[f] for f in changes))
+    changed = [FIELD_LABELS[f] for f in change.fields if f != "login_id"]
+    if changed:
+        notes.append("changed " + ", ".join(changed))
+    apply_change(user, change)
     if new_login is not None:
-        old = user.login_id
         claimed.add(login_key(new_login))
-        apply_login_id_change(user, new_login)
-        notes.append(f"login id changed from {old!r} to {new_login!r}: devices revoked, "
+        notes.append(f"login id changed from {change.old_login_id!r} to {new_login!r}: devices revoked, "
                      f"redeploy required (factory reset the app and send a new deployment e-mail)")
     return "updated", Outcome(user, "ok", "Updated: " + "; ".join(notes) + ".")
 

@@ -14,7 +14,7 @@ from cds.extensions import db
 from cds.jobs.service import InvalidJob, Outcome, action
 from cds.models import Deployment, Job, User, utcnow
 from cds.redirect.service import withdraw_links
-from cds.users.service import revoke_client_access
+from cds.users.login_ids import revoke_client_access
 
 # Above this many users the administrator must type "all" to confirm.
 CONFIRM_ALL_ABOVE = 100

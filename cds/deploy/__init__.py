@@ -1,1 +1,1 @@
-"""Deploy, Auto deploy, Set Force Config, and the landing page of a deployment link."""
+"""Deploy, Auto deploy and Set Force Config: sending deployment e-mails, and what Deploy would do."""

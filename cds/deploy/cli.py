@@ -7,10 +7,13 @@ import click
 from sqlalchemy import select
 
 from cds.cli import fail
+from cds.deploy.service import plan_deploy
 from cds.extensions import db
 from cds.jobs.actions import RUN_AT_HELP, start_action
+from cds.jobs.service import reason_counts
 from cds.models import User, login_key
-from cds.users.service import parse_selection
+from cds.profiles.service import find_profile_by_name
+from cds.users.selection import parse_selection
 
 AT_HELP = f"Schedule for later: {RUN_AT_HELP}."
 
@@ -31,8 +34,6 @@ def _selection(all_users: bool, login_ids: tuple[str, ...]) -> dict:
 
 def _run(kind: str, all_users: bool, login_ids: tuple[str, ...], at: str | None,
          params: dict | None = None) -> None:
-    from cds.jobs.service import reason_counts
-
     job = start_action(kind, _selection(all_users, login_ids), params=params, run_at=at,
                        actor="cli", inline=True)
     if job.run_at is not None:
@@ -67,7 +68,6 @@ def _when(fn):
 def deploy_command(all_users, login_ids, at, dry_run):
     """Send deployment e-mails (new links) to users, now or at a set time."""
     if dry_run:
-        from cds.deploy.service import plan_deploy
         plan = plan_deploy(_selection(all_users, login_ids))
         click.echo(f"{plan.to_send} of {plan.total} users would be sent an e-mail")
         for reason, count in plan.not_sent.items():
@@ -97,7 +97,6 @@ def force_config_command(all_users, login_ids, at):
 @_who()
 def assign_profile_command(profile_name, all_users, login_ids):
     """Put users on the deployment profile PROFILE_NAME (their clients download again)."""
-    from cds.profiles.service import find_profile_by_name
     profile = find_profile_by_name(profile_name)
     _run("assign_profile", all_users, login_ids, None,
          {"profile_id": profile.id if profile is not None else None})

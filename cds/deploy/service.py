@@ -4,7 +4,8 @@ Users tab, the API, the CLI and the scheduler.
 A deployment is a link with a fresh 256-bit token; only the token's hash is
 stored. Sending is exactly-once: a deployment is marked "sending" and committed
 before its message is handed to SMTP (or written to the outbox), and "sent"
-after. Only a pending deployment becomes "sending", and in a job only while the
+after, before the next message is handed over (``SendLedger``). Only a pending
+deployment becomes "sending", and in a job only while the
 job's runner still holds its claim, in the same transaction. A run that dies in
 between leaves "sending" behind, which is never sent again: it becomes
 "unknown" and the user is reported as not sent. A temporary refusal (4xx, an
@@ -22,18 +23,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import selectinload
+from sqlalchemy.orm.attributes import set_committed_value
 
-from cds.audit.service import actor_type_of, record_event
+from cds.audit.service import actor_type_of, record_event, scrub
+from cds.client.statements import DriverCursor, DriverStatement
 from cds.clients import deploy_problem, kind_of
 from cds.extensions import db
 from cds.jobs.service import Outcome, action
-from cds.mail.compose import MailTemplates, TemplateProblem, build_message, mail_context, sample_context
+from cds.mail.compose import MailTemplates, TemplateProblem, WireComposer, mail_context, sample_context
 from cds.mail.qr import QrMaker, qr_png
 from cds.mail.transport import FAILED, RETRY, SENT, UNKNOWN, Delivery, MailSettings, MailTransport
 from cds.models import (SEND_FAILED, SEND_PENDING, SEND_RETRY, SEND_SENDING, SEND_SENT, SEND_UNKNOWN,
-                        ClientDevice, Deployment, Job, User, utcnow)
+                        AuditEvent, ClientDevice, Deployment, Job, User, utcnow)
 from cds.redirect.service import register_link, withdraw_links
 from cds.scheduler import tick_task
 from cds.security import new_token, token_hash, token_ref
@@ -180,7 +183,7 @@ def plan_deploy(selection: dict) -> DeployPlan:
 
     from cds.clients import checks_users, profile_refusal
     from cds.profiles.service import all_profiles
-    from cds.users.service import selection_query
+    from cds.users.selection import selection_query
 
     profiles = {p.id: p for p in all_profiles()}
     selected = selection_query(selection)
@@ -223,6 +226,14 @@ class MailRun:
     transport: MailTransport = field(default_factory=MailTransport)
     templates: MailTemplates = field(default_factory=MailTemplates.load)
     qr: QrMaker = field(default_factory=QrMaker)
+    _wire: WireComposer | None = None
+
+    @property
+    def wire(self) -> WireComposer:
+        """The run's e-mail skeleton (see ``WireComposer``), made on first use."""
+        if self._wire is None:
+            self._wire = WireComposer(self.transport.settings.sender)
+        return self._wire
 
     def close(self) -> None:
         self.transport.close()
@@ -233,75 +244,258 @@ def compose_deployment_mail(run: MailRun, user: User, dep: Deployment, token: st
                             png: bytes | None = None):
     link = link_for(token, user.profile)
     rendered = run.templates.render(mail_context(user, link, dep.expires_at), user.profile)
-    return build_message(rendered, run.transport.settings.sender, dep.recipient,
-                         png if png is not None else qr_png(link), recipient_name=user.display_name)
+    return run.wire.compose(rendered, dep.recipient, png if png is not None else qr_png(link),
+                            recipient_name=user.display_name)
+
+
+NO_LONGER_PENDING = "Not sent: this link was replaced or handled by another run before it was handed over."
 
 
 def send_deployment_mail(run: MailRun, user: User, dep: Deployment, token: str, *,
                          actor: str | None = None, message=None) -> Delivery:
     """Send one deployment e-mail exactly once and record the outcome (commits)."""
-    if message is None:
-        try:
-            message = compose_deployment_mail(run, user, dep, token)
-        except TemplateProblem as exc:
-            return _record_delivery(dep, user, Delivery(FAILED, f"E-mail template problem: {exc}"), actor)
-    from cds.jobs.service import renew_claim
-
-    run.transport.pace()
-    # In one transaction: this runner still holds its job (else ClaimLost), and the
-    # deployment is still pending and current (no other run replaced or sent it).
-    renew_claim()
-    now = utcnow()
-    marked = db.session.execute(update(Deployment).where(
-        Deployment.id == dep.id, Deployment.send_state == SEND_PENDING,
-        Deployment.superseded_at.is_(None), Deployment.revoked_at.is_(None))
-        .values(send_state=SEND_SENDING, send_attempts=Deployment.send_attempts + 1,
-                next_attempt_at=now)  # "sending since", read by the interrupted-send sweep
-        .execution_options(synchronize_session=False)).rowcount
-    if marked != 1:
-        db.session.rollback()
-        log.warning("deployment %s for user %s was no longer pending; not sent", dep.id, user.id)
-        return Delivery(FAILED, "Not sent: this link was replaced or handled by another run "
-                                "before it was handed over.")
-    db.session.commit()
-    dep.send_state, dep.send_attempts, dep.next_attempt_at = SEND_SENDING, dep.send_attempts + 1, now
-    delivery = run.transport.send(message, label=f"d{dep.id}")
-    return _record_delivery(dep, user, delivery, actor)
+    ledger = SendLedger(actor)
+    try:
+        if message is None:
+            try:
+                message = compose_deployment_mail(run, user, dep, token)
+            except TemplateProblem as exc:
+                ledger.record(dep, user, Delivery(FAILED, f"E-mail template problem: {exc}"))
+        if message is not None:
+            ledger.hand_over(run, user, dep, message)
+    except BaseException:
+        ledger.flush_after_error()
+        raise
+    ledger.flush()
+    return ledger.outcomes[user.id]
 
 
 def _record_delivery(dep: Deployment, user: User, delivery: Delivery, actor: str | None) -> Delivery:
-    now = utcnow()
-    state = delivery.state
-    if state == RETRY and dep.send_attempts > len(RETRY_DELAYS):
-        state = FAILED
-        delivery = Delivery(FAILED, f"{delivery.detail} Gave up after {dep.send_attempts} attempts.")
-    dep.send_error = None if state == SENT else delivery.detail
-    if state == SENT:
-        dep.send_state, dep.sent_at, dep.next_attempt_at = SEND_SENT, now, None
-        supersede_other_links(dep, now)
-        user.deployed_at = now
-        user.send_error = user.send_error_at = None
-        user.redeploy_required = False
-    elif state == RETRY:
-        dep.send_state = SEND_RETRY
-        dep.next_attempt_at = now + RETRY_DELAYS[max(0, dep.send_attempts - 1)]
-        user.send_error = f"{delivery.detail} Retrying automatically."
-        user.send_error_at = now
-    else:
-        dep.send_state = SEND_UNKNOWN if state == UNKNOWN else SEND_FAILED
-        dep.next_attempt_at = None
-        user.send_error, user.send_error_at = delivery.detail, now
-    detail = {"deployment": dep.id, "recipient": dep.recipient, "link": token_ref_of(dep)}
-    if state == SENT:
-        detail["outbox"] = delivery.outbox_file is not None
-    else:
-        detail["state"], detail["reason"] = dep.send_state, delivery.detail
-    record_event("deploy.sent" if state == SENT else f"deploy.{dep.send_state}", actor=actor or "system",
-                 actor_type=actor_type_of(actor), user=user, detail=detail, commit=False)
-    db.session.commit()
-    log.info("deployment %s for user %s: %s%s", dep.id, user.id, dep.send_state,
-             "" if state == SENT else f" ({delivery.detail})")
-    return Delivery(state, delivery.detail, delivery.outbox_file)
+    """Record an outcome known without a hand-over (commits)."""
+    ledger = SendLedger(actor)
+    delivery = ledger.record(dep, user, delivery)
+    ledger.flush()
+    return delivery
+
+
+_dep, _user = Deployment.__table__.c, User.__table__.c
+_MARK_SENDING = DriverStatement(update(Deployment.__table__).where(
+    _dep.id == bindparam("dep_id"), _dep.send_state == SEND_PENDING,
+    _dep.superseded_at.is_(None), _dep.revoked_at.is_(None))
+    .values(send_state=SEND_SENDING, send_attempts=_dep.send_attempts + 1,
+            next_attempt_at=bindparam("now")))  # "sending since", read by the interrupted-send sweep
+_DEP_SENT = DriverStatement(update(Deployment.__table__).where(_dep.id == bindparam("dep_id")).values(
+    send_state=SEND_SENT, sent_at=bindparam("now"), next_attempt_at=None, send_error=None))
+_DEP_NOT_SENT = DriverStatement(update(Deployment.__table__).where(_dep.id == bindparam("dep_id")).values(
+    send_state=bindparam("state"), next_attempt_at=bindparam("next_at"), send_error=bindparam("error")))
+_USER_SENT = DriverStatement(update(User.__table__).where(_user.id == bindparam("user_id")).values(
+    deployed_at=bindparam("now"), send_error=None, send_error_at=None, redeploy_required=False,
+    updated_at=bindparam("now")))
+_USER_NOT_SENT = DriverStatement(update(User.__table__).where(_user.id == bindparam("user_id")).values(
+    send_error=bindparam("error"), send_error_at=bindparam("now"), updated_at=bindparam("now")))
+_OTHER_OPEN_LINKS = (_dep.user_id == bindparam("user_id"), _dep.id != bindparam("dep_id"),
+                     _dep.used_at.is_(None), _dep.revoked_at.is_(None), _dep.superseded_at.is_(None))
+# The user's other open links stop working; their hashes are withdrawn from the redirect store.
+_SUPERSEDE = DriverStatement(update(Deployment.__table__).where(*_OTHER_OPEN_LINKS)
+                             .values(superseded_at=bindparam("now")).returning(_dep.token_hash))
+_AUDIT = DriverStatement(insert(AuditEvent.__table__).values(
+    at=bindparam("now"), actor=bindparam("actor"), actor_type=bindparam("actor_type"),
+    action=bindparam("action"), user_id=bindparam("user_id"), login_id=bindparam("login_id"),
+    count=None, detail=bindparam("detail"), ip=None))
+
+
+class SendLedger:
+    """The send states of one run's hand-overs, written as plain statements on the
+    session's own connection (``cds.client.statements``): through the ORM, each state
+    change was a unit-of-work flush that cost more than handing the message over.
+
+    Exactly-once as before: a deployment is "sending", committed together with the
+    renewal of the runner's claim, before its message is handed over; its outcome is
+    known once the SMTP server answered. That outcome is committed in the same
+    transaction as the next deployment's "sending" (or by ``flush``, at the latest at
+    the end of the batch), so a user costs one transaction, not two. No message is
+    handed over before the outcome of the one before it is committed, so at any moment
+    at most one deployment is "sending" without a known outcome: a run killed at any
+    point leaves exactly the message in flight "sending", which is then reported as
+    possibly arrived and never sent again.
+
+    The server's reply to a message's body is read when the next message is handed
+    over (``hand_over``) or at the end (``flush``): the caller composes the next
+    message while the server takes the last one in."""
+
+    def __init__(self, actor: str | None):
+        self.actor = actor or "system"
+        self.actor_type = actor_type_of(actor)
+        # The outcome of each user's message as reported (user id -> Delivery).
+        self.outcomes: dict[int, Delivery] = {}
+        self._unrecorded: list[tuple[Deployment, User, Delivery]] = []
+        self._in_flight: tuple[Deployment, User, MailTransport, object] | None = None
+
+    def record(self, dep: Deployment, user: User, delivery: Delivery) -> Delivery:
+        """Note the outcome of ``dep`` (written with the next transaction); the outcome
+        as reported: a temporary failure after the last retry is given up."""
+        state = delivery.state
+        if state == RETRY and dep.send_attempts > len(RETRY_DELAYS):
+            delivery = Delivery(FAILED, f"{delivery.detail} Gave up after {dep.send_attempts} attempts.")
+        self._unrecorded.append((dep, user, delivery))
+        self.outcomes[user.id] = delivery
+        return delivery
+
+    def hand_over(self, run: MailRun, user: User, dep: Deployment, message) -> None:
+        """Mark ``dep`` "sending" (with the outcomes noted so far, only while this runner
+        holds its job), then hand ``message`` over; its outcome is noted with the next."""
+        from cds.jobs.service import ClaimLost, RunnerStopping, send_claim_renewal
+
+        self._settle()
+        transport = run.transport
+        transport.pace()
+        # The server is told the sender (MAIL FROM) and answers while "sending" is
+        # recorded; nothing of the message is with it before that is committed.
+        prepared = transport.prepare(message, label=f"d{dep.id}")
+        now = utcnow()
+        # One transaction, its statements sent together: this runner still holds its job
+        # (else ClaimLost, and nothing is written), the outcomes noted so far, and
+        # "sending" for this deployment only if it is still pending and current (no other
+        # run replaced or sent it).
+        with self._cursors() as cursor:
+            check_claim = send_claim_renewal(cursor())
+            superseding = self._write(cursor)
+            mark = cursor()
+            _MARK_SENDING.write(mark, {"dep_id": dep.id, "now": now})
+        try:
+            check_claim()
+        except (ClaimLost, RunnerStopping):
+            transport.abandon(prepared)
+            self.flush()  # what was handed over is recorded, as it was before the claim was lost
+            raise
+        marked = mark.raw.rowcount
+        withdraw_links([h for c in superseding for (h,) in c.raw.fetchall()])
+        self._commit()
+        self._written()
+        if marked != 1:
+            transport.abandon(prepared)
+            log.warning("deployment %s for user %s was no longer pending; not sent", dep.id, user.id)
+            self.outcomes[user.id] = Delivery(FAILED, NO_LONGER_PENDING)
+            return
+        _loaded(dep, send_state=SEND_SENDING, send_attempts=dep.send_attempts + 1, next_attempt_at=now)
+        self._in_flight = (dep, user, transport, transport.start(prepared))
+
+    @staticmethod
+    def _commit() -> None:
+        """Commit on the session's own database connection, which the session keeps:
+        ``Session.commit`` gives the connection back to the pool and the next statement
+        takes one out again, which pings the server first (pool_pre_ping) and resets
+        the connection, three round trips per user on PostgreSQL. The session's own
+        transaction ends with the batch (``flush``); until then each statement after
+        this commit runs in a new database transaction, which the next commit ends."""
+        db.session.flush()
+        db.session.connection().connection.commit()
+
+    def _settle(self) -> None:
+        """Read the server's reply to the message in flight, and note its outcome."""
+        if self._in_flight is not None:
+            dep, user, transport, started = self._in_flight
+            self._in_flight = None
+            self.record(dep, user, transport.finish(started))
+
+    def flush(self) -> None:
+        """Commit the outcomes noted so far (with whatever else the session holds)."""
+        self._settle()
+        if not self._unrecorded:
+            return
+        with self._cursors() as cursor:
+            superseding = self._write(cursor)
+        withdraw_links([h for c in superseding for (h,) in c.raw.fetchall()])
+        db.session.commit()
+        self._written()
+
+    def flush_after_error(self) -> None:
+        """On the way out of a failing run: the outcomes of what was handed over are
+        still recorded if the database allows it (else those deployments stay "sending"
+        and are reported as possibly arrived); the error itself is the caller's to raise."""
+        self._settle()
+        if not self._unrecorded:
+            return
+        try:
+            db.session.rollback()
+            self.flush()
+        except Exception as exc:  # the database failing is what the caller is about to report
+            db.session.rollback()
+            log.warning("outcomes of %s hand-overs not recorded (%s)", len(self._unrecorded), exc)
+
+    @contextmanager
+    def _cursors(self):
+        """Driver cursors on the session's connection, in its transaction (the function
+        yielded gives a new one). On PostgreSQL (psycopg) the statements are pipelined:
+        sent without waiting for each answer, all answered when the block ends."""
+        connection = db.session.connection()
+        raw = connection.connection
+        pipeline = None
+
+        def cursor() -> DriverCursor:
+            return DriverCursor(raw.cursor(), connection.dialect, pipeline)
+
+        if connection.dialect.driver == "psycopg":
+            with raw.driver_connection.pipeline() as pipeline:
+                yield cursor
+        else:
+            yield cursor
+
+    def _write(self, cursor) -> list[DriverCursor]:
+        """Write the outcomes noted so far (``cursor()``: a new driver cursor). Returns
+        the cursors whose rows are the hashes of the links they superseded, once the
+        statements are answered (the caller withdraws them, in the same transaction)."""
+        cur = cursor()
+        superseding = []
+        for dep, user, delivery in self._unrecorded:
+            now = utcnow()
+            if delivery.state == SENT:
+                state, error, next_at = SEND_SENT, None, None
+                _DEP_SENT.write(cur, {"dep_id": dep.id, "now": now})
+                _USER_SENT.write(cur, {"user_id": user.id, "now": now})
+                # Once this message was handed over, the user's older unused links stop working.
+                keys = {"user_id": user.id, "dep_id": dep.id, "now": now}
+                superseding.append(cursor())
+                _SUPERSEDE.write(superseding[-1], keys)
+            else:
+                if delivery.state == RETRY:
+                    state, next_at = SEND_RETRY, now + RETRY_DELAYS[max(0, dep.send_attempts - 1)]
+                    user_error = f"{delivery.detail} Retrying automatically."
+                else:
+                    state, next_at = (SEND_UNKNOWN if delivery.state == UNKNOWN else SEND_FAILED), None
+                    user_error = delivery.detail
+                error = delivery.detail
+                _DEP_NOT_SENT.write(cur, {"dep_id": dep.id, "state": state, "next_at": next_at, "error": error})
+                _USER_NOT_SENT.write(cur, {"user_id": user.id, "error": user_error, "now": now})
+            detail = {"deployment": dep.id, "recipient": dep.recipient, "link": token_ref_of(dep)}
+            if state == SEND_SENT:
+                detail["outbox"] = delivery.outbox_file is not None
+            else:
+                detail["state"], detail["reason"] = state, delivery.detail
+            _AUDIT.write(cur, {"now": now, "actor": self.actor[:64], "actor_type": self.actor_type,
+                               "action": "deploy.sent" if state == SEND_SENT else f"deploy.{state}",
+                               "user_id": user.id, "login_id": user.login_id, "detail": scrub(detail)})
+            # The loaded rows follow what was written (they are not written again).
+            if state == SEND_SENT:
+                _loaded(dep, send_state=state, sent_at=now, next_attempt_at=None, send_error=None)
+                _loaded(user, deployed_at=now, send_error=None, send_error_at=None, redeploy_required=False,
+                        updated_at=now)
+            else:
+                _loaded(dep, send_state=state, next_attempt_at=next_at, send_error=error)
+                _loaded(user, send_error=user_error, send_error_at=now, updated_at=now)
+        return superseding
+
+    def _written(self) -> None:
+        for dep, user, delivery in self._unrecorded:
+            log.info("deployment %s for user %s: %s%s", dep.id, user.id, dep.send_state,
+                     "" if delivery.state == SENT else f" ({delivery.detail})")
+        self._unrecorded.clear()
+
+
+def _loaded(obj, **values) -> None:
+    """Set what the database now holds on a loaded row, without marking it changed."""
+    for key, value in values.items():
+        set_committed_value(obj, key, value)
 
 
 def token_ref_of(dep: Deployment) -> str:
@@ -410,14 +604,22 @@ def _deploy_users(job: Job, users: list[User]) -> list[Outcome]:
         from cds.redirect.service import push_outbox
         push_outbox()
     pngs = run.qr.pngs([link_for(token, user.profile) for user, _, token in issued])
-    for (user, dep, token), png in zip(issued, pngs):
-        try:
-            message = compose_deployment_mail(run, user, dep, token, png)
-        except TemplateProblem as exc:
-            delivery = _record_delivery(dep, user, Delivery(FAILED, f"E-mail template problem: {exc}"), actor)
-        else:
-            delivery = send_deployment_mail(run, user, dep, token, actor=actor, message=message)
-        outcomes[user.id] = _outcome(user, delivery)
+    ledger = SendLedger(actor)
+    try:
+        for (user, dep, token), png in zip(issued, pngs):
+            try:
+                # Composed while the server takes the previous message in.
+                message = compose_deployment_mail(run, user, dep, token, png)
+            except TemplateProblem as exc:
+                ledger.record(dep, user, Delivery(FAILED, f"E-mail template problem: {exc}"))
+            else:
+                ledger.hand_over(run, user, dep, message)
+    except BaseException:
+        ledger.flush_after_error()
+        raise
+    ledger.flush()
+    for user, _, _ in issued:
+        outcomes[user.id] = _outcome(user, ledger.outcomes[user.id])
     db.session.commit()
     return [outcomes[u.id] for u in users]
 
@@ -614,7 +816,7 @@ class DeployPreview:
 
 def preview_deploy(kind: str, selection: dict, batch: int = 1000) -> DeployPreview:
     """Classify every selected user as the job will (``classify``), without changing anything."""
-    from cds.users.service import selection_query
+    from cds.users.selection import selection_query
 
     preview = DeployPreview(kind)
     last_id = 0

@@ -9,6 +9,9 @@ import click
 from flask.cli import with_appcontext
 
 from cds.cli import fail
+from cds.export.service import start_export
+from cds.profiles.service import find_profile_by_name
+from cds.users.query import UserFilter
 
 
 @click.command("export-csv")
@@ -19,10 +22,6 @@ from cds.cli import fail
 @with_appcontext
 def export_csv_command(search, profile_name, output):
     """Export users as CSV (UTF-8 with BOM); never contains the users' secrets."""
-    from cds.export.service import start_export
-    from cds.profiles.service import find_profile_by_name
-    from cds.users.service import UserFilter
-
     filt = UserFilter(search=search.strip())
     if profile_name is not None:
         profile = find_profile_by_name(profile_name)

@@ -3,8 +3,9 @@ from flask import Blueprint, abort, request
 
 from cds.export.service import export_filename, start_export
 from cds.models import utcnow
-from cds.users.service import InvalidQuery, parse_selection
-from cds.web import csv_download
+from cds.http import csv_download
+from cds.users.errors import InvalidQuery
+from cds.users.selection import parse_selection
 
 bp = Blueprint("export", __name__)
 

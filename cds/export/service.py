@@ -7,40 +7,25 @@ CSV text one batch at a time, so memory stays flat whatever the number of users.
 """
 from __future__ import annotations
 
-import csv
-import io
-import re
 from datetime import datetime
-from itertools import islice
-from typing import Iterable, Iterator
+from typing import Iterator
 
 from sqlalchemy import select
 
 from cds.audit.service import record_event
+from cds.csvfile import csv_chunks
 from cds.extensions import db
-from cds.models import Connection, DeploymentProfile, User
-from cds.users.service import count_selection, describe_selection, selection_query
+from cds.models import SOURCE_LABELS, Connection, DeploymentProfile, User
+from cds.users.fields import CSV_COLUMNS
+from cds.users.selection import count_selection, describe_selection, selection_query
 
 BATCH_SIZE = 2000
-BOM = "\ufeff"
 
-# Header -> the User column it comes from.
-EXPORT_COLUMNS = (
-    ("ID", User.id),
-    ("Login ID", User.login_id),
-    ("Profile", User.profile_id),
-    ("Firstname", User.first_name),
-    ("Lastname", User.last_name),
-    ("Number", User.number),
-    ("PBX Number", User.pbx_number),
-    ("PBX SIP User name", User.pbx_sip_username),
-    ("MBG SIP User name", User.mbg_sip_username),
-    ("MiCollab Client Service Account", User.mcs_account),
-    ("Email address", User.email),
-    ("Source", User.source),
-    ("Deployed", User.deployed_at),
-    ("Downloaded", User.downloaded_at),
-)
+# Header -> the User column it comes from: the CSV format of the field table, which
+# the import reads back (ID, Login ID, Profile, the fields, Source, Deployed, Downloaded).
+_COLUMN_OF = {"id": User.id, "profile": User.profile_id, "source": User.source,
+              "deployed": User.deployed_at, "downloaded": User.downloaded_at}
+EXPORT_COLUMNS = tuple((label, _COLUMN_OF.get(key) or getattr(User, key)) for label, key in CSV_COLUMNS)
 HEADER = [name for name, _ in EXPORT_COLUMNS]
 
 # An export never carries the MiCollab Client password, PBX SIP password,
@@ -50,57 +35,11 @@ HEADER = [name for name, _ in EXPORT_COLUMNS]
 _SECRET_COLUMNS = {"secrets_enc"}
 assert not _SECRET_COLUMNS & {col.key for _, col in EXPORT_COLUMNS}, "export must not carry secrets"
 
-# A phone number (or any plain number) is safe as it is; other text starting with
-# + or - could be read as a formula by a spreadsheet.
-_PLAIN_NUMBER = re.compile(r"[+-]?[0-9][0-9 ().-]*")
-_FORMULA_START = ("=", "@", "\t", "\r")
-
-
-def _formula_like(text: str) -> bool:
-    if text.startswith(_FORMULA_START):
-        return True
-    return text[:1] in ("+", "-") and not _PLAIN_NUMBER.fullmatch(text)
-
-
-# A spreadsheet opened with ";" or tab as the separator splits a cell there (when it is
-# not quoted), so what follows one of them starts a cell of its own.
-_SPLITS = re.compile(r"[;\t]")
-
-
-def neutralise(cell: str) -> str:
-    """Defuse spreadsheet formulas (CSV injection): prefix a single quote.
-
-    Cells starting with = @ tab or CR always; + or - only when the cell is not a
-    plain number, so "+44 20 7946 0000" comes out exactly as stored. The same for
-    any part after a ";" or tab ("x;=1+1"); such cells are also always quoted
-    (see csv_chunks)."""
-    if not cell:
-        return cell
-    if _formula_like(cell) or (_SPLITS.search(cell) and any(
-            _formula_like(part) for part in _SPLITS.split(cell)[1:])):
-        return "'" + cell
-    return cell
-
-
-_RISKY_FIRST = frozenset("=@\t\r+-")
-
-
-def _risky(cell: str) -> bool:
-    return bool(cell) and (cell[0] in _RISKY_FIRST or ";" in cell or "\t" in cell)
-
-
-def neutralise_row(row: list[str]) -> list[str]:
-    # Most cells start with a letter or digit and hold no separator: only the others
-    # need the full check.
-    return [neutralise(c) if _risky(c) else c for c in row]
-
-
 def iso_utc(value: datetime | None) -> str:
     return value.isoformat(timespec="seconds") + "Z" if value else ""
 
 
 def _source_labels() -> dict:
-    from cds.models import SOURCE_LABELS
     labels = {(code, None): label for code, label in SOURCE_LABELS.items()}
     for cid, name in db.session.execute(select(Connection.id, Connection.name)):
         labels[("connection", cid)] = name
@@ -122,45 +61,16 @@ def export_rows(selection: dict, batch_size: int | None = None) -> Iterator[list
             base.where(User.id > last_id).order_by(User.id).limit(batch_size)).all()
         if not batch:
             return
-        for (uid, login_id, profile_id, first, last, number, pbx_number, pbx_sip, mbg_sip,
-             mcs, email, source, deployed, downloaded, connection_id) in batch:
+        for uid, login_id, profile_id, *fields, source, deployed, downloaded, connection_id in batch:
             if source == "connection":
                 source_label = sources.get((source, connection_id), "Connection (deleted)")
             else:
                 source_label = sources.get((source, None), source)
-            yield [str(uid), login_id, profiles.get(profile_id, ""), first, last, number,
-                   pbx_number, pbx_sip, mbg_sip, mcs, email, source_label,
+            yield [str(uid), login_id, profiles.get(profile_id, ""), *fields, source_label,
                    iso_utc(deployed), iso_utc(downloaded)]
         last_id = batch[-1][0]
         if len(batch) < batch_size:
             return
-
-
-def csv_chunks(header: list[str], rows: Iterable[list[str]], rows_per_chunk: int = BATCH_SIZE
-               ) -> Iterator[str]:
-    """RFC 4180 text (CRLF line ends, quoting as needed), BOM first, every cell neutralised.
-
-    Yields the header on its own, then a chunk every ``rows_per_chunk`` rows."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    quote_all = csv.writer(buffer, lineterminator="\r\n", quoting=csv.QUOTE_ALL)
-    writer.writerow(header)
-    yield BOM + buffer.getvalue()
-    rows = iter(rows)
-    while True:
-        batch = list(islice(rows, rows_per_chunk))
-        if not batch:
-            return
-        buffer.seek(0)
-        buffer.truncate()
-        for row in map(neutralise_row, batch):
-            # Quoted whole, a cell with ";" or tab stays one cell for a spreadsheet
-            # that splits on those (RFC 4180 allows quoting any field).
-            if any(";" in c or "\t" in c for c in row):
-                quote_all.writerow(row)
-            else:
-                writer.writerow(row)
-        yield buffer.getvalue()
 
 
 def export_csv(selection: dict, batch_size: int | None = None) -> Iterator[str]:

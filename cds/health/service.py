@@ -14,7 +14,8 @@ import time
 from flask import current_app
 from sqlalchemy import insert, text, update
 
-from cds import __version__
+from cds.settings.service import get_settings
+from cds.version import __version__
 from cds.extensions import db
 from cds.models import Setting, utcnow
 from cds.scheduler import scheduler_report
@@ -69,7 +70,6 @@ def mail_transport(database_ok: bool) -> str:
     """ "smtp" when an SMTP server is set (console setting over config), else "outbox"."""
     server = current_app.config.get("MAIL_SERVER")
     if database_ok:
-        from cds.settings.service import get_settings
         try:
             server = get_settings("MAIL_SERVER")["MAIL_SERVER"]
         except Exception:

@@ -1,4 +1,4 @@
-"""`flask --app app cds import-csv …` and `flask --app app cds sync …`."""
+"""`flask --app app cds import-csv …`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,6 +6,8 @@ from pathlib import Path
 import click
 
 from cds.cli import fail
+from cds.imports.csv_import import MAX_LISTED_ERRORS, CsvOptions, CsvProblem, CsvRejected, commit_import, plan_import
+from cds.profiles.service import find_profile_by_name
 
 
 @click.command("import-csv")
@@ -19,10 +21,6 @@ from cds.cli import fail
 @click.option("--dry-run", is_flag=True, help="Only show the preview; write nothing.")
 def import_csv_command(file: Path, partial, overwrite, profile_name, empty_cells, dry_run):
     """Import users from a CSV file (the format of the template in Import Users)."""
-    from cds.imports.csv_import import (MAX_LISTED_ERRORS, CsvOptions, CsvProblem, CsvRejected,
-                                        commit_import, plan_import)
-    from cds.profiles.service import find_profile_by_name
-
     profile_id = None
     if profile_name:
         profile = find_profile_by_name(profile_name)
@@ -61,47 +59,4 @@ def import_csv_command(file: Path, partial, overwrite, profile_name, empty_cells
     click.echo(result.describe())
 
 
-@click.command("sync")
-@click.option("--connection", "connection_name", default=None,
-              help="Sync only the users of this connection (default: every enabled connection).")
-def sync_command(connection_name):
-    """Sync imported users with their sources now (the Sync data action)."""
-    from sqlalchemy import select
-
-    from cds.connections.service import find_connection, start_sync
-    from cds.extensions import db
-    from cds.models import Connection, Job
-    from cds.sources import SourceError
-
-    if connection_name:
-        conn = find_connection(connection_name)
-        if conn is None:
-            fail(f"no connection is named {connection_name!r}")
-        conns = [conn]
-    else:
-        conns = list(db.session.scalars(select(Connection).where(Connection.enabled.is_(True))
-                                        .order_by(Connection.name)))
-        if not conns:
-            fail("there are no enabled connections")
-    failed = False
-    for conn in conns:
-        name = conn.name
-        try:
-            job, refreshed = start_sync(conn, actor="cli", wait=True)
-        except SourceError as exc:
-            click.echo(f"{name}: reading the source failed, nothing changed: {exc}", err=True)
-            failed = True
-            continue
-        if job is None:
-            click.echo(f"{name}: {refreshed.describe()} No users are imported from it yet.")
-            continue
-        job = db.session.get(Job, job.id)
-        db.session.refresh(job)
-        click.echo(f"{name}: {job.message or job.state}")
-        if (job.summary or {}).get("source_errors"):
-            failed = True
-    if failed:
-        raise SystemExit(1)
-
-
-commands = [import_csv_command, sync_command]
+commands = [import_csv_command]

@@ -16,33 +16,20 @@ from dataclasses import dataclass, field
 from sqlalchemy import bindparam, select, update
 
 from cds import errors
+from cds.csvfile import neutralise
 from cds.extensions import db
 from cds.imports.service import insert_users
-from cds.models import (SOURCE_CONNECTION, SOURCE_CSV, USER_SECRETS, DeploymentProfile, User,
-                        login_key, utcnow)
+from cds.models import SOURCE_CSV, DeploymentProfile, User, login_key, utcnow
 from cds.security import decrypt_secrets, encrypt_secrets
+from cds.users.changes import Change, plan_change
+from cds.users.fields import CSV_COLUMNS, REQUIRED_FIELDS, USER_SECRETS
+from cds.users.fields import FIELD_NAMES as USER_FIELDS
+from cds.users.login_ids import apply_login_id_change, login_id_in_use, login_id_owners
 
 # The CSV format shared by import, export and the template: header -> key.
-COLUMNS = (
-    ("ID", "id"),
-    ("Login ID", "login_id"),
-    ("Profile", "profile"),
-    ("Firstname", "first_name"),
-    ("Lastname", "last_name"),
-    ("Number", "number"),
-    ("PBX Number", "pbx_number"),
-    ("PBX SIP User name", "pbx_sip_username"),
-    ("MBG SIP User name", "mbg_sip_username"),
-    ("MiCollab Client Service Account", "mcs_account"),
-    ("Email address", "email"),
-    ("Source", "source"),
-    ("Deployed", "deployed"),
-    ("Downloaded", "downloaded"),
-)
+COLUMNS = CSV_COLUMNS
 # Accepted on import only: export never writes them.
 SECRET_COLUMNS = tuple((label, key) for key, label in USER_SECRETS.items())
-USER_FIELDS = ("login_id", "first_name", "last_name", "number", "pbx_number", "pbx_sip_username",
-               "mbg_sip_username", "mcs_account", "email")
 # Written by export for the reader; ignored on import.
 INFO_KEYS = ("source", "deployed", "downloaded")
 TEMPLATE_HEADER = [label for label, key in COLUMNS if key not in INFO_KEYS] + \
@@ -70,8 +57,9 @@ class CsvProblem(errors.Invalid):
     """The file as a whole cannot be read (encoding, structure, no header)."""
 
 
-class CsvRejected(Exception):
-    """All-or-nothing import refused because rows have errors; nothing was written."""
+class CsvRejected(errors.Invalid):
+    """All-or-nothing import refused because rows have errors; nothing was written.
+    ``plan`` holds every row's errors."""
 
     def __init__(self, plan: "ImportPlan"):
         super().__init__(f"{plan.error_count:,} row{'s' if plan.error_count != 1 else ''} "
@@ -110,6 +98,21 @@ class RowPlan:
     old_login_id: str | None = None
     changed: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    raises_config_version: bool = False
+
+    def take(self, change: Change, user: dict | None) -> None:
+        """Record what ``plan_change`` decided for this row."""
+        self.errors.extend(change.errors.values())
+        self.values, self.secrets = change.fields, change.secrets
+        self.profile_id, self.old_login_id = change.profile_id, change.old_login_id
+        self.raises_config_version = change.raises_config_version
+        if user is None:
+            self.action = "create"
+        else:
+            self.user_id = user["id"]
+            self.changed = change.changed
+            self.action = "unchanged" if change.is_empty else "update"
+        self.login_id = self.values.get("login_id") or (user["login_id"] if user else "")
 
 
 @dataclass
@@ -162,7 +165,6 @@ def unneutralise(value: str) -> str:
     """Export prefixes formula-looking cells with an apostrophe; a re-import takes it off
     (exactly where export would have put it). Other cells are kept exactly as written
     (stored as text, never evaluated)."""
-    from cds.export.service import neutralise
     if len(value) > 1 and value[0] == "'" and neutralise(value[1:]) == value:
         return value[1:]
     return value
@@ -193,42 +195,73 @@ def read_rows(text: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
 # --- planning (the preview) -----------------------------------------------------------
 
 def plan_import(data: bytes, options: CsvOptions) -> ImportPlan:
-    from cds.profiles.service import default_profile
-    from cds.users.service import secret_problem, validate_user_fields
-
+    """What importing this file would do, row by row; writes nothing."""
     header, raw_rows = read_rows(decode(data))
+    index, unknown, ignored = _read_header(header)
+    missing = [LABELS[k] for k in REQUIRED_FIELDS if k not in index]
+    if index.get("id") is None and options.overwrite:
+        missing.append("ID (needed by \"allow overwrite\")")
+    profiles = _RowProfiles(options)
+    plans, cells_of = _split_rows(raw_rows, index, len(header))
+    existing = _load_users(_ids_in_file(plans, cells_of))
+    for plan, cells in zip(plans, cells_of):
+        if not plan.errors and cells:
+            _plan_row(plan, cells, existing, options, profiles)
+    _check_login_ids(plans, existing)
+    return ImportPlan(options, header, unknown, ignored, missing, plans,
+                      _notes(options, profiles.fixed, "profile" in index))
+
+
+def _read_header(header: list[str]) -> tuple[dict[str, int], list[str], list[str]]:
+    """(column key -> position, unknown columns, columns read and ignored)."""
     index: dict[str, int] = {}
     unknown, ignored = [], []
     for i, name in enumerate(header):
         key = HEADER_KEYS.get(header_key(name))
         if key is None:
             unknown.append(name.strip() or f"(unnamed column {i + 1})")
-        elif key in index:
+            continue
+        if key in index:
             raise CsvProblem(f"The column {LABELS[key]!r} appears twice in the header.")
-        elif key in INFO_KEYS:
+        if key in INFO_KEYS:
             ignored.append(name.strip())
-            index[key] = i
-        else:
-            index[key] = i
+        index[key] = i
     if not any(k in index for k in USER_FIELDS + ("id",)):
         raise CsvProblem("The first line is not a header this import knows (expected columns such "
                          "as Login ID, Lastname, Email address). Download the template to see the "
                          "format.")
-    missing = [LABELS[k] for k in ("login_id", "last_name", "email") if k not in index]
-    if index.get("id") is None and options.overwrite:
-        missing.append("ID (needed by \"allow overwrite\")")
+    return index, unknown, ignored
 
-    profiles = {p.name.strip().casefold(): p for p in db.session.scalars(select(DeploymentProfile))}
-    fixed_profile = None
-    if options.profile_id is not None:
-        fixed_profile = db.session.get(DeploymentProfile, options.profile_id)
-        if fixed_profile is None:
-            raise CsvProblem("The profile chosen for all rows does not exist.")
-    new_profile_id = fixed_profile.id if fixed_profile else default_profile().id
 
-    width = len(header)
-    cells_of: list[dict[str, str]] = []
-    plans: list[RowPlan] = []
+class _RowProfiles:
+    """Each row's profile: one for all, else the Profile column, else (new users) the default."""
+
+    def __init__(self, options: CsvOptions):
+        from cds.profiles.service import default_profile
+
+        self.by_name = {p.name.strip().casefold(): p for p in db.session.scalars(select(DeploymentProfile))}
+        self.fixed = None
+        if options.profile_id is not None:
+            self.fixed = db.session.get(DeploymentProfile, options.profile_id)
+            if self.fixed is None:
+                raise CsvProblem("The profile chosen for all rows does not exist.")
+        self.for_new_users = self.fixed.id if self.fixed else default_profile().id
+
+    def of_row(self, name: str, new_user: bool) -> tuple[int | None, str | None]:
+        """(profile id or None to keep the user's, error)."""
+        if self.fixed is not None:
+            return self.fixed.id, None
+        if name:
+            profile = self.by_name.get(name.casefold())
+            if profile is None:
+                return None, f"Unknown profile {name!r}."
+            return profile.id, None
+        return (self.for_new_users if new_user else None), None
+
+
+def _split_rows(raw_rows, index: dict[str, int], width: int) -> tuple[list[RowPlan], list[dict]]:
+    """A plan per row, and its cells by column key (empty when the row is malformed)."""
+    plans, cells_of = [], []
     for line, cells in raw_rows:
         plan = RowPlan(line)
         plans.append(plan)
@@ -241,101 +274,65 @@ def plan_import(data: bytes, options: CsvOptions) -> ImportPlan:
         cells_of.append({k: cells[i] if k in USER_SECRETS else unneutralise(cells[i].strip())
                          for k, i in index.items() if k not in INFO_KEYS})
         plan.login_id = cells_of[-1].get("login_id", "")
+    return plans, cells_of
 
-    # Users the file refers to by ID.
-    ids_in_file = {}
+
+def _ids_in_file(plans: list[RowPlan], cells_of: list[dict]) -> list[int]:
+    """The users the file refers to by ID (each at most once, each a whole number)."""
+    seen: dict[int, RowPlan] = {}
     for plan, cells in zip(plans, cells_of):
         raw_id = cells.get("id", "")
-        if raw_id:
-            if not raw_id.isdigit() or int(raw_id) == 0 or len(raw_id) > 12:
-                plan.errors.append(f"ID {raw_id!r} is not a user ID (a whole number).")
-            elif int(raw_id) in ids_in_file:
-                plan.errors.append(f"ID {raw_id} is also on line {ids_in_file[int(raw_id)].line}.")
-            else:
-                ids_in_file[int(raw_id)] = plan
-    existing = _load_users(list(ids_in_file))
-
-    for plan, cells in zip(plans, cells_of):
-        if plan.errors or not cells:
+        if not raw_id:
             continue
-        raw_id = cells.get("id", "")
-        user = existing.get(int(raw_id)) if raw_id else None
-        if raw_id and user is None and options.overwrite:
-            plan.errors.append(f"No user has ID {raw_id} (deleted?). Clear the ID cell to add the "
-                               f"row as a new user.")
-            continue
-        if user is not None and not options.overwrite:
-            plan.errors.append(f"ID {raw_id} is the existing user {user['login_id']!r}; tick "
-                               f"\"allow overwrite\" to update it, or clear the ID cell.")
-            continue
-        # Profile: one for all, else the Profile column, else the default (new users).
-        profile_name = cells.get("profile", "")
-        if fixed_profile is not None:
-            plan.profile_id = fixed_profile.id
-        elif profile_name:
-            profile = profiles.get(profile_name.casefold())
-            if profile is None:
-                plan.errors.append(f"Unknown profile {profile_name!r}.")
-            else:
-                plan.profile_id = profile.id
-        # Secrets: set when given; an empty cell never clears one (export leaves them empty).
-        for key in USER_SECRETS:
-            value = cells.get(key, "")
-            if value:
-                problem = secret_problem(key, value)
-                if problem:
-                    plan.errors.append(problem)
-                else:
-                    plan.secrets[key] = value
-        if user is None:
-            plan.action = "create"
-            plan.values = {f: cells.get(f, "") for f in USER_FIELDS}
-            plan.profile_id = plan.profile_id or new_profile_id
-            errors = validate_user_fields(plan.values)
+        if not raw_id.isdigit() or int(raw_id) == 0 or len(raw_id) > 12:
+            plan.errors.append(f"ID {raw_id!r} is not a user ID (a whole number).")
+        elif int(raw_id) in seen:
+            plan.errors.append(f"ID {raw_id} is also on line {seen[int(raw_id)].line}.")
         else:
-            plan.action = "update"
-            plan.user_id = user["id"]
-            changes = {}
-            for f in USER_FIELDS:
-                if f not in cells:
-                    continue
-                value = cells[f]
-                if not value and options.empty_cells == "keep":
-                    continue
-                if value != user[f]:
-                    changes[f] = value
-            if user["source"] == SOURCE_CONNECTION:
-                owned = [LABELS[f] for f in changes]
-                if owned:
-                    plan.errors.append(f"Imported from a connection: {', '.join(owned)} "
-                                       f"{'is' if len(owned) == 1 else 'are'} set by the source "
-                                       f"(only the profile and secrets can change here).")
-                    continue
-            plan.values = changes
-            plan.changed = list(changes)
-            if plan.profile_id == user["profile_id"]:
-                plan.profile_id = None
-            if plan.profile_id is not None:
-                plan.changed.append("profile")
-            plan.changed += [k for k in plan.secrets]
-            if "login_id" in changes:
-                plan.old_login_id = user["login_id"]
-            errors = validate_user_fields(changes)
-            if not plan.changed:
-                plan.action = "unchanged"
-        plan.errors.extend(errors.values())
-        plan.login_id = plan.values.get("login_id") or (user["login_id"] if user else "")
+            seen[int(raw_id)] = plan
+    return list(seen)
 
-    _check_login_ids(plans, existing)
+
+def _id_problem(raw_id: str, user: dict | None, options: CsvOptions) -> str | None:
+    if raw_id and user is None and options.overwrite:
+        return f"No user has ID {raw_id} (deleted?). Clear the ID cell to add the row as a new user."
+    if user is not None and not options.overwrite:
+        return (f"ID {raw_id} is the existing user {user['login_id']!r}; tick \"allow overwrite\" "
+                f"to update it, or clear the ID cell.")
+    return None
+
+
+def _plan_row(plan: RowPlan, cells: dict, existing: dict[int, dict], options: CsvOptions,
+              profiles: _RowProfiles) -> None:
+    raw_id = cells.get("id", "")
+    user = existing.get(int(raw_id)) if raw_id else None
+    problem = _id_problem(raw_id, user, options)
+    if problem:
+        plan.errors.append(problem)
+        return
+    profile_id, problem = profiles.of_row(cells.get("profile", ""), user is None)
+    if problem:
+        plan.errors.append(problem)
+    # An empty cell: a new user's field is empty; an existing user's is kept or cleared
+    # as the administrator chose. An empty secret cell never clears a secret (export
+    # leaves them empty).
+    keep_empty = user is not None and options.empty_cells == "keep"
+    values = {f: cells[f] for f in USER_FIELDS if f in cells and not (keep_empty and not cells[f])}
+    values["profile_id"] = profile_id
+    secrets = {k: cells[k] for k in USER_SECRETS if cells.get(k)}
+    plan.take(plan_change(user, values, secrets), user)
+
+
+def _notes(options: CsvOptions, fixed_profile, has_profile_column: bool) -> list[str]:
     notes = [EMPTY_POLICIES[options.empty_cells] if options.overwrite else
              "Empty cells leave fields empty on the new users.",
              "Empty secret cells never clear a stored secret."]
     if fixed_profile is not None:
         notes.append(f"Every row gets the profile {fixed_profile.name!r}"
-                     + (" (the Profile column is ignored)." if "profile" in index else "."))
-    elif "profile" not in index:
+                     + (" (the Profile column is ignored)." if has_profile_column else "."))
+    elif not has_profile_column:
         notes.append("There is no Profile column: new users get the default profile.")
-    return ImportPlan(options, header, unknown, ignored, missing, plans, notes)
+    return notes
 
 
 def _load_users(ids: list[int]) -> dict[int, dict]:
@@ -361,8 +358,6 @@ def _check_login_ids(plans: list[RowPlan], existing: dict[int, dict]) -> None:
     """A login id may appear once in the file and must not belong to another user
     (unless that user is given a new login id by this same file). Ignoring case:
     "JDoe" and "jdoe" are the same ID."""
-    from cds.users.service import login_id_in_use, login_id_owners
-
     first_line: dict[str, int] = {}
     for plan in plans:
         if plan.errors or plan.action not in ("create", "update") or not plan.login_id:
@@ -413,8 +408,6 @@ def commit_import(data: bytes, options: CsvOptions, *, actor: str | None = None,
     """Plan again and write in one transaction. All-or-nothing raises CsvRejected on any
     error; partial writes the good rows and reports the skipped ones."""
     from cds.audit.service import record_event
-    from cds.connections.service import CONFIG_FIELDS
-    from cds.users.service import apply_login_id_change
 
     plan = plan_import(data, options)
     if plan.error_count and not options.partial:
@@ -455,9 +448,9 @@ def commit_import(data: bytes, options: CsvOptions, *, actor: str | None = None,
                 row["profile_id"] = p.profile_id
             if p.secrets:
                 row["secrets_enc"] = encrypt_secrets({**decrypt_secrets(stored.get(p.user_id)), **p.secrets})
-            # A new secret changes the client's configuration, as it does from the form.
-            bump = any(f in CONFIG_FIELDS for f in values) or p.profile_id is not None or bool(p.secrets)
-            row["config_bump"] = 1 if bump else 0
+            # Raised as plan_change says, for a new secret too (the client protocol promises
+            # a new configuration); an ID change has raised it already.
+            row["config_bump"] = 1 if p.raises_config_version and "login_id" not in p.values else 0
             groups.setdefault(tuple(sorted(row)), []).append({**row, "uid": p.user_id})
         table = User.__table__
         for keys, items in groups.items():

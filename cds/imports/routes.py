@@ -14,7 +14,8 @@ from cds.imports.service import (PAGE_SIZES, ImportProblem, RecordFilter, connec
 from cds.jobs.service import JobError
 from cds.models import Job
 from cds.profiles.service import all_profiles, default_profile
-from cds.web import page_number, row_id, toast, write_required
+from cds.http import page_number, row_id
+from cds.web import toast, write_required
 
 bp = Blueprint("imports", __name__, url_prefix="/import")
 

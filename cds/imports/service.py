@@ -23,14 +23,14 @@ from cds.models import (SOURCE_CONNECTION, Connection, DeploymentProfile, Source
                         utcnow)
 from cds.scheduler import tick_task
 from cds.sources import FIELD_SIZES
+from cds.users.changes import BY_SOURCE, plan_change
+from cds.users.login_ids import login_id_in_use, login_id_owners
 
 log = logging.getLogger("cds.imports")
 
 RECORD_FIELDS = tuple(FIELD_SIZES)
 PAGE_SIZES = (50, 100, 500)
-RECORD_SEARCH_COLUMNS = (SourceRecord.first_name, SourceRecord.last_name, SourceRecord.number,
-                         SourceRecord.pbx_number, SourceRecord.mbg_sip_username,
-                         SourceRecord.mcs_account, SourceRecord.email, SourceRecord.login_id)
+RECORD_SEARCH_COLUMNS = tuple(getattr(SourceRecord, name) for name in RECORD_FIELDS)
 STATES = ("", "new", "imported")
 
 
@@ -154,7 +154,7 @@ def parse_record_selection(data) -> dict:
             raise ImportProblem(f"Unknown filter key {', '.join(repr(k) for k in unknown)}; the filter "
                                 f"keys are search, connection, state.")
         return {"filter": RecordFilter.from_mapping(data).to_dict()}
-    from cds.users.service import parse_ids
+    from cds.users.selection import parse_ids
     try:
         return {"ids": parse_ids(data, "record")}
     except ValueError as exc:
@@ -209,7 +209,6 @@ def import_records(selection: dict, profile_id=None, *, actor: str | None = None
     """Create a CDS user for each selected record not imported yet. Records whose data
     breaks the user rules, or whose login id another user has, are skipped with the reason."""
     from cds.audit.service import record_event
-    from cds.users.service import validate_user_fields
 
     profile = _resolve_profile(profile_id)
     records = list(db.session.scalars(record_selection_query(selection)
@@ -219,8 +218,6 @@ def import_records(selection: dict, profile_id=None, *, actor: str | None = None
     imported = set(db.session.execute(
         select(User.connection_id, User.source_key).where(
             User.connection_id.in_({r.connection_id for r in records}))).all())
-    from cds.users.service import login_id_in_use, login_id_owners
-
     taken = login_id_owners(r.login_id for r in records)
     names = dict(db.session.execute(select(Connection.id, Connection.name)).all())
     result = ImportResult([])
@@ -231,10 +228,9 @@ def import_records(selection: dict, profile_id=None, *, actor: str | None = None
         if (rec.connection_id, rec.source_key) in imported:
             result.already += 1
             continue
-        values = {f: getattr(rec, f) for f in RECORD_FIELDS}
-        errors = validate_user_fields(values)
-        if errors:
-            result.skipped.append((who, " ".join(errors.values())))
+        change = plan_change(None, {f: getattr(rec, f) for f in RECORD_FIELDS}, by=BY_SOURCE)
+        if change.errors:
+            result.skipped.append((who, " ".join(change.errors.values())))
             continue
         owner = taken.get(login_key(rec.login_id))
         if owner is not None:
@@ -242,7 +238,7 @@ def import_records(selection: dict, profile_id=None, *, actor: str | None = None
             continue
         taken[login_key(rec.login_id)] = (0, rec.login_id, " ".join(
             p for p in (rec.first_name, rec.last_name) if p) or rec.login_id)
-        rows.append({**values, "profile_id": profile.id, "source": SOURCE_CONNECTION,
+        rows.append({**change.fields, "profile_id": profile.id, "source": SOURCE_CONNECTION,
                      "connection_id": rec.connection_id, "source_key": rec.source_key,
                      "created_at": now, "updated_at": now})
     insert_users(rows)

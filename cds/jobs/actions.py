@@ -14,6 +14,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from cds import errors
+from cds.audit.service import actor_type_of, record_event
 from cds.extensions import db
 from cds.jobs.service import ACTIONS, InvalidJob, create_job, run_job, submit
 from cds.models import Job, utcnow
@@ -58,8 +59,6 @@ def start_action(kind: str, selection: dict, *, params=None, run_at=None,
     ``actor``: who asks (an administrator's name, ``api:<token name>``, ``cli``,
     ``scheduler``); ``actor_type`` defaults to what that name says (``actor_type_of``).
     ``inline``: run the job to its end in this process (the shell) instead of queueing it."""
-    from cds.audit.service import actor_type_of, record_event
-
     actor_type = actor_type or actor_type_of(actor)
     action = ACTIONS.get(kind)
     if action is None:

@@ -4,6 +4,7 @@ import json
 import click
 from sqlalchemy import select
 
+from cds.api.schema import job_json
 from cds.extensions import db
 from cds.jobs import service as jobs
 from cds.models import Job
@@ -20,7 +21,6 @@ def jobs_group():
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_command(state, limit, as_json):
     """List jobs, newest first."""
-    from cds.api.resources import job_json
     query = select(Job).order_by(Job.id.desc()).limit(limit)
     if state:
         query = query.where(Job.state == state)
@@ -39,7 +39,6 @@ def list_command(state, limit, as_json):
 @click.option("--json", "as_json", is_flag=True)
 def show_command(job_id, as_json):
     """A job's progress and the users it skipped or failed."""
-    from cds.api.resources import job_json
     job = jobs.get_job(job_id)
     data = job_json(job, with_items=True)
     if as_json:

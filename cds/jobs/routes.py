@@ -6,7 +6,9 @@ from cds.jobs.service import (ITEM_OUTCOMES, active_jobs, cancel_job, get_job,
                               finished_jobs, item_page, reason_counts, scheduled_jobs,
                               sync_schedules)
 from cds.models import Job
-from cds.web import page_number, toast, write_required
+from cds.http import page_number
+from cds.settings.service import get_setting
+from cds.web import toast, write_required
 
 bp = Blueprint("jobs", __name__, url_prefix="/jobs")
 
@@ -19,7 +21,6 @@ def _page_arg() -> int:
 
 
 def _lists_context(page: int) -> dict:
-    from cds.settings.service import get_setting
     finished, finished_total = finished_jobs(page, FINISHED_PER_PAGE)
     return dict(active=active_jobs(), scheduled=scheduled_jobs(), finished=finished,
                 finished_total=finished_total, page=page,

@@ -22,11 +22,12 @@ from datetime import datetime, timedelta
 from typing import Callable
 
 from flask import current_app, g, has_request_context
-from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy import bindparam, case, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from cds import errors
 from cds.audit.service import acting_for
+from cds.client.statements import DriverStatement
 from cds.extensions import db
 from cds.models import (JOB_CANCELLED, JOB_DONE, JOB_FAILED, JOB_QUEUED, JOB_RUNNING,
                         JOB_SCHEDULED, Job, JobItem, User, utcnow)
@@ -136,7 +137,7 @@ def create_job(kind: str, selection: dict, *, params: dict | None = None,
     mapping holding the action's parameters (a form, a JSON body, a dict). With
     ``commit=False`` it joins the caller's transaction (``start_action`` commits it
     with the creation's audit event)."""
-    from cds.users.service import count_selection, describe_selection
+    from cds.users.selection import count_selection, describe_selection
 
     if kind not in ACTIONS:
         raise errors.NotFound(f"There is no bulk action {kind!r}.")
@@ -265,13 +266,39 @@ def renew_claim() -> None:
     claim = current_claim()
     if claim is None:
         return
+    if _stopping.is_set() or claim.lost.is_set():
+        _check_renewal(claim, False)
+    _check_renewal(claim, _renew(claim.job_id, claim.token))
+
+
+def send_claim_renewal(cursor) -> Callable[[], None]:
+    """``renew_claim`` in two steps, for a transaction whose statements go to the server
+    together (a psycopg pipeline): the renewal is sent on ``cursor`` (a driver cursor
+    of ``cds.client.statements`` on the session's connection, used for nothing else);
+    the returned function, called once the server has answered and before the
+    transaction is committed, raises as ``renew_claim`` does (and rolls back)."""
+    claim = current_claim()
+    if claim is None:
+        return lambda: None
+    if _stopping.is_set() or claim.lost.is_set():
+        return lambda: _check_renewal(claim, False)
+    _RENEW.write(cursor, {"job_id": claim.job_id, "token": claim.token, "now": utcnow()})
+    return lambda: _check_renewal(claim, cursor.raw.rowcount == 1)
+
+
+def _check_renewal(claim: Claim, renewed: bool) -> None:
     if _stopping.is_set():
         db.session.rollback()
         raise RunnerStopping(f"job {claim.job_id}: this process is stopping")
-    if claim.lost.is_set() or not _renew(claim.job_id, claim.token):
+    if claim.lost.is_set() or not renewed:
         claim.lost.set()
         db.session.rollback()
         raise ClaimLost(f"job {claim.job_id} was taken over by another runner")
+
+
+_RENEW = DriverStatement(update(Job.__table__).where(
+    Job.__table__.c.id == bindparam("job_id"), Job.__table__.c.runner == bindparam("token"))
+    .values(heartbeat_at=bindparam("now")))
 
 
 def _renew(job_id: int, token: str) -> bool:
@@ -399,7 +426,7 @@ def _fail(job_id: int, message: str) -> None:
 
 def _record_not_reached(job: Job, reason: str) -> None:
     """A failed item for every selected user the job has no item for."""
-    from cds.users.service import selection_query
+    from cds.users.selection import selection_query
 
     act = ACTIONS.get(job.kind)
     while True:
@@ -470,7 +497,7 @@ def run_job(job_id: int, *, _submitted: bool = False) -> Job | None:
 
 
 def _run_claimed(job: Job, claim: Claim) -> Job:
-    from cds.users.service import selection_query
+    from cds.users.selection import selection_query
 
     act = ACTIONS[job.kind]
     log.info("job %s (%s) started by %s: %s users", job.id, job.kind, claim.token, job.total)

@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import base64
 import re
+import socket
 from dataclasses import dataclass
-from email.utils import formataddr, make_msgid, parseaddr
+from email.utils import formataddr, formatdate, make_msgid, parseaddr
 from datetime import datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 from flask import current_app
 from flask_mail import Attachment, Message
 from jinja2 import StrictUndefined, TemplateError
 from markupsafe import Markup, escape
 
+from cds.clients import kind_named, kind_of
 from cds.mail.addresses import AddressError, check_header_text
 from cds.mail.sandbox import BoundedSandbox, RenderLimit, render_bounded
+from cds.mail.wire import WIRE_POLICY, message_bytes, new_boundary
 from cds.models import DeploymentProfile, User, utcnow
+from cds.settings.service import get_settings
 
 QR_CID = "qr-code@cds"
 QR_FILENAME = "qr-code.png"
@@ -39,7 +44,6 @@ PLACEHOLDERS = {
 }
 
 def _default_kind():
-    from cds.clients import kind_named
     return kind_named(None)
 
 
@@ -115,8 +119,6 @@ class MailTemplates:
     @classmethod
     def load(cls, overrides: dict | None = None) -> "MailTemplates":
         """From Settings (empty = built-in), with optional unsaved overrides (the preview)."""
-        from cds.settings.service import get_settings
-
         stored = get_settings("MAIL_TEMPLATE_SUBJECT", "MAIL_TEMPLATE_TEXT", "MAIL_TEMPLATE_HTML")
         values = {
             "subject": stored["MAIL_TEMPLATE_SUBJECT"], "text": stored["MAIL_TEMPLATE_TEXT"],
@@ -183,7 +185,6 @@ def _wrap_long_lines(html: str, limit: int = 900) -> str:
 def mail_context(user: User, link: str, expires_at: datetime) -> dict:
     # Only what the e-mail needs: never a password or PIN. The app and the steps are
     # those of the client kind the user's profile names.
-    from cds.clients import kind_of
     kind = kind_of(user.profile)
     return {
         "name": user.display_name,
@@ -226,11 +227,18 @@ class DeploymentMessage(Message):
         return msg
 
 
-def message_id(sender: str) -> str:
+def message_id(sender: str, domain: str | None = None) -> str:
     """A Message-ID in the sender's own domain: one in ``localhost`` (the host name of a
-    typical appliance) is a spam signal, and it is not unique across installations."""
+    typical appliance) is a spam signal, and it is not unique across installations.
+    ``domain``: what ``message_id_domain(sender)`` gave (a bulk run asks once)."""
+    return make_msgid(domain=domain or message_id_domain(sender))
+
+
+def message_id_domain(sender: str) -> str:
+    """The domain of ``sender``'s Message-IDs: its own, else this host's name (what
+    make_msgid falls back to, a name lookup each time it is asked)."""
     domain = parseaddr(sender)[1].rpartition("@")[2].strip().lower()
-    return make_msgid(domain=domain if domain and domain != "localhost" else None)
+    return domain if domain and domain != "localhost" else socket.getfqdn()
 
 
 def build_message(rendered: RenderedMail, sender: str, recipient: str, qr_png: bytes | None,
@@ -246,3 +254,124 @@ def build_message(rendered: RenderedMail, sender: str, recipient: str, qr_png: b
                                 html=rendered.html, sender=sender, attachments=attachments)
     message.msgId = message_id(sender)
     return message
+
+
+# --- the same message, serialised without building it ------------------------------
+
+@dataclass
+class ComposedMail:
+    """A message already in its wire form: what ``MailTransport.send`` hands over."""
+    data: bytes
+    recipient: str  # the envelope recipient (the address alone)
+    bad_headers: bool = False
+
+
+_NEWLINES = re.compile(r"\r\n|\r|\n")  # as email.generator splits a part's lines
+_TEXT_MARK, _HTML_MARK, _QR_MARK = "text-part-c3d7e0a1", "html-part-c3d7e0a1", b"qr-part-c3d7e0a1"
+# Boundaries stand in the skeleton as marks of the same length as the real ones
+# (``wire.new_boundary``), so every header folds exactly as it will.
+_OUTER_MARK, _INNER_MARK = "=" * 15 + "o" * 32 + "==", "=" * 15 + "i" * 32 + "=="
+
+
+def _body(text: str) -> bytes:
+    """A text part's body as the generator writes it (8bit: UTF-8, CRLF line ends)."""
+    return "\r\n".join(_NEWLINES.split(text)).encode("utf-8")
+
+
+class WireComposer:
+    """Deployment e-mails of a bulk run, serialised straight to bytes.
+
+    ``build_message`` + ``wire.message_bytes`` build a tree of email.message
+    objects per user and flatten it, which cost more than handing the message over.
+    Here that is done once per run, for a message with marks in the per-user places;
+    each user's message is then the skeleton's constant parts with that user's
+    headers (encoded and folded by the same functions the generator calls), text,
+    HTML and QR code put in. The bytes are identical to the slow path's (see
+    tests/test_mail.py, which compares them), only cheaper."""
+
+    def __init__(self, sender: str):
+        from flask_mail import sanitize_address
+
+        self.sender = sender
+        self._domain = message_id_domain(sender)
+        self._fold = fold_header
+        self._from = self._fold("From", sanitize_address(sender, "utf-8"))
+        sample = build_message(RenderedMail("s", _TEXT_MARK, _HTML_MARK), sender, "x@example.com", _QR_MARK)
+        sample.date = 1_000_000_000.0
+        data = message_bytes(sample, boundaries=(_OUTER_MARK, _INNER_MARK))
+        head, rest = data.split(b"MIME-Version: 1.0\r\n", 1)
+        expected = (self._fold("Subject", "s") + self._from + self._fold("To", "x@example.com")
+                    + self._fold("Date", formatdate(sample.date, localtime=True))
+                    + self._fold("Message-ID", sample.msgId))
+        if head != expected:
+            raise RuntimeError("the e-mail skeleton does not have the expected headers")
+        before_text, rest = rest.split(_TEXT_MARK.encode(), 1)
+        before_html, rest = rest.split(_HTML_MARK.encode(), 1)
+        before_qr, after_qr = rest.split(base64.encodebytes(_QR_MARK).rstrip(b"\n"), 1)
+        cte = b"Content-Transfer-Encoding: 7bit\r\n\r\n"
+        if not (before_text.endswith(cte) and before_html.endswith(cte)):
+            raise RuntimeError("the e-mail skeleton's text parts are not where expected")
+        self._parts = (b"MIME-Version: 1.0\r\n" + before_text[:-len(cte)], before_html[:-len(cte)],
+                       before_qr, after_qr)
+
+    def compose(self, rendered: RenderedMail, recipient: str, qr_png: bytes, recipient_name: str = "",
+                *, boundaries: tuple[str, str] | None = None, date: str | None = None,
+                msg_id: str | None = None) -> ComposedMail:
+        """What ``message_bytes(build_message(…))`` gives for the same arguments.
+        ``boundaries``, ``date`` and ``msg_id`` are chosen here unless given (tests)."""
+        from flask_mail import sanitize_subject
+
+        to = formataddr((" ".join(recipient_name.split()), recipient)) if recipient_name.strip() else recipient
+        fold = self._fold
+        head = [fold("Subject", sanitize_subject(rendered.subject, "utf-8"))] if rendered.subject else []
+        parsed = parseaddr(to)  # as sanitize_address would parse it
+        head += [self._from, fold("To", address_header(parsed)),
+                 fold("Date", date or formatdate(None, localtime=True)),
+                 fold("Message-ID", msg_id or message_id(self.sender, self._domain))]
+        outer, inner = (b.encode() for b in boundaries or (new_boundary(), new_boundary()))
+        marks = (_OUTER_MARK.encode(), outer), (_INNER_MARK.encode(), inner)
+        first, second, third, last = (_boundaries(p, marks) for p in self._parts)
+        text, html = _body(rendered.text), _body(rendered.html)
+        data = b"".join((*head, first, _cte(text), text, second, _cte(html), html, third,
+                         base64.encodebytes(qr_png).replace(b"\n", b"\r\n").rstrip(b"\r\n"), last))
+        # Flask-Mail's own check, on the same values.
+        bad = Message.has_bad_headers(SimpleNamespace(sender=self.sender, recipients=[to], reply_to=None,
+                                                      subject=rendered.subject))
+        return ComposedMail(data, parsed[1], bad)
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9]+(?: [A-Za-z0-9]+)*")
+
+
+def address_header(parsed: tuple[str, str]) -> str:
+    """Flask-Mail's ``sanitize_address`` of a parsed address: the name as an RFC 2047
+    encoded word. A short name of letters, digits and single spaces becomes
+    ``=?utf-8?q?First_Last?=`` (quoted-printable is the shorter encoding for it), written
+    directly instead of by email.header (tests/test_mail.py compares the two)."""
+    from flask_mail import sanitize_address
+    name, address = parsed
+    if len(name) <= 40 and _PLAIN_NAME.fullmatch(name) and address.isascii():
+        return formataddr((f"=?utf-8?q?{name.replace(' ', '_')}?=", address))
+    return sanitize_address(parsed, "utf-8")
+
+
+def fold_header(name: str, value: str) -> bytes:
+    """A header line as the compat32 generator writes it (``fold_binary``). A value
+    of plain ASCII that fits on one line, with nothing to trim, comes out unchanged:
+    written directly, without building an email.header.Header (tests/test_mail.py
+    compares the two on many values)."""
+    if value and value.isascii() and value == value.strip() and "\r" not in value and "\n" not in value \
+            and len(name) + 2 + len(value) <= 78:
+        return f"{name}: {value}\r\n".encode("ascii")
+    return WIRE_POLICY.fold_binary(name, value)
+
+
+def _boundaries(part: bytes, marks) -> bytes:
+    for mark, boundary in marks:
+        part = part.replace(mark, boundary)
+    return part
+
+
+def _cte(body: bytes) -> bytes:
+    return b"Content-Transfer-Encoding: 7bit\r\n\r\n" if body.isascii() else \
+        b"Content-Transfer-Encoding: 8bit\r\n\r\n"

@@ -4,7 +4,9 @@ from __future__ import annotations
 from flask_mail import Message
 
 from cds.audit.service import record_event
-from cds.mail.compose import MailTemplates, TemplateProblem, message_id, qr_data_uri, sample_context
+from cds.extensions import db
+from cds.mail.compose import (MailTemplates, TemplateProblem, builtin_template, message_id, qr_data_uri,
+                              sample_context)
 from cds.mail.qr import qr_png
 from cds.mail.transport import SENT, Delivery, MailSettings, MailTransport
 from cds.settings.service import public_url, redirect_url
@@ -22,7 +24,6 @@ def save_mail_settings(values: dict, actor: str) -> list[str]:
     if changed:
         # Which settings changed, never their values (the password is among them).
         record_event("settings.mail", actor=actor, detail={"changed": changed}, commit=False)
-    from cds.extensions import db
     db.session.commit()
     return changed
 
@@ -77,14 +78,12 @@ def save_templates(draft: dict, actor: str) -> list[str]:
     preview(draft, qr_src="cid:example")
     values = {TEMPLATE_KEYS[k]: (draft.get(k) or "").strip("\n") for k in TEMPLATE_KEYS}
     # The built-in text, saved unchanged, stays "built-in" (it then follows new versions).
-    from cds.mail.compose import builtin_template
     for kind, key in TEMPLATE_KEYS.items():
         if values[key].strip() == builtin_template(kind).strip():
             values[key] = ""
     changed = save_settings(values, actor, commit=False)
     if changed:
         record_event("settings.mail_template", actor=actor, detail={"changed": changed}, commit=False)
-    from cds.extensions import db
     db.session.commit()
     return changed
 

@@ -9,7 +9,6 @@ it again (state "unknown").
 """
 from __future__ import annotations
 
-import io
 import os
 import re
 import secrets
@@ -18,15 +17,18 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
-from email.generator import BytesGenerator
-from email.policy import compat32
+from functools import cached_property
 from email.utils import parseaddr
 from pathlib import Path
 
 from flask import current_app
 from flask_mail import Message
 
+from cds.mail.addresses import AddressError, check_sender
+from cds.mail.compose import ComposedMail
+from cds.mail.wire import message_bytes
 from cds.models import utcnow
+from cds.settings.service import get_settings
 
 SENT = "sent"
 RETRY = "retry"
@@ -46,6 +48,22 @@ class Delivery:
 
 
 @dataclass
+class Prepared:
+    """A message checked and (over SMTP) announced with MAIL FROM, not handed over yet."""
+    data: bytes = b""
+    recipient: str = ""
+    label: str = "mail"
+    early: Delivery | None = None  # the outcome, known without handing anything over
+    smtp: smtplib.SMTP | None = None  # the connection MAIL FROM went out on
+
+
+@dataclass
+class InFlight:
+    """A message whose body is with the SMTP server, its reply not read yet."""
+    smtp: smtplib.SMTP
+
+
+@dataclass
 class MailSettings:
     server: str | None
     port: int
@@ -60,8 +78,6 @@ class MailSettings:
     @classmethod
     def load(cls) -> "MailSettings":
         """The effective settings: what Settings saved in the database, over the config file."""
-        from cds.settings.service import get_settings
-
         s = get_settings("MAIL_SERVER", "MAIL_PORT", "MAIL_USE_TLS", "MAIL_USE_SSL", "MAIL_USERNAME",
                          "MAIL_PASSWORD", "MAIL_DEFAULT_SENDER", "MAIL_RATE_LIMIT")
         return cls(server=(s["MAIL_SERVER"] or "").strip() or None, port=int(s["MAIL_PORT"] or 25),
@@ -77,14 +93,13 @@ class MailSettings:
 
     @property
     def sender_problem(self) -> str | None:
-        from cds.mail.addresses import AddressError, check_sender
         try:
             check_sender(self.sender)
         except AddressError as exc:
             return str(exc)
         return None
 
-    @property
+    @cached_property
     def envelope_sender(self) -> str:
         return parseaddr(self.sender)[1] or "cds@localhost"
 
@@ -116,6 +131,8 @@ class MailTransport:
         self._down_reason = ""
         self._next_slot = 0.0
         self._outbox = outbox_dir() if self.settings.uses_outbox else None
+        self._mail_from = f"from:{smtplib.quoteaddr(self.settings.envelope_sender)}"
+        self._mail_sent: smtplib.SMTP | None = None  # MAIL FROM sent by prepare, reply unread
         self.sent = 0
 
     @property
@@ -179,6 +196,7 @@ class MailTransport:
         return Delivery(RETRY, reason)
 
     def _drop(self) -> None:
+        self._mail_sent = None
         if self._smtp is not None:
             try:
                 self._smtp.close()
@@ -196,32 +214,101 @@ class MailTransport:
 
     # --- sending -------------------------------------------------------------
 
-    def send(self, message: Message, label: str = "mail") -> Delivery:
-        """Hand one message over. The caller records "sending" before calling this."""
+    def send(self, message: Message | ComposedMail, label: str = "mail") -> Delivery:
+        """Hand one message over (a Flask-Mail message, or one already in its wire
+        form). The caller records "sending" before calling this."""
+        return self.finish(self.start(self.prepare(message, label)))
+
+    # A bulk run takes these steps one by one (see cds.deploy.service.SendLedger):
+    # prepare (the server is told the envelope sender; nothing of the message yet),
+    # record "sending" meanwhile, start (recipient, DATA, the body), compose the next
+    # message meanwhile, finish (the server's reply to the body).
+
+    def prepare(self, message: Message | ComposedMail, label: str = "mail") -> Prepared:
+        """Check ``message`` and begin its SMTP transaction with MAIL FROM, without
+        waiting for the reply: the caller records "sending" while the server answers.
+        Nothing of the message is with the server before ``start``; a prepared message
+        that is not started is ``abandon``-ed."""
+        self._settle_mail()
         problem = self._sender_problem
         if problem:
             # A sender stored before it was validated: say where to fix it, send nothing.
-            return Delivery(FAILED, f"{problem} Correct it in Settings › E-mail.")
-        if message.has_bad_headers():
-            return Delivery(FAILED, "The message has a line break in a header (recipient or subject).")
-        data = message_bytes(message)
-        recipient = parseaddr(message.recipients[0])[1]
+            return Prepared(early=Delivery(FAILED, f"{problem} Correct it in Settings › E-mail."))
+        composed = isinstance(message, ComposedMail)
+        if message.bad_headers if composed else message.has_bad_headers():
+            return Prepared(early=Delivery(FAILED, "The message has a line break in a header "
+                                                   "(recipient or subject)."))
+        if composed:
+            data, recipient = message.data, message.recipient
+        else:
+            data, recipient = message_bytes(message), parseaddr(message.recipients[0])[1]
+        prepared = Prepared(data=data, recipient=recipient, label=label)
         if self.uses_outbox:
-            return self._write_outbox(data, label)
+            return prepared
         conn = self._connection()
         if isinstance(conn, Delivery):
-            return conn
+            prepared.early = conn
+            return prepared
         try:
-            result = self._transmit(conn, recipient, data)
-        finally:
+            conn.putcmd("mail", self._mail_from)
+        except (OSError, smtplib.SMTPException) as exc:
+            self._drop()
+            prepared.early = Delivery(RETRY, f"The connection to the SMTP server was lost ({_describe(exc)}).")
+            return prepared
+        prepared.smtp = self._mail_sent = conn
+        return prepared
+
+    def start(self, prepared: Prepared) -> Delivery | InFlight:
+        """Hand the prepared message over, up to the server's reply to its body, which
+        ``finish`` reads. Once this returns an ``InFlight``, the body is with the server."""
+        if prepared.early is not None:
+            return prepared.early
+        if self.uses_outbox:
+            return self._write_outbox(prepared.data, prepared.label)
+        smtp, self._mail_sent = prepared.smtp, None
+        result = self._transmit(smtp, prepared.recipient, prepared.data)
+        if isinstance(result, Delivery):
             self._slot_used()
-        if result.state == SENT:
-            self.sent += 1
         return result
 
-    def _transmit(self, smtp: smtplib.SMTP, recipient: str, data: bytes) -> Delivery:
+    def abandon(self, prepared: Prepared) -> None:
+        """A prepared message that is not to be sent: its SMTP transaction is reset."""
+        if prepared.smtp is not None and self._mail_sent is prepared.smtp:
+            self._settle_mail()
+
+    def _settle_mail(self) -> None:
+        """Close a transaction begun by ``prepare`` and never started."""
+        smtp, self._mail_sent = self._mail_sent, None
+        if smtp is not None:
+            try:
+                smtp.getreply()
+            except (OSError, smtplib.SMTPException):
+                self._drop()
+                return
+            self._after_refusal(smtp, None)
+
+    def finish(self, started: Delivery | InFlight) -> Delivery:
+        """The outcome of a message ``start`` began: the server's reply to its body."""
+        if isinstance(started, Delivery):
+            return started
+        smtp = started.smtp
         try:
-            code, resp = smtp.mail(self.settings.envelope_sender)
+            code, resp = smtp.getreply()
+        except (OSError, smtplib.SMTPException) as exc:
+            self._drop()
+            return Delivery(UNKNOWN, "The connection to the SMTP server was lost while the message was "
+                                     f"being delivered ({_describe(exc)}); it may or may not have arrived.")
+        finally:
+            self._slot_used()
+        if code == 250:
+            self.sent += 1
+            return Delivery(SENT, _reply_text(code, resp))
+        return self._after_refusal(smtp, _classify(code, resp, "data"))
+
+    def _transmit(self, smtp: smtplib.SMTP, recipient: str, data: bytes) -> Delivery | InFlight:
+        """The rest of a transaction whose MAIL FROM ``prepare`` sent."""
+        try:
+            code, resp = smtp.getreply()
             if code != 250:
                 return self._after_refusal(smtp, _classify(code, resp, "sender"))
             code, resp = smtp.rcpt(recipient)
@@ -240,14 +327,11 @@ class MailTransport:
             if not body.endswith(b"\r\n"):
                 body += b"\r\n"
             smtp.send(body + b".\r\n")
-            code, resp = smtp.getreply()
         except (OSError, smtplib.SMTPException) as exc:
             self._drop()
             return Delivery(UNKNOWN, "The connection to the SMTP server was lost while the message was "
                                      f"being delivered ({_describe(exc)}); it may or may not have arrived.")
-        if code == 250:
-            return Delivery(SENT, _reply_text(code, resp))
-        return self._after_refusal(smtp, _classify(code, resp, "data"))
+        return InFlight(smtp)
 
     def _after_refusal(self, smtp: smtplib.SMTP, result: Delivery) -> Delivery:
         try:
@@ -281,26 +365,6 @@ class MailTransport:
             return Delivery(RETRY, f"The outbox folder {folder} cannot be written ({reason}).")
         self.sent += 1
         return Delivery(SENT, "Written to the outbox (no SMTP server is configured).", outbox_file=name)
-
-
-# Flask-Mail has already encoded every header (RFC 2047) and every body part (base64);
-# serialising with the compat32 policy keeps them as they are and is several times
-# faster than re-parsing each header with the SMTP policy.
-_WIRE_POLICY = compat32.clone(linesep="\r\n")
-
-
-def message_bytes(message: Message) -> bytes:
-    """The message as sent on the wire (CRLF line ends, no line over 78 characters)."""
-    mime = message._message()
-    for part in mime.walk():
-        if part.is_multipart() and part.get_boundary() is None:
-            # The generator would compile a regular expression per part to check that
-            # a boundary of its own choosing is not in the text: 128 random bits that
-            # no template or attachment can know cannot be in it either.
-            part.set_boundary("=" * 15 + secrets.token_hex(16) + "==")
-    out = io.BytesIO()
-    BytesGenerator(out, mangle_from_=False, policy=_WIRE_POLICY).flatten(mime)
-    return out.getvalue()
 
 
 def _describe(exc: BaseException) -> str:

@@ -5,7 +5,8 @@ from flask import Blueprint, abort, current_app, g, redirect, render_template, r
 
 from cds.mail.transport import MailSettings
 from cds.outbox import service
-from cds.web import current_admin, page_number, primary_required, toast
+from cds.http import page_number
+from cds.web import current_admin, primary_required, toast
 
 bp = Blueprint("outbox", __name__, url_prefix="/outbox")
 

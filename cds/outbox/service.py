@@ -11,6 +11,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 from cds import errors
+from cds.audit.service import record_event
 from cds.mail.compose import qr_data_uri
 from cds.mail.transport import outbox_dir
 
@@ -150,7 +151,6 @@ def html_with_inline_images(message: OutboxMessage) -> str:
 
 def delete_all(*, actor: str) -> int:
     """Empty the Outbox (audited as ``outbox.empty``); returns how many messages went."""
-    from cds.audit.service import record_event
     count = 0
     for path in _files():
         path.unlink(missing_ok=True)

@@ -3,7 +3,9 @@ import json
 
 import click
 
+from cds.api.schema import profile_json
 from cds.cli import fail
+from cds.clients import kind_of, profile_problems
 from cds.profiles import service as profiles
 
 INT_FIELDS = {"mbg_sip_port", "pbx_sip_port", "mcs_port", "link_validity_hours"}
@@ -26,7 +28,6 @@ def _options(fn):
 
 
 def _show(profile, as_json: bool) -> None:
-    from cds.api.admin_resources import profile_json
     data = profile_json(profile, profiles.user_counts().get(profile.id, 0))
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -43,16 +44,14 @@ def profiles_group():
 @profiles_group.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def list_command(as_json):
-    from cds.api.admin_resources import profile_json
     counts = profiles.user_counts()
     rows = profiles.all_profiles()
     if as_json:
         click.echo(json.dumps([profile_json(p, counts.get(p.id, 0)) for p in rows], indent=2))
         return
-    from cds.clients import kind_of
     for p in rows:
         flags = " (default)" if p.is_default else (" (built-in)" if p.is_do_not_deploy else "")
-        missing = profiles.profile_problems(p)
+        missing = profile_problems(p)
         client = "" if p.is_do_not_deploy else kind_of(p).label
         click.echo(f"{p.id:>4}  {p.name + flags:<32} {counts.get(p.id, 0):>7} users  {client}"
                    + (f"  INCOMPLETE: {'; '.join(missing)}" if missing else ""))

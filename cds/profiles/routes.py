@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, g, redirect, render_template, request, url_for
 
-from cds.clients import kind_of
+from cds.clients import kind_of, profile_problems
 from cds.extensions import db
 from cds.models import DeploymentProfile
 from cds.profiles.forms import DeleteProfileForm, ProfileForm
 from cds.profiles.service import (PROFILE_FIELDS, InvalidProfile, ProfileInUse,
-                                  all_profiles, delete_profile, get_profile, profile_problems,
+                                  all_profiles, delete_profile, get_profile,
                                   save_profile, set_default, user_counts, validate_profile_fields)
 from cds.web import app_response, current_admin, toast, write_required
 

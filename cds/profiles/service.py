@@ -7,9 +7,13 @@ import re
 from sqlalchemy import func, select, update
 
 from cds import errors
+from cds.audit.service import record_event
+from cds.clients import KINDS, kind_of
 from cds.extensions import db
+from cds.mail.addresses import AddressError, check_address, check_header_text
 from cds.models import (CLIENT_TYPES, DO_NOT_DEPLOY, SIP_ACCOUNTS, SIP_ALGORITHMS, SIP_CREDENTIALS,
                         TRANSPORTS, DeploymentProfile, User)
+from cds.users.fields import PHONE_RE
 
 
 class ProfileError(errors.Conflict):
@@ -82,8 +86,6 @@ def user_counts() -> dict[int, int]:
 
 def set_default(profile: DeploymentProfile, *, actor: str | None = None) -> None:
     """Make ``profile`` the one new users get."""
-    from cds.audit.service import record_event
-
     if profile.is_do_not_deploy:
         raise ProfileError("\"Do Not Deploy\" cannot be the default profile for new users.")
     db.session.execute(update(DeploymentProfile).values(is_default=False))
@@ -126,10 +128,7 @@ def host_problem(value: str) -> str | None:
 
 def validate_profile_fields(data: dict, profile: DeploymentProfile | None = None) -> dict[str, str]:
     """Check the profile fields present in ``data``. Returns {field: message}."""
-    from cds.mail.addresses import AddressError, check_address, check_header_text
-    from cds.users.service import _PHONE_RE
 
-    from cds.clients import KINDS
 
     errors = {}
     if "client" in data and data["client"] not in KINDS:
@@ -172,7 +171,7 @@ def validate_profile_fields(data: dict, profile: DeploymentProfile | None = None
             errors["client_types"] = "Choose at least one client type."
         elif any(t not in CLIENT_TYPES for t in types):
             errors["client_types"] = f"Client types are {', '.join(CLIENT_TYPES)}."
-    if data.get("voicemail_number") and not _PHONE_RE.fullmatch(data["voicemail_number"]):
+    if data.get("voicemail_number") and not PHONE_RE.fullmatch(data["voicemail_number"]):
         errors["voicemail_number"] = "Voicemail number may hold only digits, spaces and + * # ( ) . -"
     if data.get("central_email"):
         try:
@@ -193,8 +192,6 @@ def validate_profile_fields(data: dict, profile: DeploymentProfile | None = None
 def save_profile(profile: DeploymentProfile | None, data: dict, *, actor: str | None = None,
                  make_default: bool = False) -> DeploymentProfile:
     """Create (profile=None) or change a profile; raises InvalidProfile, nothing written then."""
-    from cds.audit.service import record_event
-
     data = {k: (v.strip() if isinstance(v, str) and k != "email_body" else v)
             for k, v in data.items() if k in PROFILE_FIELDS}
     if profile is not None and profile.is_do_not_deploy:
@@ -251,17 +248,10 @@ def _registration_problems(profile: DeploymentProfile) -> dict[str, str]:
     """A profile of a kind that says so (Linphone: what a SIP registration needs) is refused
     incomplete. Others may be saved incomplete and filled in later (the built-in Default
     starts so); Deploy skips their users until they are complete, and the list says why."""
-    from cds.clients import kind_of
     kind = kind_of(profile)
     if profile.is_do_not_deploy or not kind.refuse_incomplete:
         return {}
     return {field: f"{kind.label} needs this: {message}." for field, message in kind.missing(profile).items()}
-
-
-def profile_problems(profile: DeploymentProfile) -> list[str]:
-    """What the profile lacks for its users' clients to work (the list and form show it)."""
-    from cds.clients import profile_problems as problems
-    return problems(profile)
 
 
 def delete_profile(profile: DeploymentProfile, *, reassign_to: DeploymentProfile | None = None,
@@ -269,8 +259,6 @@ def delete_profile(profile: DeploymentProfile, *, reassign_to: DeploymentProfile
     """Delete a profile. While users are on it this is refused (ProfileInUse) unless
     ``reassign_to`` is given: then they move there first, in the same transaction.
     Returns how many users moved."""
-    from cds.audit.service import record_event
-
     if profile.is_do_not_deploy:
         raise ProfileError(f"The built-in profile {DO_NOT_DEPLOY!r} cannot be deleted.")
     if profile.is_default:

@@ -32,7 +32,7 @@ def follow(token: str):
             resp = jsonify(error="not_found", message="This link is not valid: it may have expired "
                                                       "or been replaced.")
         else:
-            resp = current_app.response_class(render_template("deploy/link_not_found.html"),
+            resp = current_app.response_class(render_template("landing/link_not_found.html"),
                                               mimetype="text/html")
         resp.status_code = 404
     elif _wants_json():

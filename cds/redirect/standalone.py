@@ -16,10 +16,15 @@ import threading
 import time
 from pathlib import Path
 
+import waitress
 from flask import Flask
 
-from cds import ROOT
+from cds import ROOT, logs
 from cds.config import ConfigError
+from cds.extensions import db
+from cds.models import RedirectEntry, utcnow
+from cds.redirect.routes import bp
+from cds.redirect.service import purge_expired
 
 SETTINGS = {
     # name: (environment variable, default)
@@ -48,10 +53,6 @@ def create_redirect_app(test_config: dict | None = None, instance_path: str | No
         {"connect_args": {"timeout": 30, "check_same_thread": False}} if url.startswith("sqlite") else
         {"pool_pre_ping": True})
 
-    from cds import logs
-    from cds.extensions import db
-    from cds.models import RedirectEntry
-    from cds.redirect.routes import bp
 
     logs.init_app(app)
     db.init_app(app)
@@ -67,8 +68,6 @@ def create_redirect_app(test_config: dict | None = None, instance_path: str | No
     def _purge_now_and_then():
         if time.monotonic() - last_purge[0] > PURGE_EVERY_SECONDS and lock.acquire(blocking=False):
             try:
-                from cds.models import utcnow
-                from cds.redirect.service import purge_expired
                 last_purge[0] = time.monotonic()
                 purge_expired(utcnow())
             finally:
@@ -91,7 +90,6 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8080)
     ap.add_argument("--threads", type=int, default=8)
     args = ap.parse_args()
-    import waitress
     app = create_redirect_app()
     print(f"CDS redirect server on http://{args.host}:{args.port}/", flush=True)
     waitress.serve(app, host=args.host, port=args.port, threads=args.threads, ident="CDS-redirect",

@@ -1,17 +1,19 @@
 """Settings: General (public URLs, job retention, automatic redeploy), Administrators,
-and My account. Mail server and e-mail template have their own pages in this section
-(/settings/mail, /settings/template)."""
+and My account. The section's other pages are blueprints of their own in this area
+(E-mail and the e-mail template, API tokens, Backup); ``blueprints`` lists them all."""
 from __future__ import annotations
 
 from flask import Blueprint, abort, g, redirect, render_template, request, session, url_for
 
 from cds.auth.service import AccountError
 from cds.models import ROLE_LABELS, ROLES
-from cds.settings import accounts
+from cds.settings import accounts, api_tokens, backup, mail
 from cds.settings.service import GENERAL_KEYS, get_settings, is_overridden, parse_general, save_general
 from cds.web import current_admin, primary_required, toast
 
 bp = Blueprint("settings", __name__, url_prefix="/settings")
+# Every page of the Settings tab, for create_app to register.
+blueprints = (bp, mail.bp, api_tokens.bp, backup.bp)
 
 
 def _render(template: str, partial: str, target: str, status: int = 200, **context):

@@ -7,11 +7,13 @@ primary administrator saves in Settings is stored here and wins from then on
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from flask import current_app, g
 from sqlalchemy import select
 
 from cds import errors
+from cds.audit.service import record_event
 from cds.extensions import db
 from cds.models import Setting
 from cds.security import decrypt, encrypt
@@ -144,8 +146,6 @@ MAX_RETENTION_DAYS = 3650
 
 def parse_general(form) -> tuple[dict, dict]:
     """Validate the General form: (values, errors by field). Nothing is saved here."""
-    from urllib.parse import urlsplit
-
     values, errors = {}, {}
     for key, label in (("PUBLIC_URL", "The CDS public URL"), ("REDIRECT_URL", "The redirect server URL")):
         raw = str(form.get(key, "") or "").strip().rstrip("/")
@@ -166,8 +166,6 @@ def parse_general(form) -> tuple[dict, dict]:
 
 def save_general(values: dict, actor: str | None = None) -> list[str]:
     """Store validated General values and audit what changed (old and new: none is secret)."""
-    from cds.audit.service import record_event
-
     before = get_settings(*GENERAL_KEYS)
     changes = {key: value for key, value in values.items() if value != before.get(key)}
     changed = save_settings(changes, actor=actor, commit=False)

@@ -5,6 +5,9 @@ Services; the API is in docs/sources.md) and share ``http_json``; the fourth is
 an LDAP directory or Active Directory (``ldap``). Every client returns plain
 records: ``{"source_key": ..., <user field>: ...}`` with the fields the kind
 provides, which is what the Import Users view stores and Sync compares.
+
+This package holds what both clients share (errors, limits, clean records);
+``cds.sources.kinds`` hands a connection to the client of its kind.
 """
 from __future__ import annotations
 
@@ -12,11 +15,11 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
-# The user fields a source may provide (models.SOURCE_OWNED_FIELDS), with the
-# column sizes of SourceRecord / User.
-FIELD_SIZES = {"login_id": 113, "first_name": 100, "last_name": 100, "number": 32,
-               "pbx_number": 32, "pbx_sip_username": 128, "mbg_sip_username": 128,
-               "mcs_account": 128, "email": 254}
+from cds.users.fields import FIELD, SOURCE_OWNED_FIELDS
+
+# The user fields a source may provide, with the column sizes of SourceRecord / User
+# (from the field table).
+FIELD_SIZES = {name: FIELD[name].size for name in SOURCE_OWNED_FIELDS}
 KEY_SIZE = 255
 
 HTTP_KINDS = ("mbg", "mcs", "usa")
@@ -142,31 +145,3 @@ def _text(value) -> str:
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     return str(value).strip()
-
-
-def provided_fields(connection) -> tuple[str, ...]:
-    """The user fields this connection's source provides (and so owns)."""
-    if connection.kind == LDAP_KIND:
-        from cds.sources.ldap import attribute_mapping
-        return tuple(attribute_mapping(connection.options or {}))
-    from cds.sources.http_json import KIND_FIELDS
-    return tuple(KIND_FIELDS[connection.kind].values())
-
-
-def authorize(kind: str, url: str, username: str, password: str, options: dict) -> Authorization:
-    """Check the credentials against the source and get a token where the kind uses one."""
-    if kind == LDAP_KIND:
-        from cds.sources.ldap import check_bind
-        check_bind(url, username, password, options)
-        return Authorization(None, None)
-    from cds.sources.http_json import request_token
-    return request_token(url, username, password, options)
-
-
-def fetch_records(connection) -> list[dict]:
-    """Every user the source holds, as clean records. Raises SourceError."""
-    if connection.kind == LDAP_KIND:
-        from cds.sources.ldap import fetch_ldap_records
-        return fetch_ldap_records(connection)
-    from cds.sources.http_json import fetch_http_records
-    return fetch_http_records(connection)

@@ -12,6 +12,7 @@ import uuid
 from urllib.parse import urlsplit
 
 from cds.sources import ReadBudget, SourceAuthError, SourceError, SourceUnreachable, clean_record
+from cds.users.fields import FIELD, SOURCE_OWNED_FIELDS
 
 DEFAULT_FILTER = "(objectClass=person)"
 DEFAULT_PAGE_SIZE = 500
@@ -20,16 +21,9 @@ DEFAULT_TIMEOUT = 30
 # entryUUID (OpenLDAP, RFC 4530) or objectGUID (Active Directory).
 DEFAULT_KEY_ATTRIBUTE = "entryUUID,objectGUID"
 
-# CDS user field -> attribute(s); the first attribute present wins.
-DEFAULT_MAPPING = {
-    "login_id": "uid,sAMAccountName",
-    "first_name": "givenName",
-    "last_name": "sn",
-    "number": "telephoneNumber",
-    "email": "mail",
-}
-MAPPABLE_FIELDS = ("login_id", "first_name", "last_name", "number", "pbx_number",
-                   "pbx_sip_username", "mbg_sip_username", "mcs_account", "email")
+# CDS user field -> attribute(s); the first attribute present wins. From the field table.
+MAPPABLE_FIELDS = SOURCE_OWNED_FIELDS
+DEFAULT_MAPPING = {name: FIELD[name].ldap for name in MAPPABLE_FIELDS if FIELD[name].ldap}
 
 
 def attribute_mapping(options: dict) -> dict[str, list[str]]:
@@ -56,6 +50,9 @@ def _split_url(url: str) -> tuple[str, int, bool]:
         raise SourceError("The port in the URL is not a number.") from None
     return parts.hostname, port, secure
 
+
+# ldap3 is imported in the functions that use it: loading it takes about a third of a
+# second and 9 MB, which a console without an LDAP connection never needs.
 
 def _open(url: str, bind_dn: str, password: str, options: dict):
     """A bound, read-only connection over TLS, or SourceError with a clear reason."""

@@ -7,13 +7,15 @@ from sqlalchemy import select
 
 from cds.cli import fail
 from cds.extensions import db
-from cds.models import USER_SECRETS, User, login_key
+from cds.models import User, login_key
 from cds.users import service as users
+from cds.users.fields import FIELDS, USER_SECRETS
+from cds.users.login_ids import redeploy_after_id_change
+from cds.users.query import UserQuery, list_users
+from cds.users.selection import parse_selection
 
-FIELD_OPTIONS = [("--first-name", "first_name"), ("--last-name", "last_name"), ("--number", "number"),
-                 ("--pbx-number", "pbx_number"), ("--pbx-sip-username", "pbx_sip_username"),
-                 ("--mbg-sip-username", "mbg_sip_username"), ("--mcs-account", "mcs_account"),
-                 ("--email", "email")]
+# One option per field of the field table; the Login ID is the command's argument.
+FIELD_OPTIONS = [(f.cli_flag, f.name, f.label) for f in FIELDS if f.name != "login_id"]
 
 
 def _user_by_login(login_id: str) -> User:
@@ -45,8 +47,8 @@ def _secrets_from_stdin(names: tuple[str, ...]) -> dict:
 
 
 def _fields(fn):
-    for flag, dest in reversed(FIELD_OPTIONS):
-        fn = click.option(flag, dest, default=None)(fn)
+    for flag, dest, label in reversed(FIELD_OPTIONS):
+        fn = click.option(flag, dest, default=None, help=label + ".")(fn)
     fn = click.option("--profile", "profile_name", default=None, help="Deployment profile name.")(fn)
     fn = click.option("--secret", "secret_names", multiple=True, type=click.Choice(list(USER_SECRETS)),
                       help="Read this secret from standard input (one line each; empty clears).")(fn)
@@ -55,7 +57,7 @@ def _fields(fn):
 
 
 def _print_user(user: User, as_json: bool) -> None:
-    from cds.api.users import user_json
+    from cds.api.schema import user_json
     data = user_json(user)
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -80,11 +82,11 @@ def users_group():
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_command(search, profile_name, sort, page, per_page, as_json):
     """List users (the Users tab's search, sort and pages)."""
-    from cds.api.users import user_json
+    from cds.api.schema import user_json
     args = {"search": search, "sort": sort, "page": page, "per_page": per_page}
     if profile_name:
         args["profile"] = _profile_id(profile_name)
-    result = users.list_users(users.UserQuery.from_mapping(args))
+    result = list_users(UserQuery.from_mapping(args))
     if as_json:
         click.echo(json.dumps({"total": result.total, "page": result.query.page,
                                "items": [user_json(u) for u in result.users]}, indent=2))
@@ -125,13 +127,12 @@ def add_command(login_id, profile_name, secret_names, as_json, **fields):
 def edit_command(login_id, new_login_id, profile_name, secret_names, as_json, **fields):
     """Change a user: only the options given change."""
     user = _user_by_login(login_id)
-    values = {name: getattr(user, name) for _, name in FIELD_OPTIONS}
-    values.update({k: v for k, v in fields.items() if v is not None})
+    values = {k: v for k, v in fields.items() if v is not None}
     values["login_id"] = new_login_id or user.login_id
     values["profile_id"] = _profile_id(profile_name) or user.profile_id
     result = users.save_user(user, values, _secrets_from_stdin(secret_names), actor="cli")
     if result.id_changed:
-        users.redeploy_after_id_change(result.user, actor="cli")
+        redeploy_after_id_change(result.user, actor="cli")
         click.echo("The ID changed: the client app must be factory reset and a new deployment "
                    f"e-mail sent (flask --app app cds deploy --user {result.user.login_id}).", err=True)
     _print_user(result.user, as_json) if as_json else click.echo(
@@ -148,7 +149,7 @@ def delete_command(login_ids, yes):
     if not yes and not click.confirm(f"Delete {len(ids)} user(s)?"):
         fail("nothing deleted")
     # Naming each user (or --yes) is the shell's confirmation, however many there are.
-    job = start_action("delete", users.parse_selection({"ids": ids}), params={"confirm": "all"},
+    job = start_action("delete", parse_selection({"ids": ids}), params={"confirm": "all"},
                        actor="cli", inline=True)
     click.echo(f"{job.succeeded} deleted, {job.failed} failed")
     if job.failed:

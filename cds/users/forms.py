@@ -1,13 +1,14 @@
-"""The add / edit user form. Field rules live in cds/users/service.py (shared with
-the CSV import and the API); the form applies them and shows the messages inline."""
+"""The add / edit user forms, built from the field table (cds/users/fields.py): one
+text input per field, with the table's label, rule and hint, and one per secret.
+The rules are the service's; the form applies them and shows the messages inline."""
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, EmailField, PasswordField, SelectField, StringField
 from wtforms.validators import ValidationError
 
-from cds.models import USER_SECRETS
-from cds.users.service import MAX_SECRET_LENGTH, USER_FIELD_LABELS, validate_user_fields
+from cds.users.fields import FIELDS, MAX_SECRET_LENGTH, USER_SECRETS, validate_user_fields
 
 SECRET_INPUT = {"maxlength": MAX_SECRET_LENGTH}
+INPUTS = {"text": StringField, "email": EmailField}
 
 
 def service_rule(form, field):
@@ -17,9 +18,20 @@ def service_rule(form, field):
         raise ValidationError(errors[field.name])
 
 
-def _text(name, **kw):
-    return StringField(USER_FIELD_LABELS[name], validators=[service_rule],
-                       filters=[lambda v: v.strip() if isinstance(v, str) else v], **kw)
+def _strip(value):
+    return value.strip() if isinstance(value, str) else value
+
+
+# Built in the order the error list above a form names them: the fields, the profile,
+# then each secret with its "Clear" box.
+_TEXT_FIELDS = {spec.name: INPUTS[spec.input](spec.label, validators=[service_rule], filters=[_strip])
+                for spec in FIELDS}
+_PROFILE_FIELD = SelectField("Profile", coerce=int)
+# The length rule is the service's (secret_problem); maxlength only helps the browser.
+_SECRET_FIELDS = {}
+for _name, _label in USER_SECRETS.items():
+    _SECRET_FIELDS[_name] = PasswordField(_label, render_kw=SECRET_INPUT)
+    _SECRET_FIELDS[f"{_name}_clear"] = BooleanField("Clear")
 
 
 class ProfileChoiceMixin:
@@ -27,38 +39,9 @@ class ProfileChoiceMixin:
         self.profile_id.choices = [(p.id, p.name) for p in profiles]
 
 
-class UserForm(ProfileChoiceMixin, FlaskForm):
-    """A manual (or CSV) user: every field a user has. Secrets are write-only:
-    the form never carries a stored value, only a new one or "clear"."""
-    login_id = _text("login_id")
-    profile_id = SelectField("Profile", coerce=int)
-    first_name = _text("first_name")
-    last_name = _text("last_name")
-    number = _text("number")
-    pbx_number = _text("pbx_number")
-    pbx_sip_username = _text("pbx_sip_username")
-    mbg_sip_username = _text("mbg_sip_username")
-    mcs_account = _text("mcs_account")
-    email = EmailField(USER_FIELD_LABELS["email"], validators=[service_rule],
-                       filters=[lambda v: v.strip() if isinstance(v, str) else v])
-
-    # The length rule is the service's (secret_problem); maxlength only helps the browser.
-    mcs_password = PasswordField(USER_SECRETS["mcs_password"], render_kw=SECRET_INPUT)
-    mcs_password_clear = BooleanField("Clear")
-    pbx_sip_password = PasswordField(USER_SECRETS["pbx_sip_password"], render_kw=SECRET_INPUT)
-    pbx_sip_password_clear = BooleanField("Clear")
-    teleworker_sip_password = PasswordField(USER_SECRETS["teleworker_sip_password"], render_kw=SECRET_INPUT)
-    teleworker_sip_password_clear = BooleanField("Clear")
-    voicemail_pin = PasswordField(USER_SECRETS["voicemail_pin"], render_kw=SECRET_INPUT)
-    voicemail_pin_clear = BooleanField("Clear")
-
-    text_fields = ("login_id", "first_name", "last_name", "number", "pbx_number",
-                   "pbx_sip_username", "mbg_sip_username", "mcs_account", "email")
-
-    def values(self) -> dict:
-        out = {name: getattr(self, name).data or "" for name in self.text_fields}
-        out["profile_id"] = self.profile_id.data
-        return out
+class SecretFields:
+    """One password input and one "Clear" box per secret. Write-only: the form never
+    carries a stored value, only a new one or "clear"."""
 
     def secret_changes(self) -> dict:
         """{name: new value} to replace, {name: None} to clear; untouched secrets are absent."""
@@ -78,6 +61,23 @@ class UserForm(ProfileChoiceMixin, FlaskForm):
                 ok = False
         return ok
 
+
+for _name, _unbound in _SECRET_FIELDS.items():
+    setattr(SecretFields, _name, _unbound)
+
+
+class UserForm(SecretFields, ProfileChoiceMixin, FlaskForm):
+    """A manual (or CSV) user: every field of the table, the profile and the secrets."""
+    profile_id = _PROFILE_FIELD
+
+    field_specs = FIELDS
+    text_fields = tuple(f.name for f in FIELDS)
+
+    def values(self) -> dict:
+        out = {name: getattr(self, name).data or "" for name in self.text_fields}
+        out["profile_id"] = self.profile_id.data
+        return out
+
     def add_errors(self, errors: dict) -> None:
         """Errors found by the service (e.g. a Login ID already taken) shown at their field."""
         for name, message in errors.items():
@@ -87,8 +87,8 @@ class UserForm(ProfileChoiceMixin, FlaskForm):
 
 
 class ImportedUserForm(ProfileChoiceMixin, FlaskForm):
-    """An imported user: its source owns every field but the profile."""
-    profile_id = SelectField("Profile", coerce=int)
+    """An imported user's page changes only its profile (its source owns the fields)."""
+    profile_id = _PROFILE_FIELD
 
     def values(self) -> dict:
         return {"profile_id": self.profile_id.data}
@@ -100,3 +100,7 @@ class ImportedUserForm(ProfileChoiceMixin, FlaskForm):
         for name, message in errors.items():
             field = getattr(self, name, None) or self.profile_id
             field.errors = list(field.errors) + [message]
+
+
+for _name, _unbound in _TEXT_FIELDS.items():
+    setattr(UserForm, _name, _unbound)

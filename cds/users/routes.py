@@ -3,22 +3,25 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from flask import (Blueprint, abort, current_app, g, redirect, render_template, request, session,
+from flask import (Blueprint, abort, g, redirect, render_template, request, session,
                    url_for)
 
-from cds.clients import kind_of
-from cds.deploy.service import deploy_refusal
+from cds.clients import kind_of, profile_problems
+from cds.deploy.service import deploy_refusal, recipient_for
 from cds.extensions import db
 from cds.jobs.actions import start_action
 from cds.jobs.service import ACTIONS, reason_counts
-from cds.models import USER_SECRETS
-from cds.profiles.service import all_profiles
+from cds.mail.transport import MailSettings
+from cds.outbox.service import has_messages
+from cds.profiles.service import all_profiles, default_profile
+from cds.users.errors import InvalidQuery, InvalidUser
+from cds.users.fields import FIELDS, USER_SECRETS
 from cds.users.forms import ImportedUserForm, UserForm
-from cds.users.service import (PAGE_SIZES, InvalidQuery, InvalidUser,
-                               UserQuery, deployment_history, get_user, id_change_consequences,
-                               parse_selection, redeploy_after_id_change, revoke_device, save_user,
-                               source_choices, source_label, table_page, user_audit_events,
-                               user_devices, user_errors)
+from cds.users.login_ids import id_change_consequences, redeploy_after_id_change
+from cds.users.query import PAGE_SIZES, UserQuery, source_choices, source_label, table_page
+from cds.users.selection import parse_selection
+from cds.users.service import (deployment_history, get_user, revoke_device, save_user,
+                               user_audit_events, user_devices, user_errors)
 from cds.web import app_response, current_admin, toast, write_required
 
 bp = Blueprint("users", __name__, url_prefix="/users")
@@ -80,8 +83,6 @@ def index():
         return resp
     admin = current_admin()
     profiles = all_profiles()
-    from cds.mail.transport import MailSettings
-    from cds.clients import profile_problems
     return render_template(
         "users/page.html", page=page, active_tab="users", profiles=profiles,
         uses_outbox=MailSettings.load().uses_outbox,
@@ -108,39 +109,11 @@ def bulk_action(kind: str):
                            reasons=reason_counts(job) if job.finished else [])
 
 
-@bp.route("/actions/deploy/plan")
-def deploy_plan():
-    """What Deploy would do with the selection, for its confirmation: how many users would
-    be sent an e-mail, and how many not, and why. Nothing is changed."""
-    from cds.deploy.service import plan_deploy
-    return plan_deploy(parse_selection(request.args)).as_dict()
-
-
-@bp.route("/actions/<kind>/preview", methods=["POST"])
-@write_required
-def bulk_preview(kind: str):
-    """What Auto deploy would do with the selection, for its confirmation: counted by the
-    rules the job itself follows (``classify``), before anything is sent."""
-    from cds.deploy.service import preview_deploy
-    from cds.mail.transport import MailSettings
-
-    if kind != "auto_deploy" or kind not in ACTIONS:
-        abort(404, f"There is no preview for {kind!r}.")
-    try:
-        selection = parse_selection(request.form)
-    except InvalidQuery as exc:
-        return current_app.response_class(str(exc), status=400, mimetype="text/plain")
-    text = render_template("users/_deploy_preview.txt", preview=preview_deploy(kind, selection),
-                           outbox=MailSettings.load().uses_outbox)
-    return current_app.response_class(text, mimetype="text/plain")
-
-
 # --- adding and editing one user -----------------------------------------------------
 
 def _form_for(user, formdata=None):
     form_class = ImportedUserForm if user is not None and user.is_imported else UserForm
     if user is None:
-        from cds.profiles.service import default_profile
         form = form_class(formdata=formdata, data={"profile_id": default_profile().id})
     else:
         form = form_class(formdata=formdata, obj=user)
@@ -150,15 +123,12 @@ def _form_for(user, formdata=None):
 
 def _outbox_link(user) -> str | None:
     """Where this user's messages are when deployments went to the Outbox (no SMTP)."""
-    from cds.deploy.service import recipient_for
-    from cds.outbox.service import has_messages
-
     address = recipient_for(user)
     return url_for("outbox.index", to=address) if address and has_messages() else None
 
 
 def _user_context(user, form, **extra):
-    return dict(user=user, form=form, secrets=USER_SECRETS, source=source_label(user),
+    return dict(user=user, form=form, secrets=USER_SECRETS, field_specs=FIELDS, source=source_label(user),
                 outbox_link=_outbox_link(user),
                 id_change_consequences=None if user.is_imported else id_change_consequences(user),
                 history=deployment_history(user), devices=user_devices(user),

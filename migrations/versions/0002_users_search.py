@@ -4,7 +4,7 @@ SQLite: an FTS5 table with the trigram tokenizer over the searched columns of
 "user" (external content, so nothing is stored twice), kept in step by
 triggers. PostgreSQL: a pg_trgm GIN index on the lower-cased searched text.
 
-The search itself (cds/users/service.py) always re-checks with LIKE, so the
+The search itself (cds/users/query.py) always re-checks with LIKE, so the
 index only narrows the rows; it never changes what a search finds.
 
 Note for later migrations: a SQLite batch_alter_table("user") rebuilds the
@@ -21,7 +21,7 @@ down_revision = "0001_initial"
 branch_labels = None
 depends_on = None
 
-# The searched columns, in the order of cds/users/service.py SEARCH_COLUMNS.
+# The searched columns, in the order of cds/users/query.py SEARCH_COLUMNS.
 COLUMNS = ("first_name", "last_name", "number", "email", "mbg_sip_username",
            "pbx_sip_username", "mcs_account", "login_id", "pbx_number")
 

@@ -26,7 +26,7 @@ def test_download_a_protected_backup(signed_in_page, live_server, tmp_path):
     assert download.suggested_filename.endswith(".cdsbackup")
     target = tmp_path / download.suggested_filename
     download.save_as(target)
-    from cds.backup.service import inspect_backup
+    from cds.backup.archive import inspect_backup
     with live_server.app.app_context():
         manifest = inspect_backup(target, "long enough words")
     assert manifest["tables"]["admin_account"]["rows"] == 1

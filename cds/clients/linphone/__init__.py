@@ -8,7 +8,8 @@ cds/clients/linphone/service.py serves both URLs.
 """
 from __future__ import annotations
 
-from cds.clients import ClientKind, InstallLink
+from cds.clients.kind import ClientKind, InstallLink
+from cds.settings.service import public_url
 
 FIRST_FETCH_PATH = "/provisioning/linphone/"
 DEVICE_PATH = "/provisioning/linphone/device/"
@@ -17,6 +18,7 @@ DEVICE_PATH = "/provisioning/linphone/device/"
 class Linphone(ClientKind):
     key = "linphone"
     label = "Linphone"
+    routes = "cds.clients.linphone.routes"
     app_name = "Linphone app"
     revoke_note = ("Linphone keeps the SIP account it has cached and can still register with it: "
                    "change the user's SIP password on the PBX (and in CDS) to end that.")
@@ -65,17 +67,11 @@ class Linphone(ClientKind):
         return missing
 
     def link(self, token: str) -> str:
-        from cds.settings.service import public_url
         return f"{public_url()}{FIRST_FETCH_PATH}{token}"
 
     def app_link(self, link: str) -> str:
         # The Linphone apps register the linphone-config: scheme for remote provisioning.
         return f"linphone-config:{link}"
-
-    @property
-    def blueprint(self):
-        from cds.clients.linphone.routes import bp
-        return bp
 
 
 KIND = Linphone()

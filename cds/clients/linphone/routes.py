@@ -13,6 +13,7 @@ from cds.client.routes import per_address_limit
 from cds.client.service import ClientError
 from cds.clients.linphone import service
 from cds.extensions import csrf, limiter
+from cds.landing.routes import landing_response
 
 bp = Blueprint("linphone", __name__, url_prefix="/provisioning/linphone")
 csrf.exempt(bp)
@@ -60,7 +61,6 @@ def _xml(document: bytes):
 @bp.route("/<token>")
 def first_fetch(token: str):
     if not is_provisioning_client():
-        from cds.deploy.routes import landing_response
         resp = landing_response(token)
         resp.headers["Vary"] = "Accept, User-Agent"
         return resp

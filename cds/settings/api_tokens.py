@@ -1,7 +1,9 @@
 """Settings › API tokens: list, create (shown once), revoke."""
+from __future__ import annotations
+
 from flask import Blueprint, g, render_template, request
 
-from cds.api.tokens import TokenError, create_api_token, list_api_tokens, revoke_api_token
+from cds.settings.tokens import TokenError, create_api_token, list_api_tokens, revoke_api_token
 from cds.web import primary_required, toast
 
 bp = Blueprint("apitokens", __name__, url_prefix="/settings/api-tokens")
@@ -10,7 +12,7 @@ ROLE_CHOICES = [("admin", "Administrator"), ("read-only", "Read-only"), ("primar
 
 
 def _page(status=200, new_token=None, error=None):
-    return render_template("apitokens/page.html", tokens=list_api_tokens(), new_token=new_token,
+    return render_template("settings/api_tokens.html", tokens=list_api_tokens(), new_token=new_token,
                            error=error, roles=ROLE_CHOICES, section="api_tokens",
                            active_tab="settings"), status
 

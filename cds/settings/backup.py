@@ -3,14 +3,15 @@ from __future__ import annotations
 
 from flask import Blueprint, render_template, request, send_file
 
-from cds.backup.service import BackupError, check_passphrase, download_name, last_backups, temporary_backup
+from cds.backup.create import download_name, last_backups, temporary_backup
+from cds.backup.format import BackupError, check_passphrase
 from cds.web import primary_required
 
 bp = Blueprint("backup", __name__, url_prefix="/settings/backup")
 
 
 def _page(errors: dict | None = None, status: int = 200):
-    return render_template("backup/page.html", active_tab="settings", section="backup", errors=errors or {},
+    return render_template("settings/backup.html", active_tab="settings", section="backup", errors=errors or {},
                            history=last_backups()), status
 
 

@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from cds import errors
+from cds.audit.service import record_event
 from cds.extensions import db
 from cds.models import ApiToken, utcnow
 from cds.security import new_token, same_secret, token_hash
@@ -31,8 +32,6 @@ def create_api_token(name: str, role: str = "admin", expires_days: int | None = 
                      created_by: str | None = None) -> tuple[ApiToken, str]:
     """Returns the stored row and the token itself, which is never retrievable again.
     ``created_by`` (who asks: an administrator, ``cli``) is also the audit event's actor."""
-    from cds.audit.service import record_event
-
     name = (name or "").strip()
     if not 1 <= len(name) <= 64:
         raise TokenError("A token name has 1-64 characters.")
@@ -58,8 +57,6 @@ def list_api_tokens() -> list[ApiToken]:
 
 def revoke_api_token(token_id: int, *, actor: str | None = None) -> ApiToken:
     """The token stops working at once. Revoking a revoked token changes (and audits) nothing."""
-    from cds.audit.service import record_event
-
     row = db.session.get(ApiToken, token_id)
     if row is None:
         raise TokenNotFound(f"API token {token_id} does not exist.")

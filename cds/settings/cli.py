@@ -3,7 +3,7 @@ import json
 
 import click
 
-from cds.api.tokens import create_api_token, list_api_tokens, revoke_api_token
+from cds.settings.tokens import create_api_token, list_api_tokens, revoke_api_token
 from cds.cli import RoleChoice, role_text
 
 

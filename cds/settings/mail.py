@@ -7,7 +7,7 @@ from markupsafe import Markup
 
 from cds.mail import service
 from cds.mail.compose import PLACEHOLDERS, TemplateProblem, builtin_template
-from cds.mail.forms import MailSettingsForm, TemplateForm, TestMailForm
+from cds.settings.forms import MailSettingsForm, TemplateForm, TestMailForm
 from cds.mail.transport import MailSettings, outbox_dir
 from cds.web import primary_required, toast
 
