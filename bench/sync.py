@@ -153,7 +153,10 @@ def bench_sync(app, n: int, bulk: bool = False) -> dict:
     with app.app_context():
         conn = Connection(name="Bench", kind="usa", url="http://127.0.0.1:9", username="cds",
                           token_enc=encrypt("bench-token"), verified=True,
-                          options={"timeout": 120, "page_size": 5000})
+                          # A source this large needs the connection's limits raised, as an
+                          # administrator would (cds.sources.LIMIT_DEFAULTS: 200,000 users).
+                          options={"timeout": 120, "page_size": 5000, "max_records": max(200_000, 2 * n),
+                                   "max_megabytes": 4096, "max_seconds": 3600})
         db.session.add(conn)
         db.session.commit()
         if bulk:

@@ -7,19 +7,8 @@ from datetime import datetime
 from functools import wraps
 from urllib.parse import urlsplit
 
-from flask import (
-    abort,
-    current_app,
-    flash,
-    g,
-    get_flashed_messages,
-    jsonify,
-    redirect,
-    render_template,
-    request,
-    session,
-    url_for,
-)
+from flask import (abort, current_app, flash, g, get_flashed_messages, jsonify, redirect, render_template,
+                   request, session, url_for)
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError
 from markupsafe import Markup

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from flask import current_app
-from flask_mail import Attachment, Message
+from flask_mail import Attachment, Message, sanitize_address, sanitize_subject
 from jinja2 import StrictUndefined, TemplateError
 from markupsafe import Markup, escape
 
@@ -291,8 +291,6 @@ class WireComposer:
     tests/test_mail.py, which compares them), only cheaper."""
 
     def __init__(self, sender: str):
-        from flask_mail import sanitize_address
-
         self.sender = sender
         self._domain = message_id_domain(sender)
         self._fold = fold_header
@@ -320,8 +318,6 @@ class WireComposer:
                 msg_id: str | None = None) -> ComposedMail:
         """What ``message_bytes(build_message(…))`` gives for the same arguments.
         ``boundaries``, ``date`` and ``msg_id`` are chosen here unless given (tests)."""
-        from flask_mail import sanitize_subject
-
         to = formataddr((" ".join(recipient_name.split()), recipient)) if recipient_name.strip() else recipient
         fold = self._fold
         head = [fold("Subject", sanitize_subject(rendered.subject, "utf-8"))] if rendered.subject else []
@@ -349,7 +345,6 @@ def address_header(parsed: tuple[str, str]) -> str:
     encoded word. A short name of letters, digits and single spaces becomes
     ``=?utf-8?q?First_Last?=`` (quoted-printable is the shorter encoding for it), written
     directly instead of by email.header (tests/test_mail.py compares the two)."""
-    from flask_mail import sanitize_address
     name, address = parsed
     if len(name) <= 40 and _PLAIN_NAME.fullmatch(name) and address.isascii():
         return formataddr((f"=?utf-8?q?{name.replace(' ', '_')}?=", address))
