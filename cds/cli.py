@@ -11,7 +11,7 @@ from flask import current_app
 from flask.cli import AppGroup, ScriptInfo, with_appcontext
 from sqlalchemy import select, text
 
-from cds.auth.service import AccountError, create_admin, ensure_first_admin
+from cds.auth.service import create_admin, ensure_first_admin
 from cds.errors import CdsError
 from cds.extensions import db, migrations
 from cds.jobs.service import stop_runners
@@ -137,10 +137,7 @@ def set_admin_role_command(name, role):
     if admin is None:
         fail(f"no administrator {name!r}")
     old = admin.role
-    try:
-        accounts.change_role(admin.id, stored_role(role), actor="cli")
-    except AccountError as exc:
-        fail(str(exc))
+    accounts.change_role(admin.id, stored_role(role), actor="cli")  # AccountError: fail
     click.echo(f"administrator {name}: {role_text(old)} → {role}")
 
 

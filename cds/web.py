@@ -7,19 +7,8 @@ from datetime import datetime
 from functools import wraps
 from urllib.parse import urlsplit
 
-from flask import (
-    abort,
-    current_app,
-    flash,
-    g,
-    get_flashed_messages,
-    jsonify,
-    redirect,
-    render_template,
-    request,
-    session,
-    url_for,
-)
+from flask import (abort, current_app, flash, g, get_flashed_messages, jsonify, redirect, render_template,
+                   request, session, url_for)
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError
 from markupsafe import Markup
@@ -29,6 +18,7 @@ from cds.api.blueprint import http_error_response as api_http_error
 from cds.api.blueprint import service_error_response as api_service_error
 from cds.errors import CdsError
 from cds.extensions import db
+from cds.fragments import html_response
 from cds.http import MAX_ID
 from cds.models import ROLE_LABELS, AdminAccount, utcnow
 from cds.settings.service import public_url
@@ -71,25 +61,23 @@ def current_admin() -> AdminAccount | None:
     return g.get("admin")
 
 
-def write_required(view):
-    """Refuse the read-only role (the global rule already refuses non-GET requests)."""
-    @wraps(view)
-    def wrapped(*args, **kwargs):
-        admin = current_admin()
-        if admin is None or not admin.can_write:
-            abort(403, "Your account is read-only.")
-        return view(*args, **kwargs)
-    return wrapped
+def _admin_must(may, refusal: str):
+    """A view decorator: a 403 with ``refusal`` unless the signed-in administrator ``may``."""
+    def decorator(view):
+        @wraps(view)
+        def wrapped(*args, **kwargs):
+            admin = current_admin()
+            if admin is None or not may(admin):
+                abort(403, refusal)
+            return view(*args, **kwargs)
+        return wrapped
+    return decorator
 
 
-def primary_required(view):
-    @wraps(view)
-    def wrapped(*args, **kwargs):
-        admin = current_admin()
-        if admin is None or not admin.is_primary:
-            abort(403, "Only the primary administrator may do this.")
-        return view(*args, **kwargs)
-    return wrapped
+# Refuse the read-only role (the global rule already refuses their non-GET requests).
+write_required = _admin_must(lambda admin: admin.can_write, "Your account is read-only.")
+primary_required = _admin_must(lambda admin: admin.is_primary,
+                               "Only the primary administrator may do this.")
 
 
 def same_origin(url: str) -> bool:
@@ -301,16 +289,12 @@ def _plain_error(code: int, message: str):
 
 def _error_response(code: int, message: str):
     if request.htmx:
-        resp = app_response(render_template("_toasts.html", messages=[("error", message)]), code)
+        resp = html_response(render_template("_toasts.html", messages=[("error", message)]), code)
         resp.headers["HX-Retarget"] = "#toasts"
         # Set directly: htmx-flask 0.1.0 mis-lists some HX-Reswap values.
         resp.headers["HX-Reswap"] = "beforeend"
         return resp
-    return app_response(render_template("error.html", code=code, message=message), code)
-
-
-def app_response(body: str, status: int = 200):
-    return current_app.response_class(body, status=status, mimetype="text/html")
+    return html_response(render_template("error.html", code=code, message=message), code)
 
 
 def format_datetime(value: datetime | None, empty: str = "") -> Markup:

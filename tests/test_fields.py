@@ -184,7 +184,8 @@ SCRATCH_SCRIPT = textwrap.dedent('''
         from cds.cli import upgrade_database
         upgrade_database()
         # The column the scratch model declares (a real installation gets a migration).
-        db.session.execute(text('ALTER TABLE "user" ADD COLUMN department VARCHAR(64) NOT NULL DEFAULT \\'\\''))
+        for table in ("user", "source_record"):
+            db.session.execute(text(f'ALTER TABLE "{table}" ADD COLUMN department VARCHAR(64) NOT NULL DEFAULT \\'\\''))
         db.session.commit()
         with app.test_request_context():
             from flask import render_template_string
@@ -209,6 +210,12 @@ SCRATCH_SCRIPT = textwrap.dedent('''
         row = db.session.execute(select(*_USER_COLUMNS).join(
             DeploymentProfile, DeploymentProfile.id == User.profile_id)).one()
         out["client"] = _document(row, utcnow())["user"]
+        from cds.sources import FIELD_SIZES
+        from cds.sources.ldap import DEFAULT_MAPPING
+        out["source"] = {"size": FIELD_SIZES.get("department"), "ldap": DEFAULT_MAPPING.get("department")}
+        with app.test_request_context():
+            from cds.connections.forms import ConnectionCreateForm
+            out["mapping"] = [f.label.text for f in ConnectionCreateForm().mapping_fields()]
     out["cli"] = app.test_cli_runner().invoke(args=["cds", "users", "add", "--help"]).output
     print(json.dumps(out))
 ''')
@@ -218,8 +225,9 @@ def test_a_field_added_to_the_table_appears_on_every_surface(tmp_path):
     """Adds a "Department" field to the field table of a scratch copy of CDS (and its
     column to the scratch User model and database), and finds it — with nothing else
     edited — in the user form, the CSV template and import, the export, the OpenAPI
-    document, the API's user object, the CLI's options and the client's configuration
-    document. A real column and a real round trip (import, then export and download),
+    document, the API's user object, the CLI's options, the client's configuration
+    document, the sources' field sizes, the default LDAP mapping and the connection
+    form's mapping inputs. A real column and a real round trip (import, then export and download),
     not only a look at the headers."""
     tree = tmp_path / "tree"
     for name in ("cds", "templates", "static", "migrations"):
@@ -229,10 +237,11 @@ def test_a_field_added_to_the_table_appears_on_every_surface(tmp_path):
     marker = 'ldap="mail", hint="Deployment e-mails go to this address.", input="email"),\n'
     assert marker in text
     fields_py.write_text(text.replace(marker, marker + '    UserField("department", "Department", 64, '
-                                                       'source_owned=False, config="user.department"),\n'))
+                                                       'config="user.department", ldap="departmentNumber"),\n'))
     models_py = tree / "cds" / "models.py"
     text = models_py.read_text()
-    column = '    secrets_enc: Mapped[str | None] = mapped_column(Text)\n'
+    # In the columns User and SourceRecord share: a source may provide the new field.
+    column = '    email: Mapped[str] = mapped_column(String(254), default="")\n'
     assert column in text
     models_py.write_text(text.replace(column, column + '    department: Mapped[str] = '
                                                        'mapped_column(String(64), default="")\n', 1))
@@ -249,6 +258,8 @@ def test_a_field_added_to_the_table_appears_on_every_surface(tmp_path):
     assert out["api"]["department"] == "Sales"
     assert "--department" in out["cli"]
     assert out["client"]["department"] == "Sales"
+    assert out["source"] == {"size": 64, "ldap": "departmentNumber"}
+    assert out["mapping"][-1] == "Department"
 
 
 def test_the_secrets_are_defined_once():

@@ -23,13 +23,13 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)
 
 
-class ApiError(Exception):
-    """An error answered as {"error": code, "message": text, "details": …}."""
+class ApiError(CdsError):
+    """A refusal of the API itself (its token, its request format), with the status and
+    code it names; answered like every other ``CdsError`` (``service_error_response``)."""
 
     def __init__(self, status: int, code: str, message: str, details=None, headers=None):
         super().__init__(message)
-        self.status, self.code, self.message, self.details = status, code, message, details
-        self.headers = headers
+        self.status, self.code, self.details, self.headers = status, code, details, headers
 
 
 def error_response(status: int, code: str, message: str, details=None, headers=None):
@@ -46,15 +46,13 @@ HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "n
               500: "internal_error"}
 
 
-@bp.errorhandler(ApiError)
-def _api_error(exc: ApiError):
-    return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
-
-
 @bp.errorhandler(CdsError)
 def service_error_response(exc: CdsError):
-    """A service's refusal, in the API's shape; the same status as on the console's pages."""
+    """A refusal, in the API's shape; a service's has the same status as on the console's
+    pages. Whatever had begun is rolled back."""
     db.session.rollback()
+    if isinstance(exc, ApiError):
+        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
     return error_response(exc.status, exc.code, exc.message, exc.errors or None)
 
 

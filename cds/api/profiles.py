@@ -8,7 +8,7 @@ from cds.api.schema import PROFILE_INT_FIELDS, profile_json
 from cds.extensions import db
 from cds.http import MAX_ID
 from cds.models import DeploymentProfile
-from cds.profiles.service import PROFILE_FIELDS, InvalidProfile, ProfileInUse, all_profiles, save_profile, user_counts
+from cds.profiles.service import PROFILE_FIELDS, all_profiles, save_profile, user_counts
 from cds.profiles.service import delete_profile as remove_profile
 
 
@@ -52,10 +52,7 @@ def create_profile():
     data, make_default = _profile_body(body_json())
     if "name" not in data:
         raise ApiError(422, "invalid", "A profile needs a name.", {"name": "required"})
-    try:
-        profile = save_profile(None, data, actor=g.actor, make_default=make_default)
-    except InvalidProfile as exc:
-        raise ApiError(422, "invalid", "Some values are not acceptable.", exc.errors) from None
+    profile = save_profile(None, data, actor=g.actor, make_default=make_default)  # InvalidProfile: 422
     return profile_json(profile, 0), 201, {"Location": f"/api/v1/profiles/{profile.id}"}
 
 
@@ -63,10 +60,7 @@ def create_profile():
 def update_profile(profile_id: int):
     profile = _profile(profile_id)
     data, make_default = _profile_body(body_json())
-    try:
-        profile = save_profile(profile, data, actor=g.actor, make_default=make_default)
-    except InvalidProfile as exc:
-        raise ApiError(422, "invalid", "Some values are not acceptable.", exc.errors) from None
+    profile = save_profile(profile, data, actor=g.actor, make_default=make_default)  # InvalidProfile: 422
     return profile_json(profile, user_counts().get(profile.id, 0))
 
 
@@ -82,8 +76,5 @@ def delete_profile(profile_id: int):
         reassign = db.session.get(DeploymentProfile, int(target))
         if reassign is None:
             raise ApiError(422, "invalid", f"Profile {target} does not exist.", {"reassign_to": "unknown"})
-    try:
-        remove_profile(profile, reassign_to=reassign, actor=g.actor)
-    except ProfileInUse as exc:
-        raise ApiError(409, "conflict", str(exc), {"users": exc.count}) from None
+    remove_profile(profile, reassign_to=reassign, actor=g.actor)  # ProfileInUse: 409, {"users": n}
     return Response(status=204)

@@ -14,7 +14,7 @@ from cds.jobs.actions import start_action
 from cds.models import User, utcnow
 from cds.profiles.service import default_profile, find_profile_by_name
 from cds.users import service as users
-from cds.users.errors import InvalidQuery, InvalidUser
+from cds.users.errors import InvalidQuery
 from cds.users.fields import SOURCE_OWNED_FIELDS, USER_SECRETS
 from cds.users.login_ids import redeploy_after_id_change
 from cds.users.query import UserFilter, UserQuery
@@ -26,11 +26,6 @@ ACTION_KINDS = {"deploy": "deploy", "auto-deploy": "auto_deploy", "force-config"
                 "sync": "sync", "delete": "delete", "assign-profile": "assign_profile"}
 # Options an action may take besides the selection and the time (each action reads its own).
 ACTION_OPTIONS = {"profile_id", "confirm"}
-
-
-def _invalid(exc: InvalidUser):
-    raise ApiError(422, "invalid", "Some values are not acceptable.", exc.errors)
-
 
 def _split_body(data: dict, user: User | None) -> tuple[dict, dict]:
     """JSON body -> (values for save_user, secrets). Unknown keys are refused, not ignored."""
@@ -107,10 +102,7 @@ def get_user(user_id: int):
 @bp.post("/users")
 def create_user():
     values, secrets = _split_body(body_json(), None)
-    try:
-        result = users.save_user(None, values, secrets, actor=g.actor)
-    except InvalidUser as exc:
-        _invalid(exc)
+    result = users.save_user(None, values, secrets, actor=g.actor)  # InvalidUser: 422
     return user_json(result.user), 201, {"Location": f"/api/v1/users/{result.user.id}"}
 
 
@@ -125,10 +117,7 @@ def update_user(user_id: int):
                            "(only the profile and secrets can change here; Sync updates the rest).",
                            {k: "owned by the source" for k in owned})
     values, secrets = _split_body(data, user)
-    try:
-        result = users.save_user(user, values, secrets, actor=g.actor)
-    except InvalidUser as exc:
-        _invalid(exc)
+    result = users.save_user(user, values, secrets, actor=g.actor)  # InvalidUser: 422
     body = user_json(result.user)
     if result.id_changed:
         redeploy_after_id_change(result.user, actor=g.actor)

@@ -12,6 +12,7 @@ from typing import Iterator
 from flask import g, has_request_context, request
 from sqlalchemy import Select, func, or_, select
 
+from cds import errors
 from cds.csvfile import csv_chunks
 from cds.extensions import db
 from cds.models import AuditEvent, User
@@ -90,8 +91,9 @@ def record_event(action: str, *, actor: str | None = None, actor_type: str | Non
 
 # --- the Audit log tab: searching, filtering, exporting ------------------------
 
-class InvalidAuditQuery(ValueError):
-    """A filter value is not understood; the message says which and why."""
+class InvalidAuditQuery(errors.CdsError):
+    """A filter value is not understood (400 on the page, its CSV export and the API);
+    the message says which and why."""
 
 
 @dataclass

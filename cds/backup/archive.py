@@ -13,18 +13,8 @@ from pathlib import Path
 from flask import current_app
 
 from cds.backup.container import decrypt_file
-from cds.backup.format import (
-    ALLOWED_MEMBER,
-    CHUNK,
-    ENCRYPTED_MAGIC,
-    FORMAT,
-    GZIP_MAGIC,
-    ArchiveInvalid,
-    BackupError,
-    SchemaTooNew,
-    private_tempdir,
-    sha256,
-)
+from cds.backup.format import (ALLOWED_MEMBER, CHUNK, ENCRYPTED_MAGIC, FORMAT, GZIP_MAGIC, ArchiveInvalid,
+                               BackupError, SchemaTooNew, private_tempdir, sha256)
 from cds.extensions import migrations
 from cds.version import __version__
 

@@ -7,7 +7,7 @@ import click
 
 from cds.backup.archive import inspect_backup
 from cds.backup.create import create_backup
-from cds.backup.format import BackupError, PassphraseRequired
+from cds.backup.format import PassphraseRequired
 from cds.backup.restore import instance_has_data, restore_backup
 from cds.cli import fail
 
@@ -30,10 +30,7 @@ def backup_command(file, passphrase_stdin):
     passphrase = _read_passphrase(passphrase_stdin, confirm=True)
     if passphrase_stdin and not passphrase:
         fail("no passphrase was given on standard input")
-    try:
-        result = create_backup(file, passphrase, actor="cli")
-    except BackupError as exc:
-        fail(str(exc))
+    result = create_backup(file, passphrase, actor="cli")  # BackupError: fail
     click.echo(f"backup written to {result.path} ({result.size:,} bytes, "
                f"{result.counts.get('user', 0):,} users, schema {', '.join(result.revisions)})")
     if not result.encrypted:
@@ -59,12 +56,7 @@ def restore_command(file, passphrase_stdin, yes):
         if not sys.stdin.isatty():
             fail("this backup is protected by a passphrase; give it with --passphrase-stdin")
         passphrase = click.prompt("Passphrase", hide_input=True)
-        try:
-            manifest = inspect_backup(file, passphrase)
-        except BackupError as exc:
-            fail(str(exc))
-    except BackupError as exc:
-        fail(str(exc))
+        manifest = inspect_backup(file, passphrase)  # BackupError: fail
     users = manifest["tables"].get("user", {}).get("rows", 0)
     click.echo(f"backup of {manifest['created_at']} (CDS {manifest.get('cds_version', '?')}, "
                f"schema {', '.join(manifest['schema_revisions'])}): {users:,} users")
@@ -73,10 +65,7 @@ def restore_command(file, passphrase_stdin, yes):
             fail("this instance already has data; add --yes to replace it with the backup")
         click.confirm("This replaces every user, profile, administrator and setting of this "
                       "instance with the backup's. Continue?", abort=True)
-    try:
-        result = restore_backup(file, passphrase)
-    except BackupError as exc:
-        fail(str(exc))
+    result = restore_backup(file, passphrase)  # BackupError: fail
     click.echo(f"restored {result.counts.get('user', 0):,} users; schema "
                f"{', '.join(result.from_revisions)} -> {', '.join(result.to_revisions)}")
     for note in result.notes:

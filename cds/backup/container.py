@@ -19,16 +19,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from cds.backup.format import (
-    CHUNK,
-    ENCRYPTED_MAGIC,
-    SCRYPT_N,
-    SCRYPT_P,
-    SCRYPT_R,
-    ArchiveInvalid,
-    PassphraseRequired,
-    WrongPassphrase,
-)
+from cds.backup.format import (CHUNK, ENCRYPTED_MAGIC, SCRYPT_N, SCRYPT_P, SCRYPT_R, ArchiveInvalid,
+                               PassphraseRequired, WrongPassphrase)
 
 
 def _derive(passphrase: str, salt: bytes, n: int, r: int, p: int) -> tuple[bytes, bytes]:

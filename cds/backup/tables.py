@@ -8,21 +8,8 @@ import json
 from datetime import date, datetime
 from pathlib import Path
 
-from sqlalchemy import (
-    JSON,
-    Boolean,
-    Date,
-    DateTime,
-    Float,
-    Integer,
-    LargeBinary,
-    MetaData,
-    Numeric,
-    func,
-    inspect,
-    select,
-    text,
-)
+from sqlalchemy import (JSON, Boolean, Date, DateTime, Float, Integer, LargeBinary, MetaData, Numeric, func,
+                        inspect, select, text)
 from sqlalchemy.engine import Connection
 
 from cds.backup.format import INSERT_BATCH, SKIPPED_TABLES, ArchiveInvalid

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import DateTime, String, bindparam, exists, func, insert, literal, null, select, update
 
+from cds import errors
 from cds.client.statements import Deferred, DriverStatement, GroupCommit, RefusedAfterWriting, driver_cursor
 from cds.extensions import db
 from cds.models import AuditEvent, ClientDevice, Deployment, DeploymentProfile, User, link_state, utcnow
@@ -24,12 +25,17 @@ SCHEMA = "cds-client-config/1"
 SEEN_RESOLUTION = timedelta(minutes=1)
 
 
-class ClientError(Exception):
-    """A protocol error: HTTP status, machine-readable code, message for the app's user."""
+class ClientError(errors.CdsError):
+    """A protocol error: HTTP status, machine-readable code (``error``), message for the
+    app's user. The client blueprints render it in their own formats (JSON, plain text)."""
 
     def __init__(self, status: int, error: str, message: str):
         super().__init__(message)
-        self.status, self.error, self.message = status, error, message
+        self.status, self.code = status, error
+
+    @property
+    def error(self) -> str:
+        return self.code
 
 
 GONE_MESSAGES = {

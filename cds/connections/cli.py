@@ -139,10 +139,7 @@ def authorize_command(name, url, username):
 @click.argument("name")
 def test_command(name):
     """Read the source now (refreshes the Import Users view)."""
-    try:
-        result = connections.verify_connection(_find(name))
-    except (SourceError, connections.ConnectionProblem) as exc:
-        fail(str(exc))
+    result = connections.verify_connection(_find(name))  # SourceError, ConnectionProblem: fail
     click.echo(result.describe())
 
 

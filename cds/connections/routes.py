@@ -119,6 +119,12 @@ def authorize(connection_id: int):
     return redirect(url_for("connections.index"))
 
 
+def _back_to_list(message: str, category: str, **args):
+    """The list again, with what happened as a toast (these buttons are plain forms)."""
+    toast(message, category)
+    return redirect(url_for("connections.index", **args))
+
+
 @bp.route("/<int:connection_id>/test", methods=["POST"])
 @write_required
 def test(connection_id: int):
@@ -127,10 +133,8 @@ def test(connection_id: int):
     try:
         result = verify_connection(conn)
     except SourceError as exc:
-        toast(f"{name}: the test failed. {exc}", "error")
-    else:
-        toast(f"{name}: connection works. {result.describe()}", "success")
-    return redirect(url_for("connections.index"))
+        return _back_to_list(f"{name}: the test failed. {exc}", "error")
+    return _back_to_list(f"{name}: connection works. {result.describe()}", "success")
 
 
 @bp.route("/<int:connection_id>/sync", methods=["POST"])
@@ -141,17 +145,13 @@ def sync(connection_id: int):
     try:
         job, result = start_sync(conn, actor=g.get("actor"))
     except SourceError as exc:
-        toast(f"{name}: reading the source failed; nothing was changed. {exc}", "error")
-        return redirect(url_for("connections.index"))
+        return _back_to_list(f"{name}: reading the source failed; nothing was changed. {exc}", "error")
     except JobError as exc:
-        toast(str(exc), "error")
-        return redirect(url_for("connections.index"))
+        return _back_to_list(str(exc), "error")
     if job is None:
-        toast(f"{name}: {result.describe()} No users are imported from it yet; import them in "
-              f"Import Users.", "success")
-        return redirect(url_for("connections.index"))
-    toast(f"{name}: sync started for its imported users.", "info")
-    return redirect(url_for("connections.index", job=job.id))
+        return _back_to_list(f"{name}: {result.describe()} No users are imported from it yet; import "
+                             f"them in Import Users.", "success")
+    return _back_to_list(f"{name}: sync started for its imported users.", "info", job=job.id)
 
 
 @bp.route("/<int:connection_id>/delete", methods=["POST"])
@@ -164,5 +164,4 @@ def delete(connection_id: int):
     if released:
         text += (f" The {released:,} user{'s' if released != 1 else ''} imported from it stay, "
                  f"now as manual users.")
-    toast(text, "success")
-    return redirect(url_for("connections.index"))
+    return _back_to_list(text, "success")

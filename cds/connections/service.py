@@ -12,6 +12,7 @@ Sync data button directly; Sync now, the scheduler, the CLI and the API through
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,19 +21,21 @@ from urllib.parse import urlsplit
 from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 
 from cds import errors
+from cds.audit.service import record_event
 from cds.extensions import db
 from cds.jobs.actions import start_action
 from cds.jobs.service import Outcome, action
-from cds.models import (CONNECTION_KINDS, SOURCE_CONNECTION, SOURCE_CSV, SOURCE_MANUAL, Connection,
-                        Job, SourceRecord, User, utcnow)
+from cds.models import (CONNECTION_KINDS, SOURCE_CONNECTION, SOURCE_CSV, SOURCE_MANUAL, Connection, Job,
+                        SourceRecord, User, login_key, utcnow)
 from cds.scheduler import tick_task
 from cds.security import encrypt
-from cds.users.changes import BY_SOURCE, plan_change
-from cds.users.fields import FIELD_LABELS
-from cds.users.login_ids import login_id_owner
 from cds.sources import (FIELD_SIZES, HTTP_KINDS, LDAP_KIND, LIMIT_DEFAULTS, SourceAuthError, SourceError,
                          SourceUnreachable, limit_problems)
 from cds.sources.kinds import authorize, fetch_records, provided_fields
+from cds.users.changes import BY_SOURCE, plan_change
+from cds.users.fields import FIELD_LABELS
+from cds.users.login_ids import login_id_owner
+from cds.users.service import apply_change
 
 log = logging.getLogger("cds.connections")
 
@@ -142,7 +145,6 @@ def _validate(settings: ConnectionSettings, existing: Connection | None) -> dict
                 options[name] = int(options[name])
     pem = (options.get("ca_cert_pem") or "").strip()
     if pem:
-        import ssl
         try:
             ssl.create_default_context(cadata=pem)
         except (ssl.SSLError, ValueError):
@@ -151,7 +153,6 @@ def _validate(settings: ConnectionSettings, existing: Connection | None) -> dict
 
 
 def _audit(action_name: str, conn: Connection, actor: str | None, **detail) -> None:
-    from cds.audit.service import record_event
     record_event(action_name, actor=actor, commit=False,
                  detail={"connection": conn.name, "kind": conn.kind, **detail})
 
@@ -493,9 +494,6 @@ def sync_users(job: Job, users: list[User]) -> list[Outcome]:
 def _apply_record(user: User, rec: dict, fields: tuple[str, ...], claimed: set[str]
                   ) -> tuple[str, Outcome]:
     """Bring one imported user in line with its source record: (summary key, outcome)."""
-    from cds.models import login_key
-    from cds.users.service import apply_change
-
     change = plan_change(user, {f: rec[f] for f in fields}, by=BY_SOURCE)
     if change.is_empty and not user.not_in_source:
         return "unchanged", Outcome(user, "ok", "Unchanged.")

@@ -23,23 +23,27 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import selectinload
 from sqlalchemy.orm.attributes import set_committed_value
 
+from cds import errors
 from cds.audit.service import actor_type_of, record_event, scrub
 from cds.client.statements import DriverCursor, DriverStatement
-from cds.clients import deploy_problem, kind_of
+from cds.clients import checks_users, deploy_problem, kind_of, profile_refusal
 from cds.extensions import db
-from cds.jobs.service import Outcome, action
+from cds.jobs.service import ClaimLost, Outcome, RunnerStopping, action, current_claim, send_claim_renewal
 from cds.mail.compose import MailTemplates, TemplateProblem, WireComposer, mail_context, sample_context
 from cds.mail.qr import QrMaker, qr_png
-from cds.mail.transport import FAILED, RETRY, SENT, UNKNOWN, Delivery, MailSettings, MailTransport
+from cds.mail.transport import FAILED, RETRY, SENT, UNKNOWN, Delivery, MailSettings, MailTransport, outbox_dir
 from cds.models import (SEND_FAILED, SEND_PENDING, SEND_RETRY, SEND_SENDING, SEND_SENT, SEND_UNKNOWN,
                         AuditEvent, ClientDevice, Deployment, Job, User, utcnow)
-from cds.redirect.service import register_link, withdraw_links
+from cds.profiles.service import all_profiles
+from cds.redirect.service import push_outbox, register_link, withdraw_links
 from cds.scheduler import tick_task
 from cds.security import new_token, token_hash, token_ref
+from cds.settings.service import redirect_url
+from cds.users.selection import selection_query
 
 log = logging.getLogger("cds.deploy")
 
@@ -60,8 +64,8 @@ REPLACED_UNSENT = ("Not handed over: the run was interrupted before this message
                    "a new link was issued instead.")
 
 
-class DeployError(Exception):
-    """A deployment cannot be issued; the message says why."""
+class DeployError(errors.Conflict):
+    """A deployment cannot be issued (e.g. the profile is Do Not Deploy); the message says why."""
 
 
 # --- links -------------------------------------------------------------------
@@ -179,12 +183,6 @@ def plan_deploy(selection: dict) -> DeployPlan:
     """``classify_for_deploy`` of a selection (ids, or all users matching a filter),
     counted per profile in SQL; only the users of a kind that asks something of each
     user (Linphone: a SIP account) are loaded, so "all 100,000 matching" stays quick."""
-    from sqlalchemy import func
-
-    from cds.clients import checks_users, profile_refusal
-    from cds.profiles.service import all_profiles
-    from cds.users.selection import selection_query
-
     profiles = {p.id: p for p in all_profiles()}
     selected = selection_query(selection)
     per_profile = db.session.execute(selected.with_only_columns(User.profile_id, func.count(User.id))
@@ -328,7 +326,7 @@ class SendLedger:
         self.actor_type = actor_type_of(actor)
         # The outcome of each user's message as reported (user id -> Delivery).
         self.outcomes: dict[int, Delivery] = {}
-        self._unrecorded: list[tuple[Deployment, User, Delivery]] = []
+        self._unrecorded: list[_Noted] = []
         self._in_flight: tuple[Deployment, User, MailTransport, object] | None = None
 
     def record(self, dep: Deployment, user: User, delivery: Delivery) -> Delivery:
@@ -337,15 +335,14 @@ class SendLedger:
         state = delivery.state
         if state == RETRY and dep.send_attempts > len(RETRY_DELAYS):
             delivery = Delivery(FAILED, f"{delivery.detail} Gave up after {dep.send_attempts} attempts.")
-        self._unrecorded.append((dep, user, delivery))
+        self._unrecorded.append(_Noted(dep, user, delivery, dep.id, user.id, user.login_id, dep.recipient,
+                                       token_ref_of(dep), dep.send_attempts))
         self.outcomes[user.id] = delivery
         return delivery
 
     def hand_over(self, run: MailRun, user: User, dep: Deployment, message) -> None:
         """Mark ``dep`` "sending" (with the outcomes noted so far, only while this runner
         holds its job), then hand ``message`` over; its outcome is noted with the next."""
-        from cds.jobs.service import ClaimLost, RunnerStopping, send_claim_renewal
-
         self._settle()
         transport = run.transport
         transport.pace()
@@ -447,34 +444,39 @@ class SendLedger:
         statements are answered (the caller withdraws them, in the same transaction)."""
         cur = cursor()
         superseding = []
-        for dep, user, delivery in self._unrecorded:
+        # Only values taken when the outcome was noted: a loaded row may have been expired
+        # since (by a rollback), and loading it again here would be a statement in the pipeline.
+        for noted in self._unrecorded:
+            dep, user, delivery = noted.dep, noted.user, noted.delivery
             now = utcnow()
             if delivery.state == SENT:
                 state, error, next_at = SEND_SENT, None, None
-                _DEP_SENT.write(cur, {"dep_id": dep.id, "now": now})
-                _USER_SENT.write(cur, {"user_id": user.id, "now": now})
+                _DEP_SENT.write(cur, {"dep_id": noted.dep_id, "now": now})
+                _USER_SENT.write(cur, {"user_id": noted.user_id, "now": now})
                 # Once this message was handed over, the user's older unused links stop working.
-                keys = {"user_id": user.id, "dep_id": dep.id, "now": now}
+                keys = {"user_id": noted.user_id, "dep_id": noted.dep_id, "now": now}
                 superseding.append(cursor())
                 _SUPERSEDE.write(superseding[-1], keys)
             else:
                 if delivery.state == RETRY:
-                    state, next_at = SEND_RETRY, now + RETRY_DELAYS[max(0, dep.send_attempts - 1)]
+                    state, next_at = SEND_RETRY, now + RETRY_DELAYS[max(0, noted.attempts - 1)]
                     user_error = f"{delivery.detail} Retrying automatically."
                 else:
                     state, next_at = (SEND_UNKNOWN if delivery.state == UNKNOWN else SEND_FAILED), None
                     user_error = delivery.detail
                 error = delivery.detail
-                _DEP_NOT_SENT.write(cur, {"dep_id": dep.id, "state": state, "next_at": next_at, "error": error})
-                _USER_NOT_SENT.write(cur, {"user_id": user.id, "error": user_error, "now": now})
-            detail = {"deployment": dep.id, "recipient": dep.recipient, "link": token_ref_of(dep)}
+                _DEP_NOT_SENT.write(cur, {"dep_id": noted.dep_id, "state": state, "next_at": next_at,
+                                          "error": error})
+                _USER_NOT_SENT.write(cur, {"user_id": noted.user_id, "error": user_error, "now": now})
+            noted.state = state
+            detail = {"deployment": noted.dep_id, "recipient": noted.recipient, "link": noted.link_ref}
             if state == SEND_SENT:
                 detail["outbox"] = delivery.outbox_file is not None
             else:
                 detail["state"], detail["reason"] = state, delivery.detail
             _AUDIT.write(cur, {"now": now, "actor": self.actor[:64], "actor_type": self.actor_type,
                                "action": "deploy.sent" if state == SEND_SENT else f"deploy.{state}",
-                               "user_id": user.id, "login_id": user.login_id, "detail": scrub(detail)})
+                               "user_id": noted.user_id, "login_id": noted.login_id, "detail": scrub(detail)})
             # The loaded rows follow what was written (they are not written again).
             if state == SEND_SENT:
                 _loaded(dep, send_state=state, sent_at=now, next_attempt_at=None, send_error=None)
@@ -486,10 +488,25 @@ class SendLedger:
         return superseding
 
     def _written(self) -> None:
-        for dep, user, delivery in self._unrecorded:
-            log.info("deployment %s for user %s: %s%s", dep.id, user.id, dep.send_state,
-                     "" if delivery.state == SENT else f" ({delivery.detail})")
+        for noted in self._unrecorded:
+            log.info("deployment %s for user %s: %s%s", noted.dep_id, noted.user_id, noted.state,
+                     "" if noted.delivery.state == SENT else f" ({noted.delivery.detail})")
         self._unrecorded.clear()
+
+
+@dataclass
+class _Noted:
+    """An outcome noted by ``SendLedger.record``, with what writing it needs."""
+    dep: Deployment
+    user: User
+    delivery: Delivery
+    dep_id: int
+    user_id: int
+    login_id: str
+    recipient: str
+    link_ref: str
+    attempts: int
+    state: str = ""  # the send state written
 
 
 def _loaded(obj, **values) -> None:
@@ -520,7 +537,6 @@ _runs_lock = threading.Lock()
 
 
 def _run_for(job: Job) -> MailRun:
-    from cds.jobs.service import current_claim
     claim = current_claim()
     if claim is not None and claim.job_id == job.id:
         if "mail" not in claim.resources:
@@ -534,7 +550,6 @@ def _run_for(job: Job) -> MailRun:
 
 def _finish(job: Job) -> None:
     """End of a Deploy / Auto deploy job: close its SMTP connection, push redirect links."""
-    from cds.jobs.service import current_claim
     claim = current_claim()
     if claim is not None and claim.job_id == job.id:
         run = claim.resources.pop("mail", None)
@@ -543,7 +558,6 @@ def _finish(job: Job) -> None:
             run = _runs.pop(job.id, None)
     if run is not None:
         run.close()
-    from cds.redirect.service import push_outbox
     push_outbox()
 
 
@@ -601,7 +615,6 @@ def _deploy_users(job: Job, users: list[User]) -> list[Outcome]:
     issued = issue_deployments(to_issue, actor=actor, job_id=job.id)
     db.session.commit()
     if current_app.config["REDIRECT_MODE"] == "remote":
-        from cds.redirect.service import push_outbox
         push_outbox()
     pngs = run.qr.pngs([link_for(token, user.profile) for user, _, token in issued])
     ledger = SendLedger(actor)
@@ -625,7 +638,6 @@ def _deploy_users(job: Job, users: list[User]) -> list[Outcome]:
 
 
 def _profiles_with_template_problems(run: MailRun, users: list[User]) -> dict[int, str]:
-    from cds.settings.service import redirect_url
     problems = {}
     base = redirect_url()
     for profile in {u.profile_id: u.profile for u in users}.values():
@@ -654,7 +666,6 @@ def _withdraw_unsent(deps: list[Deployment]) -> None:
 
 def _in_outbox(dep: Deployment) -> str | None:
     """The outbox file written for this deployment, if any (outbox mode only)."""
-    from cds.mail.transport import outbox_dir
     try:
         found = sorted(outbox_dir().glob(f"*-d{dep.id}-*.eml"))
     except OSError:
@@ -816,8 +827,6 @@ class DeployPreview:
 
 def preview_deploy(kind: str, selection: dict, batch: int = 1000) -> DeployPreview:
     """Classify every selected user as the job will (``classify``), without changing anything."""
-    from cds.users.selection import selection_query
-
     preview = DeployPreview(kind)
     last_id = 0
     while True:

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from sqlalchemy import bindparam, select, update
 
 from cds import errors
+from cds.audit.service import record_event
 from cds.csvfile import neutralise
 from cds.extensions import db
 from cds.imports.service import insert_users
 from cds.models import SOURCE_CSV, DeploymentProfile, User, login_key, utcnow
+from cds.profiles.service import default_profile
 from cds.security import decrypt_secrets, encrypt_secrets
 from cds.users.changes import Change, plan_change
 from cds.users.fields import CSV_COLUMNS, REQUIRED_FIELDS, USER_SECRETS
@@ -237,8 +239,6 @@ class _RowProfiles:
     """Each row's profile: one for all, else the Profile column, else (new users) the default."""
 
     def __init__(self, options: CsvOptions):
-        from cds.profiles.service import default_profile
-
         self.by_name = {p.name.strip().casefold(): p for p in db.session.scalars(select(DeploymentProfile))}
         self.fixed = None
         if options.profile_id is not None:
@@ -407,8 +407,6 @@ def commit_import(data: bytes, options: CsvOptions, *, actor: str | None = None,
                   file_name: str = "") -> CsvResult:
     """Plan again and write in one transaction. All-or-nothing raises CsvRejected on any
     error; partial writes the good rows and reports the skipped ones."""
-    from cds.audit.service import record_event
-
     plan = plan_import(data, options)
     if plan.error_count and not options.partial:
         raise CsvRejected(plan)

@@ -4,6 +4,7 @@ from flask import (Blueprint, Response, current_app, g, redirect, render_templat
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from cds.extensions import db
+from cds.fragments import wants_fragment
 from cds.imports.csv_import import (EMPTY_POLICIES, MAX_LISTED_ERRORS, CsvOptions, CsvProblem,
                                     CsvRejected, commit_import, plan_import, rejected_rows_csv,
                                     template_csv)
@@ -37,7 +38,7 @@ def index():
     except ImportProblem:
         filt = RecordFilter()
     page = list_records(filt, _int_arg("page", 1), _int_arg("per_page", PAGE_SIZES[0]))
-    if request.htmx and request.htmx.target == "records-table":
+    if wants_fragment("records-table"):
         return render_template("imports/_records.html", page=page)
     job = None
     if row_id(request.args.get("job")):

@@ -13,18 +13,23 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography.fernet import InvalidToken
 from flask import current_app
 from sqlalchemy import Select, and_, false, func, insert, or_, select, text
 from sqlalchemy.orm import aliased
 
 from cds import errors
+from cds.audit.service import record_event
 from cds.extensions import db
-from cds.models import (SOURCE_CONNECTION, Connection, DeploymentProfile, SourceRecord, User, login_key,
-                        utcnow)
+from cds.jobs.actions import start_action
+from cds.models import SOURCE_CONNECTION, Connection, DeploymentProfile, SourceRecord, User, login_key, utcnow
+from cds.profiles.service import default_profile
 from cds.scheduler import tick_task
+from cds.security import new_token
 from cds.sources import FIELD_SIZES
 from cds.users.changes import BY_SOURCE, plan_change
 from cds.users.login_ids import login_id_in_use, login_id_owners
+from cds.users.selection import parse_ids
 
 log = logging.getLogger("cds.imports")
 
@@ -154,7 +159,6 @@ def parse_record_selection(data) -> dict:
             raise ImportProblem(f"Unknown filter key {', '.join(repr(k) for k in unknown)}; the filter "
                                 f"keys are search, connection, state.")
         return {"filter": RecordFilter.from_mapping(data).to_dict()}
-    from cds.users.selection import parse_ids
     try:
         return {"ids": parse_ids(data, "record")}
     except ValueError as exc:
@@ -193,7 +197,6 @@ class ImportResult:
 
 
 def _resolve_profile(profile_id) -> DeploymentProfile:
-    from cds.profiles.service import default_profile
     if profile_id in (None, "", 0):
         return default_profile()
     try:
@@ -208,8 +211,6 @@ def _resolve_profile(profile_id) -> DeploymentProfile:
 def import_records(selection: dict, profile_id=None, *, actor: str | None = None) -> ImportResult:
     """Create a CDS user for each selected record not imported yet. Records whose data
     breaks the user rules, or whose login id another user has, are skipped with the reason."""
-    from cds.audit.service import record_event
-
     profile = _resolve_profile(profile_id)
     records = list(db.session.scalars(record_selection_query(selection)
                                       .order_by(SourceRecord.id)))
@@ -299,8 +300,6 @@ def _ids_of(pairs: list[tuple[int, str]]) -> list[int]:
 
 def import_and_deploy(selection: dict, profile_id=None, *, actor: str | None = None) -> ImportResult:
     """Import, then send the new users their deployment (one Deploy job)."""
-    from cds.jobs.actions import start_action
-
     result = import_records(selection, profile_id, actor=actor)
     if result.created_ids:
         job = start_action("deploy", {"ids": result.created_ids}, actor=actor or "system")
@@ -329,7 +328,6 @@ def uploads_dir() -> Path:
 
 def store_upload(data: bytes) -> str:
     """Keep an uploaded file, encrypted, until the administrator commits or cancels."""
-    from cds.security import new_token
     name = new_token()
     sealed = current_app.extensions["cds_cipher"].encrypt(data)
     fd = os.open(uploads_dir() / f"{name}{UPLOAD_SUFFIX}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -339,7 +337,6 @@ def store_upload(data: bytes) -> str:
 
 
 def read_upload(name: str) -> bytes:
-    from cryptography.fernet import InvalidToken
     gone = ImportProblem(f"The uploaded file is no longer available (a preview is kept for "
                          f"{UPLOAD_MAX_AGE_SECONDS // 60} minutes); upload it again.")
     if not name or not UPLOAD_NAME.fullmatch(name):

@@ -2,6 +2,7 @@
 finished ones with their per-user report, and the periodic sync schedules."""
 from flask import Blueprint, g, redirect, render_template, request, url_for
 
+from cds.fragments import page_or_fragment, wants_fragment
 from cds.jobs.service import (ITEM_OUTCOMES, active_jobs, cancel_job, get_job,
                               finished_jobs, item_page, reason_counts, scheduled_jobs,
                               sync_schedules)
@@ -30,10 +31,8 @@ def _lists_context(page: int) -> dict:
 
 @bp.route("")
 def index():
-    context = _lists_context(_page_arg())
-    if request.htmx and request.htmx.target == "job-lists":
-        return render_template("jobs/_lists.html", **context)
-    return render_template("jobs/page.html", active_tab="jobs", **context)
+    return page_or_fragment("jobs/page.html", "jobs/_lists.html", "job-lists", active_tab="jobs",
+                            **_lists_context(_page_arg()))
 
 
 def _get_job(job_id: int) -> Job:
@@ -51,9 +50,8 @@ def detail(job_id: int):
     context = dict(job=job, items=items, items_total=total, outcome=outcome, page=page,
                    pages=max(1, -(-total // ITEMS_PER_PAGE)),
                    reasons=reason_counts(job) if job.finished else [])
-    if request.htmx and request.htmx.target == "job-items":
-        return render_template("jobs/_items.html", **context)
-    return render_template("jobs/detail.html", active_tab="jobs", **context)
+    return page_or_fragment("jobs/detail.html", "jobs/_items.html", "job-items", active_tab="jobs",
+                            **context)
 
 
 @bp.route("/<int:job_id>/progress")
@@ -68,7 +66,7 @@ def progress(job_id: int):
 def cancel(job_id: int):
     job = cancel_job(job_id, actor=g.actor)  # JobNotFound: 404, JobFinished: 409
     toast(f"Cancelled: {job.description}. {job.message}", "success")
-    if request.htmx and request.htmx.target == "job-lists":
+    if wants_fragment("job-lists"):
         return render_template("jobs/_lists.html", **_lists_context(_page_arg()))
     if request.form.get("next") == "detail":
         return redirect(url_for("jobs.detail", job_id=job_id))

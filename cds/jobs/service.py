@@ -26,12 +26,15 @@ from sqlalchemy import bindparam, case, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from cds import errors
-from cds.audit.service import acting_for
+from cds.audit.service import acting_for, record_event
 from cds.client.statements import DriverStatement
 from cds.extensions import db
-from cds.models import (JOB_CANCELLED, JOB_DONE, JOB_FAILED, JOB_QUEUED, JOB_RUNNING,
-                        JOB_SCHEDULED, Job, JobItem, User, utcnow)
+from cds.models import (JOB_CANCELLED, JOB_DONE, JOB_FAILED, JOB_QUEUED, JOB_RUNNING, JOB_SCHEDULED,
+                        Connection, Job, JobItem, User, utcnow)
+from cds.profiles.service import ProfileNotFound, get_profile
 from cds.scheduler import tick_task
+from cds.settings.service import get_setting
+from cds.users.selection import count_selection, describe_selection, selection_query
 
 log = logging.getLogger("cds.jobs")
 
@@ -97,8 +100,6 @@ def action(kind: str, label: str, *, finish=None, batch_size: int = BATCH_SIZE, 
 # --- creating and cancelling ---------------------------------------------------
 
 def _profile_id(value) -> int:
-    from cds.profiles.service import ProfileNotFound, get_profile
-
     number = None
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
@@ -137,8 +138,6 @@ def create_job(kind: str, selection: dict, *, params: dict | None = None,
     mapping holding the action's parameters (a form, a JSON body, a dict). With
     ``commit=False`` it joins the caller's transaction (``start_action`` commits it
     with the creation's audit event)."""
-    from cds.users.selection import count_selection, describe_selection
-
     if kind not in ACTIONS:
         raise errors.NotFound(f"There is no bulk action {kind!r}.")
     total = count_selection(selection)
@@ -177,8 +176,6 @@ def get_job(job_id: int) -> Job:
 def cancel_job(job_id: int, *, actor: str | None = None, actor_type: str | None = None) -> Job:
     """Cancel a scheduled or queued job (it never runs), or stop a running one after its batch.
     Writes the one ``job.cancel`` audit event, in the same transaction."""
-    from cds.audit.service import record_event
-
     job = get_job(job_id)
     changed = db.session.execute(
         update(Job).where(Job.id == job_id, Job.state.in_([JOB_SCHEDULED, JOB_QUEUED, JOB_RUNNING]))
@@ -426,8 +423,6 @@ def _fail(job_id: int, message: str) -> None:
 
 def _record_not_reached(job: Job, reason: str) -> None:
     """A failed item for every selected user the job has no item for."""
-    from cds.users.selection import selection_query
-
     act = ACTIONS.get(job.kind)
     while True:
         last_id = db.session.scalar(select(func.max(JobItem.user_id)).where(JobItem.job_id == job.id)) or 0
@@ -497,8 +492,6 @@ def run_job(job_id: int, *, _submitted: bool = False) -> Job | None:
 
 
 def _run_claimed(job: Job, claim: Claim) -> Job:
-    from cds.users.selection import selection_query
-
     act = ACTIONS[job.kind]
     log.info("job %s (%s) started by %s: %s users", job.id, job.kind, claim.token, job.total)
     # Resume after the last user this job recorded (users are walked in id order).
@@ -639,7 +632,6 @@ def item_page(job: Job, outcome: str | None, page: int = 1, per_page: int = 100
 
 def sync_schedules() -> list:
     """Connections and their periodic sync: interval, last result, next run."""
-    from cds.models import Connection
     return list(db.session.scalars(select(Connection).order_by(
         Connection.enabled.desc(), Connection.next_sync_at, Connection.name)))
 
@@ -665,8 +657,6 @@ def run_due(app) -> None:
 @tick_task("jobs.prune", every_ticks=720)
 def prune_finished(app) -> int:
     """Forget finished jobs older than the retention set in Settings (0 keeps them all)."""
-    from cds.settings.service import get_setting
-
     days = get_setting("JOB_RETENTION_DAYS")
     if not days or days <= 0:
         return 0

@@ -17,10 +17,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from flask import current_app
-from flask_mail import Attachment, Message
+from flask_mail import Attachment, Message, sanitize_address, sanitize_subject
 from jinja2 import StrictUndefined, TemplateError
 from markupsafe import Markup, escape
 
+from cds import errors
 from cds.clients import kind_named, kind_of
 from cds.mail.addresses import AddressError, check_header_text
 from cds.mail.sandbox import BoundedSandbox, RenderLimit, render_bounded
@@ -47,7 +48,7 @@ def _default_kind():
     return kind_named(None)
 
 
-class TemplateProblem(Exception):
+class TemplateProblem(errors.Invalid):
     """A template cannot be compiled or rendered; the message says where and why."""
 
 
@@ -290,8 +291,6 @@ class WireComposer:
     tests/test_mail.py, which compares them), only cheaper."""
 
     def __init__(self, sender: str):
-        from flask_mail import sanitize_address
-
         self.sender = sender
         self._domain = message_id_domain(sender)
         self._fold = fold_header
@@ -319,8 +318,6 @@ class WireComposer:
                 msg_id: str | None = None) -> ComposedMail:
         """What ``message_bytes(build_message(…))`` gives for the same arguments.
         ``boundaries``, ``date`` and ``msg_id`` are chosen here unless given (tests)."""
-        from flask_mail import sanitize_subject
-
         to = formataddr((" ".join(recipient_name.split()), recipient)) if recipient_name.strip() else recipient
         fold = self._fold
         head = [fold("Subject", sanitize_subject(rendered.subject, "utf-8"))] if rendered.subject else []
@@ -348,7 +345,6 @@ def address_header(parsed: tuple[str, str]) -> str:
     encoded word. A short name of letters, digits and single spaces becomes
     ``=?utf-8?q?First_Last?=`` (quoted-printable is the shorter encoding for it), written
     directly instead of by email.header (tests/test_mail.py compares the two)."""
-    from flask_mail import sanitize_address
     name, address = parsed
     if len(name) <= 40 and _PLAIN_NAME.fullmatch(name) and address.isascii():
         return formataddr((f"=?utf-8?q?{name.replace(' ', '_')}?=", address))

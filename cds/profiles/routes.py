@@ -5,12 +5,13 @@ from flask import Blueprint, abort, g, redirect, render_template, request, url_f
 
 from cds.clients import kind_of, profile_problems
 from cds.extensions import db
+from cds.fragments import go_to, page_or_fragment, wants_fragment
 from cds.models import DeploymentProfile
 from cds.profiles.forms import DeleteProfileForm, ProfileForm
 from cds.profiles.service import (PROFILE_FIELDS, InvalidProfile, ProfileInUse,
                                   all_profiles, delete_profile, get_profile,
                                   save_profile, set_default, user_counts, validate_profile_fields)
-from cds.web import app_response, current_admin, toast, write_required
+from cds.web import current_admin, toast, write_required
 
 bp = Blueprint("profiles", __name__, url_prefix="/profiles")
 
@@ -45,19 +46,20 @@ def _render_form(form, profile, status=200):
                # What the saved profile lacks (the form may hold unsaved changes).
                profile_missing=profile_problems(profile) if profile else [],
                kind_label=kind_of(profile).label if profile else "")
-    if request.htmx and request.headers.get("HX-Target") == "profile-form":
-        return app_response(render_template("profiles/_form.html", **ctx), status)
-    return render_template("profiles/edit.html", **ctx), status
+    return page_or_fragment("profiles/edit.html", "profiles/_form.html", "profile-form", status, **ctx)
 
 
-def _saved(message: str):
-    toast(message, "success")
-    target = url_for("profiles.index")
-    if request.htmx:
-        resp = app_response("", 204)
-        resp.headers["HX-Redirect"] = target
-        return resp
-    return redirect(target)
+def _save(form, profile, values: dict, make_default: bool, message: str):
+    """Save and return to the list, or show the form again with the service's own
+    refusals beside the fields (422)."""
+    try:
+        saved = save_profile(profile, values, actor=g.get("actor"), make_default=make_default)
+    except InvalidProfile as exc:
+        db.session.rollback()
+        form.add_errors(exc.errors)
+        return _render_form(form, profile, 422)
+    toast(message.format(name=saved.name), "success")
+    return go_to(url_for("profiles.index"))
 
 
 @bp.route("/new", methods=["GET", "POST"])
@@ -66,18 +68,10 @@ def new():
     form = ProfileForm(request.form if request.method == "POST" else None)
     if request.method == "GET":
         return _render_form(form, None)
-    if form.validate():
-        try:
-            profile = save_profile(None, form.values(), actor=g.get("actor"),
-                                   make_default=form.make_default.data)
-        except InvalidProfile as exc:
-            db.session.rollback()
-            form.add_errors(exc.errors)
-        else:
-            return _saved(f"Profile {profile.name} created.")
-    else:
+    if not form.validate():
         form.add_errors(validate_profile_fields(form.values()))
-    return _render_form(form, None, 422)
+        return _render_form(form, None, 422)
+    return _save(form, None, form.values(), form.make_default.data, "Profile {name} created.")
 
 
 @bp.route("/<int:profile_id>", methods=["GET", "POST"])
@@ -88,20 +82,14 @@ def edit(profile_id: int):
     if not current_admin().can_write:
         abort(403, "Your account is read-only.")
     form = ProfileForm(request.form)
-    if profile.is_do_not_deploy or form.validate():
-        try:
-            values = form.values() if not profile.is_do_not_deploy else {
-                "name": form.name.data or profile.name, "description": form.description.data or ""}
-            save_profile(profile, values, actor=g.get("actor"),
-                         make_default=bool(form.make_default.data) and not profile.is_do_not_deploy)
-        except InvalidProfile as exc:
-            db.session.rollback()
-            form.add_errors(exc.errors)
-        else:
-            return _saved(f"Profile {profile.name} saved.")
-    else:
+    if profile.is_do_not_deploy:
+        # The built-in profile: only its name and description.
+        values = {"name": form.name.data or profile.name, "description": form.description.data or ""}
+        return _save(form, profile, values, False, "Profile {name} saved.")
+    if not form.validate():
         form.add_errors(validate_profile_fields(form.values(), profile))
-    return _render_form(form, profile, 422)
+        return _render_form(form, profile, 422)
+    return _save(form, profile, form.values(), bool(form.make_default.data), "Profile {name} saved.")
 
 
 @bp.route("/<int:profile_id>/default", methods=["POST"])
@@ -114,10 +102,10 @@ def make_default(profile_id: int):
 
 
 def _list_fragment_or_page(**extra):
-    if request.htmx:
-        return app_response(render_template("profiles/_list.html", **_list_context(**extra)))
-    if extra:
-        return render_template("profiles/page.html", **_list_context(**extra))
+    """The list (its buttons target it, ``profile-list``), or after a plain form the page."""
+    if extra or wants_fragment():
+        return page_or_fragment("profiles/page.html", "profiles/_list.html", None,
+                                **_list_context(**extra))
     return redirect(url_for("profiles.index"))
 
 

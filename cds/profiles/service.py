@@ -27,7 +27,8 @@ class ProfileNotFound(errors.NotFound, ProfileError):
 class ProfileInUse(ProfileError):
     def __init__(self, profile: DeploymentProfile, count: int):
         super().__init__(f"The profile {profile.name!r} is used by {count} "
-                         f"user{'s' if count != 1 else ''}; assign them another profile first.")
+                         f"user{'s' if count != 1 else ''}; assign them another profile first.",
+                         {"users": count})  # the API's "details"
         self.profile, self.count = profile, count
 
 

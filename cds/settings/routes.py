@@ -3,9 +3,10 @@ and My account. The section's other pages are blueprints of their own in this ar
 (E-mail and the e-mail template, API tokens, Backup); ``blueprints`` lists them all."""
 from __future__ import annotations
 
-from flask import Blueprint, abort, g, redirect, render_template, request, session, url_for
+from flask import Blueprint, abort, g, redirect, request, session, url_for
 
 from cds.auth.service import AccountError
+from cds.fragments import page_or_fragment, wants_fragment
 from cds.models import ROLE_LABELS, ROLES
 from cds.settings import accounts, api_tokens, backup, mail
 from cds.settings.service import GENERAL_KEYS, get_settings, is_overridden, parse_general, save_general
@@ -18,9 +19,7 @@ blueprints = (bp, mail.bp, api_tokens.bp, backup.bp)
 
 def _render(template: str, partial: str, target: str, status: int = 200, **context):
     """The full page, or only the section's fragment when htmx asked for it."""
-    if request.htmx and request.htmx.target == target:
-        return render_template(partial, **context), status
-    return render_template(template, active_tab="settings", **context), status
+    return page_or_fragment(template, partial, target, status, active_tab="settings", **context)
 
 
 # --- General -------------------------------------------------------------------
@@ -41,7 +40,7 @@ def index():
         else:
             changed = save_general(submitted)
             toast("Settings saved." if changed else "Nothing was changed.", "success" if changed else "info")
-            if not request.htmx:
+            if not wants_fragment("general-form"):
                 return redirect(url_for("settings.index"))
             values = get_settings(*GENERAL_KEYS)
     overridden = {k: is_overridden(k) for k in GENERAL_KEYS}
@@ -85,7 +84,7 @@ def _account_change(change, success: str):
     else:
         admin = result
     toast(success.format(name=admin.username), "success")
-    if not request.htmx and shown is None:
+    if not wants_fragment("admins") and shown is None:
         return redirect(url_for("settings.admins"))
     return _admins_page(shown_password=shown)
 
@@ -157,7 +156,7 @@ def account():
         else:
             session["epoch"] = epoch  # this session stays; the account's others end
             toast("Your password is changed. Your other sessions have ended.", "success")
-            if not request.htmx:
+            if not wants_fragment("account-form"):
                 return redirect(url_for("settings.account"))
     return _render("settings/account.html", "settings/_account_form.html", "account-form", status,
                    section="account", error=error)

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from cds import errors
 from cds.users.fields import FIELD, SOURCE_OWNED_FIELDS
 
 # The user fields a source may provide, with the column sizes of SourceRecord / User
@@ -26,8 +27,9 @@ HTTP_KINDS = ("mbg", "mcs", "usa")
 LDAP_KIND = "ldap"
 
 
-class SourceError(Exception):
-    """The source could not be read; the message is meant for the administrator."""
+class SourceError(errors.Conflict):
+    """The source could not be read; the message is meant for the administrator. A 409
+    everywhere: the request was understood, the source's state refuses it."""
 
 
 class SourceAuthError(SourceError):

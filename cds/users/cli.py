@@ -5,9 +5,12 @@ import sys
 import click
 from sqlalchemy import select
 
+from cds.api.schema import user_json
 from cds.cli import fail
 from cds.extensions import db
+from cds.jobs.actions import start_action
 from cds.models import User, login_key
+from cds.profiles.service import default_profile, find_profile_by_name
 from cds.users import service as users
 from cds.users.fields import FIELDS, USER_SECRETS
 from cds.users.login_ids import redeploy_after_id_change
@@ -26,7 +29,6 @@ def _user_by_login(login_id: str) -> User:
 
 
 def _profile_id(name: str | None) -> int | None:
-    from cds.profiles.service import find_profile_by_name
     if name is None:
         return None
     profile = find_profile_by_name(name)
@@ -57,7 +59,6 @@ def _fields(fn):
 
 
 def _print_user(user: User, as_json: bool) -> None:
-    from cds.api.schema import user_json
     data = user_json(user)
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -82,7 +83,6 @@ def users_group():
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_command(search, profile_name, sort, page, per_page, as_json):
     """List users (the Users tab's search, sort and pages)."""
-    from cds.api.schema import user_json
     args = {"search": search, "sort": sort, "page": page, "per_page": per_page}
     if profile_name:
         args["profile"] = _profile_id(profile_name)
@@ -112,7 +112,6 @@ def show_command(login_id, as_json):
 @_fields
 def add_command(login_id, profile_name, secret_names, as_json, **fields):
     """Add a manual user. Secrets are read from stdin, never from the command line."""
-    from cds.profiles.service import default_profile
     values = {k: (v or "") for k, v in fields.items()}
     values["login_id"] = login_id
     values["profile_id"] = _profile_id(profile_name) or default_profile().id
@@ -144,7 +143,6 @@ def edit_command(login_id, new_login_id, profile_name, secret_names, as_json, **
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def delete_command(login_ids, yes):
     """Delete users: their links and device credentials stop working."""
-    from cds.jobs.actions import start_action
     ids = [_user_by_login(login).id for login in login_ids]
     if not yes and not click.confirm(f"Delete {len(ids)} user(s)?"):
         fail("nothing deleted")

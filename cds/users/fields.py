@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
+
 # Characters no field or secret may hold (they break CSV, logs and SIP headers).
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 # What a phone number may look like (user fields and profile numbers alike).
@@ -46,8 +48,6 @@ _PLAIN_EMAIL_RE = re.compile(
 
 def email_problem(value: str) -> str | None:
     """Why ``value`` is not a deliverable-looking address, or None (email_validator rules)."""
-    from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
-
     if len(value) <= 254 and _PLAIN_EMAIL_RE.fullmatch(value):
         local, domain = value.rsplit("@", 1)
         domain = domain.lower()

@@ -5,13 +5,14 @@ from __future__ import annotations
 from sqlalchemy import func, select, update
 
 from cds.extensions import db
+from cds.jobs.actions import start_action
 from cds.models import ClientDevice, Deployment, User, login_key, utcnow
+from cds.redirect.service import withdraw_links
+from cds.settings.service import get_setting
 
 
 def revoke_client_access(user: User, reason: str) -> tuple[int, int]:
     """Stop every device credential and unused link of a user. Returns (devices, links)."""
-    from cds.redirect.service import withdraw_links
-
     now = utcnow()
     devices = db.session.execute(
         update(ClientDevice).where(ClientDevice.user_id == user.id, ClientDevice.revoked_at.is_(None))
@@ -42,8 +43,6 @@ def apply_login_id_change(user: User, new_login_id: str) -> bool:
 
 def id_change_consequences(user: User) -> str:
     """What changing this user's ID does, said before it is done (the page asks first)."""
-    from cds.settings.service import get_setting
-
     devices = db.session.scalar(select(func.count(ClientDevice.id)).where(
         ClientDevice.user_id == user.id, ClientDevice.revoked_at.is_(None))) or 0
     links = db.session.scalar(select(func.count(Deployment.id)).where(
@@ -90,9 +89,6 @@ def login_id_in_use(login_id: str, owner_login_id: str, owner_name: str) -> str:
 def redeploy_after_id_change(user: User, *, actor: str | None = None):
     """With the setting AUTO_REDEPLOY_ON_ID_CHANGE on, start the Deploy job for the
     user whose ID just changed. Returns the job, or None (the setting is off)."""
-    from cds.jobs.actions import start_action
-    from cds.settings.service import get_setting
-
     if not get_setting("AUTO_REDEPLOY_ON_ID_CHANGE"):
         return None
     return start_action("deploy", {"ids": [user.id]}, actor=actor or "system")

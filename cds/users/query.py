@@ -6,11 +6,11 @@ import re
 from dataclasses import dataclass, field, fields
 
 from sqlalchemy import Select, and_, bindparam, case, func, literal_column, or_, select, table
+from sqlalchemy.orm import selectinload
 
 from cds.extensions import db
 from cds.http import MAX_PAGE
-from cds.models import (SOURCE_CONNECTION, SOURCE_CSV, SOURCE_LABELS, SOURCE_MANUAL, Connection,
-                        DeploymentProfile, User)
+from cds.models import SOURCE_CONNECTION, SOURCE_CSV, SOURCE_LABELS, SOURCE_MANUAL, Connection, DeploymentProfile, User
 from cds.users.errors import InvalidQuery
 from cds.users.fields import CONTROL_RE
 
@@ -282,8 +282,6 @@ def _page_ids(q: UserQuery) -> tuple[list[int], int]:
 
 def list_users(q: UserQuery) -> UserPage:
     """One page of users as User objects (the API and the CLI show every field)."""
-    from sqlalchemy.orm import selectinload
-
     ids, total = _page_ids(q)
     rows = {u.id: u for u in db.session.scalars(
         select(User).where(User.id.in_(ids)).options(selectinload(User.profile),

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from flask import (Blueprint, abort, g, redirect, render_template, request, session,
+from flask import (Blueprint, abort, g, render_template, request, session,
                    url_for)
 
 from cds.clients import kind_of, profile_problems
 from cds.deploy.service import deploy_refusal, recipient_for
 from cds.extensions import db
+from cds.fragments import go_to, html_response, page_or_fragment, wants_fragment
 from cds.jobs.actions import start_action
 from cds.jobs.service import ACTIONS, reason_counts
 from cds.mail.transport import MailSettings
@@ -22,7 +23,7 @@ from cds.users.query import PAGE_SIZES, UserQuery, source_choices, source_label,
 from cds.users.selection import parse_selection
 from cds.users.service import (deployment_history, get_user, revoke_device, save_user,
                                user_audit_events, user_devices, user_errors)
-from cds.web import app_response, current_admin, toast, write_required
+from cds.web import current_admin, toast, write_required
 
 bp = Blueprint("users", __name__, url_prefix="/users")
 
@@ -50,12 +51,6 @@ def query_string(args: dict) -> str:
     return urlencode([(k, v) for k, v in args.items() if v is not None], safe="!$'()*,/:;?@")
 
 
-def _targets(name: str) -> bool:
-    """An htmx request for one fragment (not a history restore, which wants the page)."""
-    return bool(request.htmx) and request.headers.get("HX-Target") == name \
-        and not request.headers.get("HX-History-Restore-Request")
-
-
 # --- the table -----------------------------------------------------------------------
 
 def _query_from_request() -> UserQuery:
@@ -74,9 +69,9 @@ def _query_from_request() -> UserQuery:
 def index():
     q = _query_from_request()
     page = table_page(q)
-    if _targets(TABLE_TARGET):
-        resp = app_response(render_template("users/_table.html", page=page))
-        if request.headers.get("HX-Trigger") == "user-filters":
+    if wants_fragment(TABLE_TARGET):
+        resp = html_response(render_template("users/_table.html", page=page))
+        if request.htmx.trigger == "user-filters":
             # The filter form sends every field, empty ones too; the address bar gets the
             # short form of the same state.
             resp.headers["HX-Push-Url"] = url_for("users.index", **q.to_args())
@@ -137,10 +132,8 @@ def _user_context(user, form, **extra):
 
 
 def _render_user(user, form, status=200, **extra):
-    ctx = _user_context(user, form, **extra)
-    if _targets(USER_TARGET):
-        return app_response(render_template("users/_user.html", **ctx), status)
-    return render_template("users/user.html", active_tab="users", **ctx), status
+    return page_or_fragment("users/user.html", "users/_user.html", USER_TARGET, status,
+                            active_tab="users", **_user_context(user, form, **extra))
 
 
 def _load_user(user_id: int):
@@ -159,18 +152,12 @@ def new():
                 form.add_errors(exc.errors)
             else:
                 toast(f"User {result.user.display_name} ({result.user.login_id}) added.", "success")
-                target = url_for("users.index", search=result.user.login_id)
-                if request.htmx:
-                    resp = app_response("", 204)
-                    resp.headers["HX-Redirect"] = target
-                    return resp
-                return redirect(target)
+                return go_to(url_for("users.index", search=result.user.login_id))
         status = 422
     else:
         status = 200
-    if _targets("user-form"):
-        return app_response(render_template("users/_new_form.html", form=form, secrets=USER_SECRETS), status)
-    return render_template("users/new.html", form=form, secrets=USER_SECRETS, active_tab="users"), status
+    return page_or_fragment("users/new.html", "users/_new_form.html", "user-form", status,
+                            form=form, secrets=USER_SECRETS, active_tab="users")
 
 
 @bp.route("/<int:user_id>", methods=["GET", "POST"])

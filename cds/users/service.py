@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import select
 
+from cds.audit.service import actor_type_of, record_event
 from cds.extensions import db
 from cds.jobs.service import Outcome, action
-from cds.models import ClientDevice, Deployment, DeploymentProfile, User, utcnow
+from cds.models import AuditEvent, ClientDevice, Deployment, DeploymentProfile, User, utcnow
 from cds.users.changes import Change, plan_change
 from cds.users.errors import InvalidUser, NotFound, UserError
 from cds.users.login_ids import apply_login_id_change, login_id_in_use, login_id_owner
@@ -91,8 +92,6 @@ def save_user(user: User | None, values: dict, secrets: dict | None = None, *,
     source owns cannot change (Sync changes them), the profile and secrets can.
     ``secrets``: {name: new value} replaces, {name: None} clears, absent keeps.
     Raises InvalidUser with every field error; nothing is written then."""
-    from cds.audit.service import record_event
-
     change, profile = _checked(user, values, secrets or {})
     if change.errors:
         raise InvalidUser(change.errors)
@@ -129,7 +128,6 @@ def user_devices(user: User) -> list[ClientDevice]:
 
 
 def user_audit_events(user: User, limit: int = 50):
-    from cds.models import AuditEvent
     return list(db.session.scalars(select(AuditEvent).where(AuditEvent.user_id == user.id)
                                    .order_by(AuditEvent.at.desc(), AuditEvent.id.desc()).limit(limit)))
 
@@ -137,8 +135,6 @@ def user_audit_events(user: User, limit: int = 50):
 def revoke_device(user: User, device_id: int, *, actor: str | None = None) -> ClientDevice:
     """A lost phone: this device's credential stops working at once (the client then
     gets 401 redeploy_required); the user's other devices keep working."""
-    from cds.audit.service import record_event
-
     device = db.session.get(ClientDevice, device_id)
     if device is None or device.user_id != user.id:
         raise NotFound(f"Device {device_id} of this user does not exist.")
@@ -157,8 +153,6 @@ def revoke_device(user: User, device_id: int, *, actor: str | None = None) -> Cl
 @action("assign_profile", "Assign profile", options=("profile_id",))
 def assign_profile_batch(job, users: list[User]) -> list[Outcome]:
     """Put the users on the profile params["profile_id"]; their configuration changes."""
-    from cds.audit.service import actor_type_of, record_event
-
     profile = db.session.get(DeploymentProfile, job.params.get("profile_id") or 0)
     if profile is None:
         return [Outcome(u, "failed", "The chosen profile no longer exists.") for u in users]

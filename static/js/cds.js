@@ -75,6 +75,15 @@
   document.addEventListener("htmx:load", function (ev) { localTimes(ev.detail.elt); ageToasts(); });
   document.addEventListener("htmx:afterSettle", function () { localTimes(document); ageToasts(); });
 
+  // One way to ask before a change: hx-confirm="question" on the button or the form. htmx
+  // asks it for its own requests; a plain form (no htmx) is asked here, in the browser's
+  // dialog too. A submit htmx took over is already prevented by then: not asked twice.
+  document.addEventListener("submit", function (ev) {
+    if (ev.defaultPrevented) return;
+    var asker = ev.submitter && ev.submitter.closest("[hx-confirm]") || ev.target.closest("[hx-confirm]");
+    if (asker && !window.confirm(asker.getAttribute("hx-confirm"))) ev.preventDefault();
+  });
+
   // Never fail silently: a request that did not reach the server says so.
   document.addEventListener("htmx:sendError", function () {
     toast("The server could not be reached. Check the connection and try again.");

@@ -1,22 +1,12 @@
-/* Users tab: selection (rows, this page, all matching), confirmations with the
-   count, "Deploy at", Export (CSV), and refreshing what a finished job changed. */
+/* Users tab: the bulk actions' questions with the count (the selection itself is
+   selection.js), "Deploy at", Export (CSV), and refreshing what a finished job changed. */
 (function () {
   "use strict";
 
   function $(sel, root) { return (root || document).querySelector(sel); }
   function $all(sel, root) { return Array.prototype.slice.call((root || document).querySelectorAll(sel)); }
 
-  function total() {
-    var meta = $("#table-meta");
-    return meta ? parseInt(meta.getAttribute("data-total"), 10) || 0 : 0;
-  }
-  function allMatching() {
-    var el = $("#all-matching");
-    return !!el && el.value === "1";
-  }
-  function selectedCount() {
-    return allMatching() ? total() : $all(".row-check:checked").length;
-  }
+  function selectedCount() { return window.cdsSelection.count(); }
   var unambiguous = new Intl.DateTimeFormat(undefined, {
     weekday: "short", day: "numeric", month: "short", year: "numeric", hour: "2-digit", minute: "2-digit"
   });
@@ -26,47 +16,9 @@
   }
   function plural(n) { return n.toLocaleString() + (n === 1 ? " user" : " users"); }
 
-  // The count, the bulk buttons, the row highlight and the "select all N" offer.
-  function refreshSelection() {
-    var rows = $all(".row-check");
-    var checked = rows.filter(function (c) { return c.checked; });
-    var n = selectedCount();
-    var count = $("#selection-count");
-    if (count) {
-      count.textContent = n === 0 ? "None selected"
-        : allMatching() ? "All " + plural(n) + " matching selected" : plural(n) + " selected";
-      count.classList.toggle("has-selection", n > 0);
-    }
-    $all("[data-bulk]").forEach(function (b) { b.disabled = n === 0; });
-    rows.forEach(function (c) { c.closest("tr").classList.toggle("selected", c.checked); });
-    var pageBox = $("#check-page");
-    if (pageBox) {
-      pageBox.checked = rows.length > 0 && checked.length === rows.length;
-      pageBox.indeterminate = checked.length > 0 && checked.length < rows.length;
-    }
-    var offer = $("#select-all-offer"), done = $("#select-all-done");
-    if (offer && done) {
-      var allOnPage = rows.length > 0 && checked.length === rows.length;
-      offer.hidden = !(allOnPage && !allMatching() && total() > rows.length);
-      done.hidden = !allMatching();
-    }
-  }
-
-  function setAllMatching(on) {
-    var el = $("#all-matching");
-    if (el) el.value = on ? "1" : "0";
-  }
-
   document.addEventListener("change", function (ev) {
     var t = ev.target;
-    if (t.id === "check-page") {
-      $all(".row-check").forEach(function (c) { c.checked = t.checked; });
-      if (!t.checked) setAllMatching(false);
-      refreshSelection();
-    } else if (t.classList && t.classList.contains("row-check")) {
-      if (!t.checked) setAllMatching(false);
-      refreshSelection();
-    } else if (t.id === "deploy-at") {
+    if (t.id === "deploy-at") {
       var runAt = $("#run-at");
       var d = t.value ? new Date(t.value) : null;  // the admin's local time
       runAt.value = d && !isNaN(d) ? d.toISOString() : "";
@@ -82,18 +34,6 @@
 
   document.addEventListener("click", function (ev) {
     var t = ev.target;
-    if (t.id === "select-all-matching") {
-      $all(".row-check").forEach(function (c) { c.checked = true; });
-      setAllMatching(true);
-      refreshSelection();
-      return;
-    }
-    if (t.id === "clear-selection") {
-      $all(".row-check").forEach(function (c) { c.checked = false; });
-      setAllMatching(false);
-      refreshSelection();
-      return;
-    }
     var exportButton = t.closest("[data-bulk=export]");
     if (exportButton) {
       exportCsv(exportButton);
@@ -241,11 +181,6 @@
     return lines.join("\n");
   }
 
-  // A table that was replaced starts with nothing selected.
-  document.addEventListener("htmx:afterSwap", function (ev) {
-    if (ev.detail.target && ev.detail.target.id === "users-table") refreshSelection();
-  });
-
   // Empty filter fields are left out of the request (and so of the address bar).
   document.addEventListener("htmx:configRequest", function (ev) {
     if (ev.detail.elt.id !== "user-filters") return;
@@ -280,6 +215,4 @@
     $all(".job-progress", elt.parentNode).concat(elt.matches(".job-progress") ? [elt] : [])
       .forEach(refreshAfterJob);
   });
-
-  document.addEventListener("DOMContentLoaded", refreshSelection);
 })();

@@ -38,7 +38,8 @@ def _submit_every_form_empty(page, url: str, statuses: list[int]) -> None:
         # The server's answer to bad input is what is under test, not the browser's checks.
         page.evaluate("""() => {
             document.querySelectorAll('form').forEach(f => { f.noValidate = true; });
-            document.querySelectorAll('[data-confirm]').forEach(e => e.removeAttribute('data-confirm'));
+            document.querySelectorAll('form:not([hx-post])[hx-confirm], form:not([hx-post]) [hx-confirm]')
+                .forEach(e => e.removeAttribute('hx-confirm'));
         }""")
         for field in form.locator("input[type=text]:visible, input[type=email]:visible, "
                                   "input[type=password]:visible, input[type=number]:visible, "

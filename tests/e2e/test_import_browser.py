@@ -20,7 +20,8 @@ def test_import_and_deploy_from_an_http_source(signed_in_page, live_server, sour
     with live_server.app.app_context():
         save_settings({"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": smtp_server.port})
     page = signed_in_page
-    page.on("dialog", lambda dialog: dialog.accept())
+    questions = []
+    page.on("dialog", lambda dialog: (questions.append(dialog.message), dialog.accept()))
 
     page.goto(live_server.url + "/connections")
     page.get_by_role("link", name="Add connection").click()
@@ -42,11 +43,12 @@ def test_import_and_deploy_from_an_http_source(signed_in_page, live_server, sour
     page.locator("#record-search").fill("")
     page.locator("#record-search").dispatch_event("input")
     expect(page.locator("#records-table tbody tr")).to_have_count(5)
-    page.check("#select-page")
-    expect(page.locator("#import-count")).to_have_text("5 records selected")
+    page.check("#check-page")
+    expect(page.locator("#selection-count")).to_have_text("5 records selected")
     page.screenshot(path="/tmp/cds-import.png", full_page=True)
     page.get_by_role("button", name="Import and Deploy").click()
     expect(page.locator("#toasts")).to_contain_text("Imported 5 users.")
+    assert questions[-1] == "Import 5 records and send each new user a deployment e-mail?"
     expect(page.locator(".job-progress[data-state=done]")).to_be_visible(timeout=30000)
     expect(page.locator(".job-progress")).to_contain_text("5 succeeded")
     expect(page.locator("#records-table")).to_contain_text("imported")
