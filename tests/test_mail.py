@@ -259,3 +259,25 @@ def test_recipient_names_are_encoded_as_flask_mail_encodes_them():
         name = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
         address = rng.choice(["ann@example.com", "x.y+z@sub.example.org", "ann@exämple.de"])
         assert address_header((name, address)) == sanitize_address((name, address), "utf-8"), name
+
+
+def test_a_recipient_name_reads_back_as_written(app):
+    """What a mail reader shows in To: is the user's name as the administrator wrote it,
+    accents and all, not an encoded word (=?utf-8?…?=) left over from encoding it twice."""
+    import email
+    from email import policy
+    from email.utils import getaddresses
+
+    from cds.mail.compose import RenderedMail, WireComposer, build_message
+    from cds.mail.qr import qr_png
+    from cds.mail.wire import message_bytes
+    png = qr_png("https://deploy.example.com/r/abc")
+    rendered = RenderedMail("Your softphone", "Hello", "<p>Hello</p>")
+    with app.app_context():
+        wire = WireComposer("CDS <cds@example.com>")
+        for name in ("Jürgen Müller", "名前 テスト", "Zoë  O'Brien, \"Zo\"", "Ann User"):
+            for data in (message_bytes(build_message(rendered, "CDS <cds@example.com>", "u@example.com", png,
+                                                     recipient_name=name)),
+                         wire.compose(rendered, "u@example.com", png, name).data):
+                to = email.message_from_bytes(data, policy=policy.default)["To"]
+                assert getaddresses([str(to)]) == [(" ".join(name.split()), "u@example.com")], str(to)

@@ -242,6 +242,15 @@ def message_id_domain(sender: str) -> str:
     return domain if domain and domain != "localhost" else socket.getfqdn()
 
 
+def recipient_address(recipient: str, name: str = "") -> str | tuple[str, str]:
+    """The ``To:`` of a deployment e-mail as Flask-Mail takes it: ``(name, address)`` when
+    the user has a name, so that the name is encoded once (RFC 2047) when the header is
+    written; a name already encoded by ``formataddr`` would be encoded a second time and
+    shown to the user as ``=?utf-8?…?=``."""
+    name = " ".join(name.split())
+    return (name, recipient) if name else recipient
+
+
 def build_message(rendered: RenderedMail, sender: str, recipient: str, qr_png: bytes | None,
                   recipient_name: str = "") -> Message:
     """A Flask-Mail message: text and HTML alternatives, the QR code as an inline image.
@@ -250,7 +259,7 @@ def build_message(rendered: RenderedMail, sender: str, recipient: str, qr_png: b
     if qr_png is not None:
         attachments.append(Attachment(QR_FILENAME, "image/png", qr_png, "inline",
                                       {"Content-ID": f"<{QR_CID}>"}))
-    to = formataddr((" ".join(recipient_name.split()), recipient)) if recipient_name.strip() else recipient
+    to = recipient_address(recipient, recipient_name)
     message = DeploymentMessage(subject=rendered.subject, recipients=[to], body=rendered.text,
                                 html=rendered.html, sender=sender, attachments=attachments)
     message.msgId = message_id(sender)
@@ -318,10 +327,10 @@ class WireComposer:
                 msg_id: str | None = None) -> ComposedMail:
         """What ``message_bytes(build_message(…))`` gives for the same arguments.
         ``boundaries``, ``date`` and ``msg_id`` are chosen here unless given (tests)."""
-        to = formataddr((" ".join(recipient_name.split()), recipient)) if recipient_name.strip() else recipient
+        to = recipient_address(recipient, recipient_name)
         fold = self._fold
         head = [fold("Subject", sanitize_subject(rendered.subject, "utf-8"))] if rendered.subject else []
-        parsed = parseaddr(to)  # as sanitize_address would parse it
+        parsed = to if isinstance(to, tuple) else parseaddr(to)  # as sanitize_address reads it
         head += [self._from, fold("To", address_header(parsed)),
                  fold("Date", date or formatdate(None, localtime=True)),
                  fold("Message-ID", msg_id or message_id(self.sender, self._domain))]

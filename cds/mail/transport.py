@@ -241,7 +241,7 @@ class MailTransport:
         if composed:
             data, recipient = message.data, message.recipient
         else:
-            data, recipient = message_bytes(message), parseaddr(message.recipients[0])[1]
+            data, recipient = message_bytes(message), _address_of(message.recipients[0])
         prepared = Prepared(data=data, recipient=recipient, label=label)
         if self.uses_outbox:
             return prepared
@@ -365,6 +365,11 @@ class MailTransport:
             return Delivery(RETRY, f"The outbox folder {folder} cannot be written ({reason}).")
         self.sent += 1
         return Delivery(SENT, "Written to the outbox (no SMTP server is configured).", outbox_file=name)
+
+
+def _address_of(recipient: str | tuple[str, str]) -> str:
+    """The envelope address of a recipient given as ``(name, address)`` or as text."""
+    return recipient[1] if isinstance(recipient, tuple) else parseaddr(recipient)[1]
 
 
 def _describe(exc: BaseException) -> str:
