@@ -2,6 +2,7 @@
 JSON endpoint of the same app in the same run.
 
     .venv/bin/python bench/activate.py [--users 6000] [--rounds 10] [--concurrency 8] [--threads 8] [--db postgresql://…]
+    .venv/bin/python bench/activate.py --alone 4 [--users 2000] [--db postgresql://…]
 
 The app is served by waitress (as `flask cds serve` does) in this process; the load
 comes from a separate process with keep-alive connections, so it does not share this
@@ -9,6 +10,8 @@ process's interpreter lock. Phases: the bare endpoint (a view returning {"ok": t
 through the same app, its before/after-request hooks included), the same behind the
 client endpoints' per-address limit, POST /client/v1/activate once per token, GET
 /client/v1/config and /client/v1/status once per client key (bench/_harness.py).
+--alone K times the database part alone: the group commit running batches of K
+activations on one connection, CPU per activation of this process and of PostgreSQL.
 """
 from __future__ import annotations
 
@@ -41,6 +44,39 @@ MODES = {
 }
 
 
+def group_commit_alone(tokens: list[str], k: int, postgres: bool) -> None:
+    """The database part of activation alone: the group commit runs batches of ``k``
+    activations on one connection (no HTTP, no threads); CPU per activation of this
+    process and of the PostgreSQL server."""
+    import time
+
+    from cds.client import service
+    from cds.client.statements import GroupCommit, _Unit
+    from cds.models import utcnow
+    from cds.security import new_token
+
+    group = GroupCommit(refusals=(service.ClientError,))
+    device = {"id": "bench", "platform": "android", "app_version": "1.0"}
+
+    def unit(token):
+        now, key = utcnow(), new_token()
+        return _Unit(lambda cur: service.use_link(cur, service._FIRST_USE, token, now, "127.0.0.1", device, key,
+                                                  check=lambda r: None, build=lambda r: service._document(r, now)))
+
+    group._commit([unit(t) for t in tokens[:40]])  # warm-up: statements compiled and prepared
+    rest = tokens[40:]
+    pg, cpu, wall = h.postgres_cpu(), time.process_time(), time.perf_counter()
+    for i in range(0, len(rest), k):
+        batch = [unit(t) for t in rest[i:i + k]]
+        group._commit(batch)
+        assert all(u.error is None for u in batch), [u.error for u in batch]
+    n = len(rest)
+    print(f"group commit alone, batches of {k}, {n} activations: wall {(time.perf_counter() - wall) * 1000 / n:.3f} ms, "
+          f"CPU {(time.process_time() - cpu) * 1000 / n:.3f} ms"
+          + (f", PostgreSQL CPU {(h.postgres_cpu() - pg) * 1000 / n:.3f} ms" if postgres else "")
+          + f" per activation (load average {os.getloadavg()[0]:.2f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--users", type=int, default=6000)
@@ -48,6 +84,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--threads", type=int, default=8, help="waitress threads (THREADS; 8 by default)")
     ap.add_argument("--db", default=None)
+    ap.add_argument("--alone", type=int, metavar="K",
+                    help="time the group commit alone, batches of K activations, instead of the served phases")
     args = ap.parse_args()
 
     app = h.served_app(args.db, "cds-bench-activate-", limited=True)
@@ -57,6 +95,8 @@ def main() -> None:
         secrets = encrypt_secrets({"mcs_password": "Mcs-1", "pbx_sip_password": "Pbx-2",
                                    "teleworker_sip_password": "Tw-3", "voicemail_pin": "1234"})
         tokens = h.seed_deployed_users(args.users, default_profile().id, secrets)
+        if args.alone:
+            return group_commit_alone(tokens, args.alone, bool(args.db))
     server, port = h.serve(app, args.threads)
 
     n, c = args.users, args.concurrency
