@@ -145,7 +145,7 @@ def app(make_app):
 
 
 # The servers of a configured installation: on a fresh install the built-in Default
-# profile has none, and Deploy skips its users (tests/test_client_kinds.py).
+# profile has none, and Deploy skips its users (tests/clients/test_client_kinds.py).
 TEST_SERVERS = {"pbx_sip_host": "pbx.example.test", "mbg_sip_host": "mbg.example.test",
                 "mcs_host": "mcs.example.test"}
 

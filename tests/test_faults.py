@@ -35,7 +35,7 @@ from cds.models import Deployment, Job, JobItem, SourceRecord, User, utcnow
 from tests.conftest import configure_default_profile, free_port
 from tests.fixtures.source_server import PASSWORD, USERNAME, SourceServer, usa_user
 from tests.mailsink import MailSink, link_in, parts
-from tests.test_deploy import make_users, use_smtp
+from tests.deploy.test_deploy import make_users, use_smtp
 
 FAST_CLAIMS = {"JOB_HEARTBEAT_SECONDS": 0.2, "JOB_STALE_SECONDS": 1}
 SCHEDULED = {"SCHEDULER_ENABLED": True, "JOB_EXECUTION": "thread", "SCHEDULER_TICK_SECONDS": 0.2,
@@ -377,7 +377,7 @@ def test_full_disk(make_app, database_url, tmp_path, claims, monkeypatch):
             _, api_token = create_api_token("monitor", "readonly")
         ids = make_users(base, 40)
         # One user's phone is set up already, and keeps checking its status.
-        from tests.test_client_protocol import activate, bearer, issue
+        from tests.client.test_client_protocol import activate, bearer, issue
         client_key = activate(base.test_client(), issue(base, ids[0])).get_json()["client_key"]
         with base.app_context():
             job_id = create_job("deploy", {"ids": ids}, actor="alice",

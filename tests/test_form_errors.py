@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from tests.test_mail import GOOD, csrf
+from tests.mail.test_mail import GOOD, csrf
 
 HTMX = {"HX-Request": "true"}
 

@@ -20,7 +20,7 @@ from cds.extensions import db
 from cds.models import Connection, DeploymentProfile, Job, Setting, User
 from tests.conftest import TEST_PASSWORD, make_admin, sign_in
 from tests.e2e.conftest import LiveServer
-from tests.test_profiles import profile_form
+from tests.profiles.test_profiles import profile_form
 
 TOKEN_RE = re.compile(r"/r/([A-Za-z0-9_-]{43})")
 

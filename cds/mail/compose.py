@@ -297,7 +297,7 @@ class WireComposer:
     each user's message is then the skeleton's constant parts with that user's
     headers (encoded and folded by the same functions the generator calls), text,
     HTML and QR code put in. The bytes are identical to the slow path's (see
-    tests/test_mail.py, which compares them), only cheaper."""
+    tests/mail/test_mail.py, which compares them), only cheaper."""
 
     def __init__(self, sender: str):
         self.sender = sender
@@ -353,7 +353,7 @@ def address_header(parsed: tuple[str, str]) -> str:
     """Flask-Mail's ``sanitize_address`` of a parsed address: the name as an RFC 2047
     encoded word. A short name of letters, digits and single spaces becomes
     ``=?utf-8?q?First_Last?=`` (quoted-printable is the shorter encoding for it), written
-    directly instead of by email.header (tests/test_mail.py compares the two)."""
+    directly instead of by email.header (tests/mail/test_mail.py compares the two)."""
     name, address = parsed
     if len(name) <= 40 and _PLAIN_NAME.fullmatch(name) and address.isascii():
         return formataddr((f"=?utf-8?q?{name.replace(' ', '_')}?=", address))
@@ -363,7 +363,7 @@ def address_header(parsed: tuple[str, str]) -> str:
 def fold_header(name: str, value: str) -> bytes:
     """A header line as the compat32 generator writes it (``fold_binary``). A value
     of plain ASCII that fits on one line, with nothing to trim, comes out unchanged:
-    written directly, without building an email.header.Header (tests/test_mail.py
+    written directly, without building an email.header.Header (tests/mail/test_mail.py
     compares the two on many values)."""
     if value and value.isascii() and value == value.strip() and "\r" not in value and "\n" not in value \
             and len(name) + 2 + len(value) <= 78:

@@ -131,7 +131,7 @@ def _expansion(module_pixels: int) -> tuple[int, ...]:
 
 def _png(modules: int, size: int, module_pixels: int = MODULE_PIXELS) -> bytes:
     """A 1-bit greyscale PNG of the modules, each ``module_pixels`` square: the pixels
-    Pillow drew from the same matrix (tests/test_mail.py compares them), written directly."""
+    Pillow drew from the same matrix (tests/mail/test_mail.py compares them), written directly."""
     table, step = _expansion(module_pixels), 8 * module_pixels
     width = size * module_pixels
     row_bytes = (width + 7) // 8

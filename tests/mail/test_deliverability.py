@@ -14,7 +14,7 @@ from email.utils import parseaddr
 import pytest
 
 from cds.jobs.service import create_job, run_job
-from tests.test_deploy import make_users, use_smtp
+from tests.deploy.test_deploy import make_users, use_smtp
 
 SPAMASSASSIN = shutil.which("spamassassin")
 BUDGET = 1.0

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from cds.extensions import db
 from cds.models import AuditEvent, Setting
 from tests.mailsink import decode_qr, link_in, parts
-from tests.test_deploy import deploy, make_users
+from tests.deploy.test_deploy import deploy, make_users
 
 
 def csrf(client) -> dict:

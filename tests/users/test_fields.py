@@ -17,7 +17,7 @@ from cds.models import Connection, SourceRecord, User
 from cds.users.changes import BY_SOURCE, plan_change
 from cds.users.fields import CONFIG_FIELDS, FIELD_NAMES, FIELDS, MAX_SECRET_LENGTH, SOURCE_OWNED_FIELDS, USER_SECRETS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # Columns of User that are not fields of the table (keys, state, secrets, times).
 USER_OTHER_COLUMNS = {"id", "login_key", "profile_id", "secrets_enc", "source", "connection_id",
@@ -46,8 +46,8 @@ def test_the_model_columns_agree_with_the_field_table():
 
 def test_every_field_of_the_client_configuration_is_where_the_table_says(app, client):
     """``config`` of each field names its place in the document the client downloads."""
-    from tests.test_client_protocol import activate, issue
-    from tests.test_deploy import make_profile, make_users
+    from tests.client.test_client_protocol import activate, issue
+    from tests.deploy.test_deploy import make_profile, make_users
     make_profile(app, "Berlin", pbx_sip_host="pbx.example.com", mbg_sip_host="mbg.example.com",
                  mcs_host="mcs.example.com")
     [uid] = make_users(app, 1, profile_name="Berlin", pbx_number="4001", pbx_sip_username="sip7",
@@ -276,7 +276,7 @@ def test_an_id_change_with_another_field_raises_the_version_once_whoever_writes_
     """The CSV import used to raise config_version twice for an ID change plus another
     field (once for each), the form once: now every writer applies plan_change's answer."""
     from cds.profiles.service import default_profile
-    from tests.test_csv_import import make_csv, preview
+    from tests.imports.test_csv_import import make_csv, preview
     with app.app_context():
         pid = default_profile().id
         db.session.add_all([User(login_id=f"{who}1", last_name="L", email=f"{who}@example.org", profile_id=pid)

@@ -134,7 +134,7 @@ def test_job_events_carry_who_asked_not_system(app):
     """A job running on a background thread (no request) records its events as the
     administrator or API token that started it."""
     from cds.jobs.service import create_job, run_job
-    from tests.test_export import add_user
+    from tests.export.test_export import add_user
     with app.app_context():
         from cds.models import DeploymentProfile
         add_user("ann")

@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 
 from cds.extensions import db
 from cds.models import AuditEvent, ClientDevice, Deployment, User, utcnow
-from tests.test_deploy import SECRETS, make_profile, make_users
+from tests.deploy.test_deploy import SECRETS, make_profile, make_users
 
 DEVICE = {"id": "A1B2-C3", "platform": "android", "app_version": "9.8.1"}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from tests.test_deploy import make_users
+from tests.deploy.test_deploy import make_users
 
 
 def test_outbox_deploys_say_so_and_are_found_from_the_user_page(app, admin_client):

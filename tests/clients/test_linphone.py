@@ -260,7 +260,7 @@ def test_contract_cli_flags_and_api_names(app, runner, client):
 
 def test_deployment_mail_for_a_linphone_user(app, smtp_server):
     from cds.settings.service import save_settings
-    from tests.test_deploy import deploy
+    from tests.deploy.test_deploy import deploy
     with app.app_context():
         save_settings({"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": smtp_server.port, "MAIL_DEFAULT_SENDER": "IT <it@example.com>"})
     uid = make_user(app, make_profile(app))

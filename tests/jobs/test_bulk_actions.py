@@ -194,7 +194,7 @@ def test_jobs_the_services_start_are_audited_once_too(app, source):
     from cds.imports.service import import_and_deploy
     from cds.models import Connection, SourceRecord
     from tests.fixtures.source_server import usa_user
-    from tests.test_sync import connect_and_import
+    from tests.connections.test_sync import connect_and_import
     with app.app_context():
         conn_id = connect_and_import(source)
         db.session.get(Connection, conn_id).next_sync_at = utcnow() - td(minutes=1)

@@ -441,7 +441,7 @@ def test_a_secret_changed_by_csv_raises_config_version_as_the_form_does(admin_cl
         assert user.get_secret("pbx_sip_password") == "new-Sip-9"
         assert user.config_version == before + 1
     # The same change from the user form raises it the same way.
-    from tests.test_users import form_data
+    from tests.users.test_users import form_data
     admin_client.post(f"/users/{uid}", data=form_data(login_id="p1", last_name="Last1", first_name="",
                                                       number="", pbx_number="", pbx_sip_username="",
                                                       mbg_sip_username="", mcs_account="",
@@ -455,7 +455,7 @@ def test_a_secret_changed_by_csv_raises_config_version_as_the_form_does(admin_cl
 def test_one_secret_length_limit_on_form_api_cli_and_csv(admin_client, app, runner):
     from cds.users.fields import MAX_SECRET_LENGTH
     from tests.api_support import ApiClient
-    from tests.test_users import form_data
+    from tests.users.test_users import form_data
     from cds.settings.tokens import create_api_token
     longest, too_long = "7" * MAX_SECRET_LENGTH, "7" * (MAX_SECRET_LENGTH + 1)
     message = f"Voicemail PIN must be at most {MAX_SECRET_LENGTH} characters"

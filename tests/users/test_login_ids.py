@@ -10,9 +10,9 @@ from sqlalchemy.exc import IntegrityError
 from cds import create_app
 from cds.extensions import db
 from cds.models import User
-from tests.test_api import make_token
+from tests.api.test_api import make_token
 from tests.api_support import ApiClient
-from tests.test_csv_import import make_csv, person, preview
+from tests.imports.test_csv_import import make_csv, person, preview
 from tests.test_database import insert_profile_sql
 
 

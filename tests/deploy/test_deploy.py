@@ -316,7 +316,7 @@ def test_killed_bulk_deploy_resumes_without_double_sends(app, smtp_server, datab
     smtp_server.handler.hold_after = 25  # the 26th message is held until the process is dead
     env = dict(os.environ, CDS_DATABASE_URL=database_url, CDS_INSTANCE_PATH=instance_dir,
                CDS_PUBLIC_URL="http://cds.test", CDS_SCHEDULER_ENABLED="false", CDS_LOG_LEVEL="WARNING")
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     proc = subprocess.Popen([sys.executable, "-m", "flask", "--app", "app", "cds", "deploy", "--all"],
                             cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

@@ -9,7 +9,7 @@ from sqlalchemy import func, select, update
 
 from cds.extensions import db
 from cds.models import AuditEvent, Connection, Job, JobItem, User, utcnow
-from tests.test_export import add_user
+from tests.export.test_export import add_user
 
 
 def schedule_delete(app, login_ids, hours=2, actor="alice"):

@@ -12,7 +12,7 @@ from cds.extensions import db
 from cds.jobs.service import reason_counts
 from cds.models import Deployment, DeploymentProfile, Job, User
 from tests.mailsink import link_in, parts
-from tests.test_deploy import _activate, deploy, job_items, make_users, use_smtp
+from tests.deploy.test_deploy import _activate, deploy, job_items, make_users, use_smtp
 
 
 def _setup(app, smtp_server, client):

@@ -13,7 +13,7 @@ from cds.extensions import db
 from cds.models import RedirectEntry, RedirectOutbox, User, utcnow
 from cds.security import token_hash
 from tests.conftest import free_port
-from tests.test_deploy import make_users
+from tests.deploy.test_deploy import make_users
 
 SECRET = "redirect-shared-secret-0123456789"
 

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from cds.extensions import db
 from cds.models import AuditEvent, ClientDevice, Deployment, JobItem, RedirectEntry, User, utcnow
 from cds.security import new_token, token_hash
-from tests.test_export import add_user
+from tests.export.test_export import add_user
 
 
 def give_client(user: User) -> dict:

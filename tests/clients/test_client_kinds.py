@@ -47,7 +47,7 @@ def test_every_kind_is_one_module_with_the_interface():
 
 def test_fresh_default_profile_is_incomplete_and_deploy_skips_its_users(app, smtp_server):
     from cds.settings.service import save_settings
-    from tests.test_deploy import deploy
+    from tests.deploy.test_deploy import deploy
     pid = fresh_default(app)
     with app.app_context():
         save_settings({"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": smtp_server.port})
@@ -68,7 +68,7 @@ def test_fresh_default_profile_is_incomplete_and_deploy_skips_its_users(app, smt
 def test_linphone_user_without_sip_account_is_skipped_with_the_reason(app, smtp_server):
     from cds.profiles.service import save_profile
     from cds.settings.service import save_settings
-    from tests.test_deploy import deploy
+    from tests.deploy.test_deploy import deploy
     with app.app_context():
         save_settings({"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": smtp_server.port})
         pid = save_profile(None, {"name": "Phones", "client": "linphone", "sip_domain": "example.com",
