@@ -134,17 +134,23 @@ def test_sync_and_the_form_refuse_the_same_values_with_the_same_message(app, adm
         assert user.email == "new@example.org" and user.config_version == before + 1
 
 
-def test_the_api_sets_an_imported_users_secrets_as_the_csv_import_does(app, api):
-    """The source owns the fields it provides, never the secrets: CSV, API and CLI agree."""
+def add_imported_user(app) -> int:
+    """A user imported from an MBG connection ("imp"); returns its id."""
+    from cds.profiles.service import default_profile
     with app.app_context():
-        from cds.profiles.service import default_profile
         conn = Connection(name="MBG", kind="mbg", url="https://mbg.example.org")
         db.session.add(conn)
         db.session.flush()
-        db.session.add(User(login_id="imp", last_name="Imported", email="imp@example.org", source="connection",
-                            connection_id=conn.id, source_key="k1", profile_id=default_profile().id))
+        user = User(login_id="imp", last_name="Imported", email="imp@example.org", source="connection",
+                    connection_id=conn.id, source_key="k1", profile_id=default_profile().id)
+        db.session.add(user)
         db.session.commit()
-        uid = db.session.scalar(select(User.id))
+        return user.id
+
+
+def test_the_api_sets_an_imported_users_secrets_as_the_csv_import_does(app, api):
+    """The source owns the fields it provides, never the secrets: CSV, API and CLI agree."""
+    uid = add_imported_user(app)
     resp = api.patch(f"/api/v1/users/{uid}", json={"secrets": {"voicemail_pin": "2468"}})
     assert resp.status_code == 200 and resp.get_json()["secrets"]["voicemail_pin"] is True
     assert resp.get_json()["config_version"] == 2
@@ -154,14 +160,7 @@ def test_the_api_sets_an_imported_users_secrets_as_the_csv_import_does(app, api)
 
 def test_the_cli_refuses_to_change_a_field_an_imported_users_source_owns(app, runner):
     """It used to say the user was saved and drop the value."""
-    with app.app_context():
-        from cds.profiles.service import default_profile
-        conn = Connection(name="MBG", kind="mbg", url="https://mbg.example.org")
-        db.session.add(conn)
-        db.session.flush()
-        db.session.add(User(login_id="imp", last_name="Imported", email="imp@example.org", source="connection",
-                            connection_id=conn.id, source_key="k1", profile_id=default_profile().id))
-        db.session.commit()
+    add_imported_user(app)
     result = runner.invoke(args=["cds", "users", "edit", "imp", "--last-name", "Other"])
     assert result.exit_code == 1 and "Lastname is set by the source" in result.output
     with app.app_context():
