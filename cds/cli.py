@@ -9,15 +9,13 @@ import click
 import waitress
 from flask import current_app
 from flask.cli import AppGroup, ScriptInfo, with_appcontext
-from sqlalchemy import select, text
+from sqlalchemy import text
 
-from cds.auth.service import create_admin, ensure_first_admin
+from cds.auth.service import ensure_first_admin
 from cds.errors import CdsError
 from cds.extensions import db, migrations
 from cds.jobs.service import stop_runners
-from cds.models import AdminAccount
 from cds.profiles.service import ensure_builtin_profiles
-from cds.settings import accounts
 
 
 class CdsGroup(AppGroup):
@@ -112,33 +110,6 @@ def upgrade_command():
     """Apply pending database migrations (safe to run any time)."""
     upgrade_database()
     click.echo("database is up to date")
-
-
-@cds_cli.command("create-admin")
-@click.argument("name")
-@click.option("--role", type=RoleChoice(), default="admin", show_default=True)
-@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
-def create_admin_command(name, role, password_stdin):
-    """Create an administrator account; the password is prompted for (or read from stdin)."""
-    if password_stdin or not sys.stdin.isatty():
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    create_admin(name, password, stored_role(role), actor="cli")
-    click.echo(f"administrator {name} created ({role})")
-
-
-@cds_cli.command("set-admin-role")
-@click.argument("name")
-@click.argument("role", type=RoleChoice())
-def set_admin_role_command(name, role):
-    """Change an administrator's role. The last active primary administrator keeps theirs."""
-    admin = db.session.scalar(select(AdminAccount).where(AdminAccount.username == name))
-    if admin is None:
-        fail(f"no administrator {name!r}")
-    old = admin.role
-    accounts.change_role(admin.id, stored_role(role), actor="cli")  # AccountError: fail
-    click.echo(f"administrator {name}: {role_text(old)} → {role}")
 
 
 @cds_cli.command("serve")

@@ -1,10 +1,45 @@
-"""`flask --app app cds create-api-token|list-api-tokens|revoke-api-token`."""
+"""`flask --app app cds create-admin|set-admin-role|create-api-token|list-api-tokens|revoke-api-token`:
+the administrators and API tokens of Settings, from the shell."""
 import json
+import sys
 
 import click
 
+from sqlalchemy import select
+
+from cds.auth.service import create_admin
+from cds.cli import RoleChoice, fail, role_text, stored_role
+from cds.extensions import db
+from cds.models import AdminAccount
+from cds.settings import accounts
 from cds.settings.tokens import create_api_token, list_api_tokens, revoke_api_token
-from cds.cli import RoleChoice, role_text
+
+
+@click.command("create-admin")
+@click.argument("name")
+@click.option("--role", type=RoleChoice(), default="admin", show_default=True)
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+def create_admin_command(name, role, password_stdin):
+    """Create an administrator account; the password is prompted for (or read from stdin)."""
+    if password_stdin or not sys.stdin.isatty():
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    create_admin(name, password, stored_role(role), actor="cli")
+    click.echo(f"administrator {name} created ({role})")
+
+
+@click.command("set-admin-role")
+@click.argument("name")
+@click.argument("role", type=RoleChoice())
+def set_admin_role_command(name, role):
+    """Change an administrator's role. The last active primary administrator keeps theirs."""
+    admin = db.session.scalar(select(AdminAccount).where(AdminAccount.username == name))
+    if admin is None:
+        fail(f"no administrator {name!r}")
+    old = admin.role
+    accounts.change_role(admin.id, stored_role(role), actor="cli")  # AccountError: fail
+    click.echo(f"administrator {name}: {role_text(old)} → {role}")
 
 
 @click.command("create-api-token")
@@ -47,4 +82,5 @@ def revoke_api_token_command(token_id):
     click.echo(f"token {row.id} '{row.name}' revoked")
 
 
-commands = [create_api_token_command, list_api_tokens_command, revoke_api_token_command]
+commands = [create_admin_command, set_admin_role_command,
+            create_api_token_command, list_api_tokens_command, revoke_api_token_command]
