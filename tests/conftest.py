@@ -228,6 +228,21 @@ def sign_in(client: CSRFClient, username: str, password: str = TEST_PASSWORD):
     return resp
 
 
+def add_imported_user(app) -> int:
+    """A user imported from an MBG connection ("imp"); returns its id."""
+    from cds.models import Connection, User
+    from cds.profiles.service import default_profile
+    with app.app_context():
+        conn = Connection(name="MBG", kind="mbg", url="https://mbg.example.org")
+        db.session.add(conn)
+        db.session.flush()
+        user = User(login_id="imp", last_name="Imported", email="imp@example.org", source="connection",
+                    connection_id=conn.id, source_key="k1", profile_id=default_profile().id)
+        db.session.add(user)
+        db.session.commit()
+        return user.id
+
+
 def make_token(app, role="admin", name="script", expires=None) -> str:
     """An API token (the token itself, shown once)."""
     from cds.settings.tokens import create_api_token

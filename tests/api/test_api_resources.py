@@ -6,10 +6,10 @@ import io
 import pytest
 
 from cds.extensions import db
-from cds.models import AuditEvent, Connection, DeploymentProfile, User
+from cds.models import AuditEvent, DeploymentProfile, User
 from tests.api_support import ApiClient
 from tests.fixtures.source_server import PASSWORD, USERNAME
-from tests.conftest import make_token
+from tests.conftest import add_imported_user, make_token
 
 
 @pytest.fixture
@@ -71,16 +71,7 @@ def test_id_change_through_the_api_flags_redeploy(app, api):
 
 
 def test_imported_user_fields_belong_to_the_source(app, api):
-    with app.app_context():
-        conn = Connection(name="MBG", kind="mbg", url="http://127.0.0.1:9")
-        db.session.add(conn)
-        db.session.flush()
-        from cds.profiles.service import default_profile
-        u = User(login_id="imp", last_name="Imported", email="imp@example.com", source="connection",
-                 connection_id=conn.id, source_key="k1", profile_id=default_profile().id)
-        db.session.add(u)
-        db.session.commit()
-        uid = u.id
+    uid = add_imported_user(app)
     resp = api.patch(f"/api/v1/users/{uid}", json={"last_name": "Changed"})
     assert resp.status_code == 409 and "last_name" in resp.get_json()["details"]
 

@@ -16,6 +16,7 @@ from cds.extensions import db
 from cds.models import Connection, SourceRecord, User
 from cds.users.changes import BY_SOURCE, plan_change
 from cds.users.fields import CONFIG_FIELDS, FIELD_NAMES, FIELDS, MAX_SECRET_LENGTH, SOURCE_OWNED_FIELDS, USER_SECRETS
+from tests.conftest import add_imported_user
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -132,20 +133,6 @@ def test_sync_and_the_form_refuse_the_same_values_with_the_same_message(app, adm
         rec["email"] = "new@example.org"
         assert _apply_record(user, rec, tuple(rec), set())[0] == "updated"
         assert user.email == "new@example.org" and user.config_version == before + 1
-
-
-def add_imported_user(app) -> int:
-    """A user imported from an MBG connection ("imp"); returns its id."""
-    from cds.profiles.service import default_profile
-    with app.app_context():
-        conn = Connection(name="MBG", kind="mbg", url="https://mbg.example.org")
-        db.session.add(conn)
-        db.session.flush()
-        user = User(login_id="imp", last_name="Imported", email="imp@example.org", source="connection",
-                    connection_id=conn.id, source_key="k1", profile_id=default_profile().id)
-        db.session.add(user)
-        db.session.commit()
-        return user.id
 
 
 def test_the_api_sets_an_imported_users_secrets_as_the_csv_import_does(app, api):
