@@ -4,7 +4,6 @@ import json
 import sys
 
 import click
-
 from sqlalchemy import select
 
 from cds.auth.service import create_admin
@@ -38,7 +37,7 @@ def set_admin_role_command(name, role):
     if admin is None:
         fail(f"no administrator {name!r}")
     old = admin.role
-    accounts.change_role(admin.id, stored_role(role), actor="cli")  # AccountError: fail
+    accounts.change_role(admin.id, stored_role(role), actor="cli")  # a refusal ends the command (CdsGroup)
     click.echo(f"administrator {name}: {role_text(old)} → {role}")
 
 
