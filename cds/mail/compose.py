@@ -18,13 +18,13 @@ from types import SimpleNamespace
 
 from flask import current_app
 from flask_mail import Attachment, Message, sanitize_address, sanitize_subject
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, Template, TemplateError
 from markupsafe import Markup, escape
 
 from cds import errors
 from cds.clients import kind_named, kind_of
 from cds.mail.addresses import AddressError, check_header_text
-from cds.mail.sandbox import BoundedSandbox, RenderLimit, render_bounded
+from cds.mail.sandbox import BoundedSandbox, PlainTemplate, RenderLimit, plain_form, render_bounded
 from cds.mail.wire import WIRE_POLICY, message_bytes, new_boundary
 from cds.models import DeploymentProfile, User, utcnow
 from cds.settings.service import get_settings
@@ -43,6 +43,7 @@ PLACEHOLDERS = {
     "app": "The app the profile's users run (MiCollab app, Linphone app…)",
     "qr": "The QR code image (HTML template only)",
 }
+_NAMES = frozenset(PLACEHOLDERS)
 
 def _default_kind():
     return kind_named(None)
@@ -77,16 +78,24 @@ def compile_template(source: str, kind: str):
         except AddressError as exc:
             raise TemplateProblem(str(exc)) from None
     try:
-        return env.from_string(source)
+        return CompiledTemplate(env.from_string(source), plain_form(env, source, _NAMES))
     except TemplateError as exc:
         line = getattr(exc, "lineno", None)
         where = f"line {line}: " if line else ""
         raise TemplateProblem(f"{kind.capitalize()} template, {where}{exc.message or exc}") from None
 
 
-def _render(template, kind: str, context: dict) -> str:
+@dataclass(frozen=True)
+class CompiledTemplate:
+    """A template compiled by Jinja, and its plain form when it has one (the built-in
+    templates do): rendered without Jinja, to the same text (cds/mail/sandbox.py)."""
+    jinja: Template
+    plain: PlainTemplate | None
+
+
+def _render(template: CompiledTemplate, kind: str, context: dict) -> str:
     try:
-        return render_bounded(template, context)
+        return render_bounded(template.jinja, context, template.plain)
     except RenderLimit as exc:
         raise TemplateProblem(f"{kind.capitalize()} template: refused, {exc}.") from None
     except TemplateError as exc:
@@ -178,7 +187,7 @@ def _profile_html(text: str, link: str, qr: Markup) -> str:
 
 def _wrap_long_lines(html: str, limit: int = 900) -> str:
     """SMTP refuses lines over 998 characters; break long HTML lines between tags."""
-    if all(len(line) <= limit for line in html.splitlines()):
+    if max(map(len, html.splitlines()), default=0) <= limit:
         return html
     return re.sub(r">(?=<)", ">\n", html)
 

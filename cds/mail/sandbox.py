@@ -16,6 +16,7 @@ A template over budget raises ``RenderLimit`` with a message for the administrat
 from __future__ import annotations
 
 import functools
+import operator
 import re
 import threading
 import time
@@ -24,6 +25,7 @@ import typing as t
 from jinja2 import nodes, pass_context
 from jinja2.sandbox import SandboxedEnvironment
 from jinja2.visitor import NodeTransformer
+from markupsafe import escape
 
 MAX_STEPS = 100_000
 MAX_TEXT = 1_000_000
@@ -174,8 +176,81 @@ class BoundedSandbox(SandboxedEnvironment):
         return check_size(super().call(__context, __obj, *args, **kwargs))
 
 
-def render_bounded(template, context: dict) -> str:
-    """Render within the budget; RenderLimit when over it."""
+class PlainTemplate:
+    """A template that is only text and placeholders (``{{ name }}``, ``{{ first_name or
+    name }}``, constants), as the built-in ones are: rendered by joining its parts,
+    without a Jinja context per e-mail, which cost more than the rest of composing it.
+
+    The parts come from the parse tree (the lexer's whitespace and trailing-newline rules
+    already applied), and each placeholder's value is turned into text exactly as the
+    code Jinja generates does: ``str()``, or ``markupsafe.escape()`` when autoescaping.
+    Anything else in a template (tags, filters, calls, attributes, other names) leaves it
+    to Jinja (``plain_form`` gives None). tests/mail/test_plain_templates.py compares
+    both on many templates and values."""
+
+    __slots__ = ("parts", "names", "convert")
+
+    def __init__(self, parts: list, names: frozenset, autoescape: bool):
+        self.parts = parts  # literal text, or a function of the context
+        self.names = names
+        self.convert = escape if autoescape else str
+
+    def render(self, context: dict) -> str | None:
+        """The text, or None when a name is missing from ``context`` (Jinja then says which)."""
+        if not self.names <= context.keys():
+            return None
+        convert = self.convert
+        return "".join([part if part.__class__ is str else convert(part(context)) for part in self.parts])
+
+
+def _plain_value(node, names: set, allowed: frozenset):
+    """A function of the context giving ``node``'s value, for the expressions a plain
+    template may hold; None for any other."""
+    if isinstance(node, nodes.Name) and node.ctx == "load" and node.name in allowed:
+        names.add(node.name)
+        return operator.itemgetter(node.name)
+    if isinstance(node, nodes.Const):
+        value = node.value
+        return lambda context: value
+    if isinstance(node, (nodes.Or, nodes.And)):
+        left, right = _plain_value(node.left, names, allowed), _plain_value(node.right, names, allowed)
+        if left is None or right is None:
+            return None
+        if isinstance(node, nodes.Or):
+            return lambda context: left(context) or right(context)
+        return lambda context: left(context) and right(context)
+    return None
+
+
+def plain_form(env: SandboxedEnvironment, source: str, allowed: frozenset) -> PlainTemplate | None:
+    """``source`` as a ``PlainTemplate`` if it is only text and placeholders whose names
+    are in ``allowed``; else None."""
+    parts, names = [], set()
+    for output in env.parse(source).body:
+        if not isinstance(output, nodes.Output):
+            return None
+        for child in output.nodes:
+            if isinstance(child, nodes.TemplateData):
+                part = child.data
+            else:
+                part = _plain_value(child, names, allowed)
+                if part is None:
+                    return None
+            if parts and part.__class__ is str and parts[-1].__class__ is str:
+                parts[-1] += part
+            else:
+                parts.append(part)
+    return PlainTemplate(parts, frozenset(names), bool(env.autoescape))
+
+
+def render_bounded(template, context: dict, plain: PlainTemplate | None = None) -> str:
+    """Render within the budget; RenderLimit when over it. ``plain``: the template's
+    ``plain_form``, used when ``context`` has all its names."""
+    text = plain.render(context) if plain is not None else None
+    if text is not None:
+        if len(text) > MAX_TEXT:
+            raise RenderLimit(f"its output is longer than {MAX_TEXT:,} characters")
+        return text
     with budget():
         parts, total = [], 0
         for chunk in template.generate(context):
