@@ -39,7 +39,7 @@ from cds.mail.transport import FAILED, RETRY, SENT, UNKNOWN, Delivery, MailSetti
 from cds.models import (SEND_FAILED, SEND_PENDING, SEND_RETRY, SEND_SENDING, SEND_SENT, SEND_UNKNOWN,
                         AuditEvent, ClientDevice, Deployment, Job, User, utcnow)
 from cds.profiles.service import all_profiles
-from cds.redirect.service import push_outbox, register_link, withdraw_links
+from cds.redirect.service import push_outbox, register_link, register_links, withdraw_links
 from cds.scheduler import tick_task
 from cds.security import new_token, token_hash, token_ref
 from cds.settings.service import redirect_url
@@ -104,19 +104,25 @@ def issue_deployments(users: list[User], *, actor: str | None = None, job_id: in
     for user in users:
         if user.profile.is_do_not_deploy:
             raise DeployError(f"{user.login_id}: {SKIP_DO_NOT_DEPLOY}")
-    issued = []
+    if not users:
+        return []
+    tokens, rows, links = [], [], []
     for user in users:
         token = new_token()
         expires = now + timedelta(hours=user.profile.link_validity_hours)
-        dep = Deployment(user_id=user.id, token_hash=token_hash(token), issued_at=now, issued_by=actor,
-                         expires_at=expires, recipient=recipient_for(user), send_state=SEND_PENDING,
-                         job_id=job_id)
-        db.session.add(dep)
+        row = {"user_id": user.id, "token_hash": token_hash(token), "issued_at": now, "issued_by": actor,
+               "expires_at": expires, "recipient": recipient_for(user), "send_state": SEND_PENDING,
+               "job_id": job_id}
         if kind_of(user.profile).uses_redirect():
-            register_link(dep.token_hash, expires)
-        issued.append((user, dep, token))
-    db.session.flush()
-    return issued
+            links.append((row["token_hash"], expires))
+        tokens.append(token)
+        rows.append(row)
+    # One INSERT … RETURNING for the batch: the deployments come back as loaded rows of
+    # the session, as a flush of new objects would leave them, for a fraction of its cost.
+    deps = db.session.scalars(insert(Deployment).returning(Deployment, sort_by_parameter_order=True),
+                              rows).all()
+    register_links(links)
+    return list(zip(users, deps, tokens))
 
 
 def issue_deployment(user: User, *, actor: str | None = None, job_id: int | None = None

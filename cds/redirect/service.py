@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
 
 from flask import current_app
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, update
 
 from cds.extensions import db
 from cds.models import RedirectEntry, RedirectOutbox, utcnow
@@ -38,6 +38,19 @@ def register_link(token_hash: str, expires_at: datetime) -> None:
         # A new random token's hash is never already stored: a plain insert will do.
         db.session.add(RedirectEntry(token_hash=token_hash, cds_url=public_url(),
                                      expires_at=expires_at))
+
+
+def register_links(links: list[tuple[str, datetime]]) -> None:
+    """``register_link`` for each (token hash, expiry), in one statement."""
+    if not links:
+        return
+    if _remote():
+        db.session.execute(insert(RedirectOutbox), [
+            {"op": "put", "token_hash": h, "expires_at": expires} for h, expires in links])
+    else:
+        url = public_url()
+        db.session.execute(insert(RedirectEntry), [
+            {"token_hash": h, "cds_url": url, "expires_at": expires} for h, expires in links])
 
 
 def withdraw_links(token_hashes: list[str]) -> None:
