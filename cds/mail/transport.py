@@ -311,7 +311,9 @@ class MailTransport:
             code, resp = smtp.getreply()
             if code != 250:
                 return self._after_refusal(smtp, _classify(code, resp, "sender"))
-            code, resp = smtp.rcpt(recipient)
+            # smtplib's rcpt(recipient), the address put in its envelope form directly.
+            smtp.putcmd("rcpt", f"TO:{envelope_address(recipient)}")
+            code, resp = smtp.getreply()
             if code not in (250, 251):
                 return self._after_refusal(smtp, _classify(code, resp, "recipient"))
             smtp.putcmd("data")
@@ -365,6 +367,18 @@ class MailTransport:
             return Delivery(RETRY, f"The outbox folder {folder} cannot be written ({reason}).")
         self.sent += 1
         return Delivery(SENT, "Written to the outbox (no SMTP server is configured).", outbox_file=name)
+
+
+# A plain address (dot-atoms of letters, digits and _+'-), as nearly every recipient is.
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9_+'-]+(?:\.[A-Za-z0-9_+'-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
+
+
+def envelope_address(address: str) -> str:
+    """``smtplib.quoteaddr(address)``, the form of an address in MAIL FROM and RCPT TO:
+    a plain address is only put in angle brackets, without parsing it again (one
+    parse cost as much as the rest of the RCPT command; tests/mail/test_mail.py
+    compares the two)."""
+    return f"<{address}>" if _PLAIN_ADDRESS.fullmatch(address) else smtplib.quoteaddr(address)
 
 
 def _address_of(recipient: str | tuple[str, str]) -> str:

@@ -246,6 +246,32 @@ def test_header_lines_are_folded_as_the_generator_folds_them():
         assert fold_header(name, value) == WIRE_POLICY.fold_binary(name, value), (name, value)
 
 
+def test_envelope_addresses_are_quoted_as_smtplib_quotes_them():
+    """The short-cut for plain addresses gives what smtplib.quoteaddr gives, on plain
+    addresses built piece by piece and on anything else."""
+    import random
+    import smtplib
+
+    from cds.mail.transport import envelope_address
+    rng = random.Random(5)
+    atom = "abcXYZ0189_+-'"
+    other = atom + ".@ <>\"()[],;:\\é%!#\t"
+
+    def atoms(n: int, chars: str) -> str:
+        return ".".join("".join(rng.choice(chars) for _ in range(rng.randint(1, 6))) for _ in range(n))
+
+    plain = 0
+    for _ in range(20000):
+        if rng.random() < 0.5:
+            address = f"{atoms(rng.randint(1, 3), atom)}@{atoms(rng.randint(1, 3), 'ab9-')}"
+        else:
+            address = "".join(rng.choice(other) for _ in range(rng.randint(0, 20)))
+        plain += address == f"{envelope_address(address)[1:-1]}"
+        assert envelope_address(address) == smtplib.quoteaddr(address), address
+    assert plain > 10000
+    assert envelope_address("Jo <jo@example.com>") == "<jo@example.com>"
+
+
 def test_recipient_names_are_encoded_as_flask_mail_encodes_them():
     import random
     import string
