@@ -34,7 +34,7 @@ from cds.models import (JOB_CANCELLED, JOB_DONE, JOB_FAILED, JOB_QUEUED, JOB_RUN
 from cds.profiles.service import ProfileNotFound, get_profile
 from cds.scheduler import tick_task
 from cds.settings.service import get_setting
-from cds.users.selection import count_selection, describe_selection, selection_query
+from cds.users.selection import count_selection, describe_selection, next_users
 
 log = logging.getLogger("cds.jobs")
 
@@ -426,8 +426,7 @@ def _record_not_reached(job: Job, reason: str) -> None:
     act = ACTIONS.get(job.kind)
     while True:
         last_id = db.session.scalar(select(func.max(JobItem.user_id)).where(JobItem.job_id == job.id)) or 0
-        users = list(db.session.scalars(selection_query(job.params["selection"])
-                                        .where(User.id > last_id).order_by(User.id).limit(1000)))
+        users = next_users(job.params["selection"], last_id, 1000)
         if not users:
             return
         outcomes = act.settle(job, users, reason) if act and act.settle else \
@@ -503,9 +502,7 @@ def _run_claimed(job: Job, claim: Claim) -> Job:
                     raise ClaimLost(f"job {job.id} was taken over by another runner")
                 if _stopping.is_set():
                     raise RunnerStopping(f"job {job.id}: this process is stopping")
-                query = selection_query(job.params["selection"]).where(User.id > last_id) \
-                    .order_by(User.id).limit(act.batch_size)
-                users = list(db.session.scalars(query))
+                users = next_users(job.params["selection"], last_id, act.batch_size)
                 if not users:
                     break
                 outcomes = act.run_batch(job, users)

@@ -1,6 +1,8 @@
 """Which users an action is for: explicit ids, or "all matching this filter"."""
 from __future__ import annotations
 
+import bisect
+
 from sqlalchemy import Select, false, func, select
 
 from cds.extensions import db
@@ -78,6 +80,25 @@ def selection_query(selection: dict) -> Select:
         ids = selection["ids"]
         return query.where(User.id.in_(ids)) if ids else query.where(false())
     return UserFilter.from_mapping(selection.get("filter", {})).apply(query)
+
+
+def next_users(selection: dict, after: int, limit: int) -> list[User]:
+    """The selection's next ``limit`` users with an id above ``after``, in id order (a
+    job's next batch). A selection of ids asks only for its next ``limit`` ids: an IN
+    list of every id, built again for each batch, made a batch cost as much as the
+    whole selection."""
+    if "ids" not in selection:
+        return list(db.session.scalars(selection_query(selection).where(User.id > after)
+                                       .order_by(User.id).limit(limit)))
+    ids = sorted(selection["ids"])
+    start = bisect.bisect_right(ids, after)
+    while start < len(ids):
+        chunk = ids[start:start + limit]
+        users = list(db.session.scalars(select(User).where(User.id.in_(chunk)).order_by(User.id)))
+        if users:
+            return users
+        start += limit  # all of these were deleted since
+    return []
 
 
 def count_selection(selection: dict) -> int:

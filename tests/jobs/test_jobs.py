@@ -169,3 +169,28 @@ def test_minutes_filter():
     from cds.jobs.routes import minutes_text
     assert [minutes_text(v) for v in (15, 60, 90, 1440, 1500, 0)] == \
         ["15 min", "1 h", "1 h 30 min", "1 day", "1 day 1 h", "–"]
+
+
+def test_a_job_walks_its_selection_in_batches_in_id_order(app):
+    """A selection of ids and one of all users give the same batches; ids of users deleted
+    since, even a whole batch's worth, are passed over."""
+    from cds.users.selection import next_users
+    with app.app_context():
+        users = [add_user(f"walk{i}") for i in range(9)]
+        ids = [u.id for u in users]
+        for user in users[2:6]:
+            db.session.delete(user)
+        db.session.commit()
+        everyone = sorted(set(db.session.scalars(select(User.id))))
+
+        def walk(selection: dict) -> list[list[int]]:
+            batches, last = [], 0
+            while batch := next_users(selection, last, 2):
+                batches.append([u.id for u in batch])
+                last = batch[-1].id
+            return batches
+
+        kept = [i for i in ids if i not in ids[2:6]]
+        assert walk({"ids": list(reversed(ids)) + [2**31 - 1]}) == [kept[:2], kept[2:4], kept[4:]]
+        assert sum(walk({"filter": {}}), []) == everyone
+        assert walk({"ids": []}) == []
