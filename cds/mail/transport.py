@@ -325,7 +325,8 @@ class MailTransport:
             self._drop()
             return Delivery(RETRY, f"The connection to the SMTP server was lost ({_describe(exc)}).")
         try:
-            body = re.sub(rb"(?m)^\.", b"..", data)
+            # Dot-stuffing (RFC 5321 4.5.2), where a line starts with a dot.
+            body = re.sub(rb"(?m)^\.", b"..", data) if data[:1] == b"." or b"\n." in data else data
             if not body.endswith(b"\r\n"):
                 body += b"\r\n"
             smtp.send(body + b".\r\n")

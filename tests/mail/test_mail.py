@@ -307,3 +307,23 @@ def test_a_recipient_name_reads_back_as_written(app):
                          wire.compose(rendered, "u@example.com", png, name).data):
                 to = email.message_from_bytes(data, policy=policy.default)["To"]
                 assert getaddresses([str(to)]) == [(" ".join(name.split()), "u@example.com")], str(to)
+
+
+def test_lines_starting_with_a_dot_arrive_as_written(app, smtp_server):
+    """Dot-stuffing: a line of the body that starts with a dot (the first included) is
+    received as it was written, and a body without one is sent as it is."""
+    from cds.mail.compose import ComposedMail
+    from cds.mail.transport import SENT, MailSettings, MailTransport
+    settings = MailSettings(server="127.0.0.1", port=smtp_server.port, use_tls=False, use_ssl=False,
+                            username=None, password=None, sender="cds@example.com", rate_limit=0, timeout=10)
+    bodies = [b"Subject: a\r\n\r\n.first\r\n..two\r\nmid.dle\r\n.\r\nend", b"Subject: b\r\n\r\nno dots\r\n",
+              b".Subject: c\r\n\r\n.x\r\n"]
+    with app.app_context():
+        transport = MailTransport(settings)
+        for body in bodies:
+            assert transport.send(ComposedMail(body, "jo.doe@example.com")).state == SENT
+        transport.close()
+    smtp_server.wait_for(len(bodies))
+    received = [raw.replace(b"\r\n", b"\n") for _, raw in smtp_server.messages]
+    assert received == [b.replace(b"\r\n", b"\n").rstrip(b"\n") + b"\n" for b in bodies]
+    assert smtp_server.handler.recipients() == ["jo.doe@example.com"] * len(bodies)
