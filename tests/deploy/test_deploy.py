@@ -479,3 +479,31 @@ def test_tokens_absent_from_logs(app, smtp_server, client):
     with app.app_context():
         for event in db.session.scalars(select(AuditEvent)):
             assert token not in str(event.detail) and key not in str(event.detail)
+
+
+def test_issued_links_are_written_whole_and_loaded_as_written(app):
+    """A batch's deployments are written in one statement: every column as a new
+    Deployment object gets it (defaults included), the objects in the session are the
+    rows as stored, in the users' order, and each link is in the redirect store."""
+    from cds.deploy.service import issue_deployments
+    from cds.models import Deployment as Dep, RedirectEntry
+    from cds.security import token_hash
+    ids = make_users(app, 3)
+    with app.app_context():
+        users = [db.session.get(User, i) for i in reversed(ids)]
+        issued = issue_deployments(users, actor="alice", job_id=None)
+        db.session.commit()
+        assert [u.id for u, _, _ in issued] == list(reversed(ids))
+        for user, dep, token in issued:
+            assert dep in db.session and dep.user_id == user.id and dep.token_hash == token_hash(token)
+            row = db.session.execute(select(Dep.__table__).where(Dep.id == dep.id)).mappings().one()
+            assert {k: v for k, v in row.items() if k not in ("id", "issued_at", "expires_at")} == {
+                "user_id": user.id, "token_hash": token_hash(token), "issued_by": "alice",
+                "recipient": user.email, "send_state": "pending", "send_attempts": 0, "next_attempt_at": None,
+                "send_error": None, "sent_at": None, "used_at": None, "used_device_id": None, "used_ip": None,
+                "superseded_at": None, "revoked_at": None, "job_id": None}
+            assert row["expires_at"] - row["issued_at"] == timedelta(hours=user.profile.link_validity_hours)
+            assert {c: getattr(dep, c) for c in row.keys()} == dict(row)
+            entry = db.session.get(RedirectEntry, dep.token_hash)
+            assert entry.expires_at == dep.expires_at and entry.cds_url == "http://cds.test"
+        assert issue_deployments([]) == []
