@@ -174,9 +174,9 @@ def seed_deployed_users(n: int, profile_id: int, secrets_enc: str, **columns) ->
 
 def serve(app, threads: int):
     """waitress (as `flask cds serve` runs it) in a thread of this process; the server and port."""
-    import waitress
+    from cds.serving import create_server
     port = int(os.environ.get("BENCH_PORT", "0")) or free_port()
-    server = waitress.create_server(app, host="127.0.0.1", port=port, threads=threads)
+    server = create_server(app, host="127.0.0.1", port=port, threads=threads)
     threading.Thread(target=server.run, daemon=True).start()
     return server, port
 

@@ -6,7 +6,6 @@ import signal
 import sys
 
 import click
-import waitress
 from flask import current_app
 from flask.cli import AppGroup, ScriptInfo, with_appcontext
 from sqlalchemy import text
@@ -16,6 +15,7 @@ from cds.errors import CdsError
 from cds.extensions import db, migrations
 from cds.jobs.service import stop_runners
 from cds.profiles.service import ensure_builtin_profiles
+from cds.serving import create_server
 
 
 class CdsGroup(AppGroup):
@@ -145,8 +145,8 @@ def serve_command(host, port):
     signal.signal(signal.SIGTERM, _stop_on_signal)
     try:
         # Forwarded headers reach the app only when CDS_PROXY_FIX says proxies add them.
-        waitress.serve(app, host=host, port=port, threads=app.config["THREADS"], ident="CDS",
-                       clear_untrusted_proxy_headers=not app.config["PROXY_FIX"], _quiet=True)
+        create_server(app, host=host, port=port, threads=app.config["THREADS"], ident="CDS",
+                      clear_untrusted_proxy_headers=not app.config["PROXY_FIX"]).run()
     except KeyboardInterrupt:
         pass
     finally:

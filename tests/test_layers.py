@@ -23,7 +23,7 @@ PACKAGE = "cds"
 LAYERS = (
     ("infrastructure", (
         "cds.config", "cds.extensions", "cds.errors", "cds.safejson", "cds.logs", "cds.security",
-        "cds.models", "cds.http", "cds.csvfile", "cds.scheduler", "cds.version",
+        "cds.models", "cds.http", "cds.serving", "cds.csvfile", "cds.scheduler", "cds.version",
         "cds.mail.addresses",  # the configuration checks its sender address with it
         "cds.users.fields",  # the models build the user columns from the field table
     )),

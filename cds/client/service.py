@@ -310,12 +310,19 @@ def _seen(cur, r, ip: str | None, now: datetime) -> None:
 
 
 def status(client_key: str | None, ip: str | None) -> dict:
+    _check_key(client_key)
     now = utcnow()
 
     def check(cur):
-        r = _authenticate(cur, client_key)
-        _seen(cur, r, ip, now)
-        return {"force_config": bool(r.force_config), "config_version": r.config_version}
+        # Sent without waiting where the driver allows it: a batch of status checks
+        # waits for the server once (see Deferred).
+        answer = _BY_KEY.send(cur, {"h": token_hash(client_key)})
+
+        def finish():
+            r = _working(answer())
+            _seen(cur, r, ip, now)
+            return {"force_config": bool(r.force_config), "config_version": r.config_version}
+        return finish() if cur.pipeline is None else Deferred(finish)
 
     try:
         return batches.run(check)

@@ -16,7 +16,6 @@ import threading
 import time
 from pathlib import Path
 
-import waitress
 from flask import Flask
 
 from cds import ROOT, logs
@@ -25,6 +24,7 @@ from cds.extensions import db
 from cds.models import RedirectEntry, utcnow
 from cds.redirect.routes import bp
 from cds.redirect.service import purge_expired
+from cds.serving import create_server
 
 SETTINGS = {
     # name: (environment variable, default)
@@ -92,8 +92,7 @@ def main() -> None:
     args = ap.parse_args()
     app = create_redirect_app()
     print(f"CDS redirect server on http://{args.host}:{args.port}/", flush=True)
-    waitress.serve(app, host=args.host, port=args.port, threads=args.threads, ident="CDS-redirect",
-                   _quiet=True)
+    create_server(app, host=args.host, port=args.port, threads=args.threads, ident="CDS-redirect").run()
 
 
 if __name__ == "__main__":

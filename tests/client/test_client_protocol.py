@@ -297,7 +297,7 @@ def test_one_failing_unit_does_not_take_its_batch_down(app, user_id):
     with app.app_context():
         good, duplicate, refused = _Unit(add_device("a" * 64)), _Unit(add_device("a" * 64)), _Unit(refuse)
         GroupCommit(refusals=(ClientError,))._commit([good, duplicate, refused])
-        assert all(u.done.is_set() for u in (good, duplicate, refused))
+        assert all(u.finished and not u.signals.empty() for u in (good, duplicate, refused))
         assert good.result == "a" * 64 and good.error is None
         assert "unique" in str(duplicate.error).lower()  # the same key twice
         assert isinstance(refused.error, ClientError)

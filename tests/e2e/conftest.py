@@ -24,11 +24,11 @@ def pytest_collection_modifyitems(config, items):
 
 class LiveServer:
     def __init__(self, app):
-        import waitress
+        from cds.serving import create_server
         self.app = app
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = waitress.create_server(app, host="127.0.0.1", port=self.port, threads=4)
+        self.server = create_server(app, host="127.0.0.1", port=self.port, threads=4)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def start(self):

@@ -92,10 +92,10 @@ def test_store_holds_only_hashes_urls_and_times(app):
 
 class Served:
     def __init__(self, app, port=None):
-        import waitress
+        from cds.serving import create_server
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = waitress.create_server(app, host="127.0.0.1", port=self.port, threads=2)
+        self.server = create_server(app, host="127.0.0.1", port=self.port, threads=2)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
 
