@@ -279,11 +279,11 @@ class GroupCommit:
                 self._leaders += 1
         while True:
             if lead:
-                self._lead()
+                self._lead(unit)
                 lead = False
             with self._mutex:
                 if unit.promoted:
-                    unit.promoted, lead = False, True
+                    lead = True
                     continue
                 if unit.finished:
                     break
@@ -292,20 +292,23 @@ class GroupCommit:
             raise unit.error
         return unit.result
 
-    def _lead(self) -> None:
-        """Run one batch of everything queued (possibly nothing: another lane may have
-        taken it), then hand the lead on."""
+    def _lead(self, unit: _Unit) -> None:
+        """``unit``'s request leads: run one batch of everything queued (possibly nothing:
+        another lane may have taken it), then hand the lead on."""
         with self._mutex:
             batch, self._queue = self._queue, []
+            unit.promoted = False  # a lead handed to it is taken, with the queue
         try:
             if batch:
                 self._commit(batch)
         finally:
-            # Hand the lead to the oldest waiting request, so nobody waits behind
-            # more than one batch of others.
+            # Hand the lead to the oldest waiting request, so nobody waits behind more
+            # than one batch of others; unless another lane has already handed its lead
+            # to that request, which has not taken it yet: one lead per request, or the
+            # second would be lost, and with every lane's lead lost, nothing would run.
             idle = []
             with self._mutex:
-                if self._queue:
+                if self._queue and not self._queue[0].promoted:
                     self._queue[0].promoted = True
                     self._queue[0].signals.put(True)
                 else:

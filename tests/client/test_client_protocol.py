@@ -328,3 +328,41 @@ def test_in_process_limit_storage_needs_no_timer_threads_and_forgets_old_counter
     storage._next_sweep = 0.0  # the sweep is due
     limiter_.hit(one_second, "client", "fresh")
     assert [key.split("/")[2] for key in storage.storage] == ["fresh"]
+
+
+def test_the_group_commit_hands_on_every_lead_it_was_given(app):
+    """Two lanes finishing back to back must not both hand their lead to the same waiting
+    request: the second lead would be lost, and once every lane's lead was lost no
+    request would ever be run again (every client request would hang)."""
+    import random
+    import threading
+    import time
+
+    from cds.client.statements import GroupCommit
+
+    class TwoLanes(GroupCommit):
+        LANES = {}  # two batches at once on any database (the work here writes nothing)
+        DEFAULT_LANES = 2
+
+    group = TwoLanes()
+    done, failed = [], []
+
+    def request(k):
+        try:
+            with app.app_context():
+                for i in range(150):
+                    def work(cur, n=k * 1000 + i):
+                        time.sleep(random.random() / 2000)
+                        return n
+                    assert group.run(work) == k * 1000 + i
+            done.append(k)
+        except Exception as exc:  # reported below
+            failed.append(exc)
+    threads = [threading.Thread(target=request, args=(k,), daemon=True) for k in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not failed
+    assert sorted(done) == list(range(12)), "requests hung in the group commit"
+    assert group._leaders == 0 and not group._queue
