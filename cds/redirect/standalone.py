@@ -1,9 +1,11 @@
 """The redirect server on its own: the same blueprint, its own small database.
 
     CDS_REDIRECT_API_SECRET=… CDS_REDIRECT_DATABASE_URL=sqlite:////var/lib/cds-redirect/redirect.sqlite3 \\
-        .venv/bin/waitress-serve --host 0.0.0.0 --port 8080 --call cds.redirect.standalone:create_redirect_app
+        .venv/bin/python -m cds.redirect.standalone --host 0.0.0.0 --port 8080
 
-or ``python -m cds.redirect.standalone --host 0.0.0.0 --port 8080``. The CDS then runs
+(served as `cds serve` serves, cds/serving.py; ``waitress-serve --call
+cds.redirect.standalone:create_redirect_app`` works too, with waitress's own
+connections). The CDS then runs
 with CDS_REDIRECT_MODE=remote, CDS_REDIRECT_URL=https://<this server> and the same
 CDS_REDIRECT_API_SECRET, and registers every new link here (and withdraws revoked ones).
 This server stores token hashes, CDS URLs and expiry times: no user data of any kind.
