@@ -32,16 +32,12 @@ def _remote() -> bool:
 
 def register_link(token_hash: str, expires_at: datetime) -> None:
     """Make /r/<token> lead to this CDS until ``expires_at``. Joins the caller's transaction."""
-    if _remote():
-        db.session.add(RedirectOutbox(op="put", token_hash=token_hash, expires_at=expires_at))
-    else:
-        # A new random token's hash is never already stored: a plain insert will do.
-        db.session.add(RedirectEntry(token_hash=token_hash, cds_url=public_url(),
-                                     expires_at=expires_at))
+    register_links([(token_hash, expires_at)])
 
 
 def register_links(links: list[tuple[str, datetime]]) -> None:
-    """``register_link`` for each (token hash, expiry), in one statement."""
+    """``register_link`` for each (token hash, expiry), in one statement. A new random
+    token's hash is never already stored: a plain insert will do."""
     if not links:
         return
     if _remote():

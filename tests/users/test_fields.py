@@ -13,7 +13,7 @@ from pathlib import Path
 from sqlalchemy import String, select
 
 from cds.extensions import db
-from cds.models import Connection, SourceRecord, User
+from cds.models import SourceRecord, User
 from cds.users.changes import BY_SOURCE, plan_change
 from cds.users.fields import CONFIG_FIELDS, FIELD_NAMES, FIELDS, MAX_SECRET_LENGTH, SOURCE_OWNED_FIELDS, USER_SECRETS
 from tests.conftest import add_imported_user
@@ -115,17 +115,14 @@ def test_sync_and_the_form_refuse_the_same_values_with_the_same_message(app, adm
     """Sync used its own copy of the rules; now both ask plan_change."""
     from cds.connections.service import _apply_record
     from cds.users.service import user_errors
+    uid = add_imported_user(app)
     with app.app_context():
         from cds.profiles.service import default_profile
-        conn = Connection(name="MBG", kind="mbg", url="https://mbg.example.org")
-        db.session.add(conn)
-        db.session.flush()
-        user = User(login_id="src", last_name="Source", email="s@example.org", source="connection",
-                    connection_id=conn.id, source_key="1", profile_id=default_profile().id)
+        user = db.session.get(User, uid)
         manual = User(login_id="man", last_name="Manual", email="m@example.org", profile_id=default_profile().id)
-        db.session.add_all([user, manual])
+        db.session.add(manual)
         db.session.commit()
-        rec = {"login_id": "src", "last_name": "Source", "email": "bad@", "first_name": ""}
+        rec = {"login_id": "imp", "last_name": "Imported", "email": "bad@", "first_name": ""}
         _, outcome = _apply_record(user, rec, tuple(rec), set())
         form = user_errors(manual, {"email": "bad@", "profile_id": manual.profile_id})
         assert outcome.outcome == "failed" and form["email"] in outcome.message
